@@ -1,0 +1,7 @@
+//! casestream: streams SnapEngage chat cases from the Logs API into Kafka as CloudEvents.
+//!
+//! Data flows source → tracker → sink → state commit; see DESIGN.md for the map.
+
+pub mod clock;
+pub mod simulator;
+pub mod snapengage;

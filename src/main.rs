@@ -1,0 +1,221 @@
+//! The `casestream` command line.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use casestream::clock::Clock;
+use casestream::simulator::{self, Faults, SimConfig, Simulator};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Streams SnapEngage chat cases into Kafka as CloudEvents"
+)]
+struct Cli {
+    /// Log format; JSON lines by default when stderr is not a terminal.
+    #[arg(long, global = true, value_enum, env = "CASESTREAM_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a faithful simulation of the SnapEngage Logs API.
+    Simulate(SimulateArgs),
+}
+
+fn duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value)
+        .map_err(|e| format!("`{value}` is not a duration like 30s, 5m or 7d: {e}"))
+}
+
+fn rate(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("`{value}` is not a rate between 0 and 1")),
+    }
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = simulator::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// The org id served at /api/v2/{org}/logs.
+    #[arg(long, default_value = simulator::DEFAULT_ORG)]
+    org: String,
+    /// The API token expected in the Authorization header.
+    #[arg(long, default_value = simulator::DEFAULT_TOKEN)]
+    token: String,
+    /// Widget ids, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "w1,w2")]
+    widgets: Vec<String>,
+    /// Seed of the deterministic case generator.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// New cases per hour per widget (virtual time).
+    #[arg(long, default_value_t = 60.0)]
+    cases_per_hour: f64,
+    /// Span of past cases present at start, e.g. 2d.
+    #[arg(long, value_parser = duration, default_value = "0s")]
+    history: Duration,
+    /// SnapEngage's delay between chat end and storing survey data.
+    #[arg(long, value_parser = duration, default_value = "5m")]
+    survey_delay: Duration,
+    /// Most surveys land within this much after the store delay.
+    #[arg(long, value_parser = duration, default_value = "10m")]
+    survey_spread: Duration,
+    /// Late surveys land up to this much after the store delay.
+    #[arg(long, value_parser = duration, default_value = "6h")]
+    survey_late_max: Duration,
+    /// Delay between a chat closing and its case appearing in the API.
+    #[arg(long, value_parser = duration, default_value = "2s")]
+    index_delay: Duration,
+    /// Virtual clock speed: N times faster than real time.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Virtual clock start (RFC 3339); default now.
+    #[arg(long)]
+    start_time: Option<DateTime<Utc>>,
+    /// Cases per page (the API's maximum is 100).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=100))]
+    page_size: u16,
+    /// Rate of 429 responses with Retry-After.
+    #[arg(long, value_parser = rate, default_value = "0")]
+    fault_429_rate: f64,
+    /// Seconds sent in Retry-After with injected 429s.
+    #[arg(long, default_value_t = 1)]
+    fault_retry_after: u64,
+    /// Rate of 500/503 responses.
+    #[arg(long, value_parser = rate, default_value = "0")]
+    fault_5xx_rate: f64,
+    /// Rate of slow responses.
+    #[arg(long, value_parser = rate, default_value = "0")]
+    fault_slow_rate: f64,
+    /// Delay of slow responses.
+    #[arg(long, value_parser = duration, default_value = "2s")]
+    fault_slow_delay: Duration,
+    /// Rate of responses whose JSON is cut off.
+    #[arg(long, value_parser = rate, default_value = "0")]
+    fault_truncate_rate: f64,
+    /// Rate of pages that repeat the previous page's last case.
+    #[arg(long, value_parser = rate, default_value = "0")]
+    fault_repeat_rate: f64,
+}
+
+impl SimulateArgs {
+    fn sim_config(&self) -> SimConfig {
+        SimConfig {
+            org: self.org.clone(),
+            token: self.token.clone(),
+            widgets: self.widgets.clone(),
+            seed: self.seed,
+            cases_per_hour: self.cases_per_hour,
+            history: self.history,
+            survey_delay: self.survey_delay,
+            survey_spread: self.survey_spread,
+            survey_late_max: self.survey_late_max,
+            index_delay: self.index_delay,
+            page_size: usize::from(self.page_size),
+            faults: Faults {
+                rate_429: self.fault_429_rate,
+                retry_after_secs: self.fault_retry_after,
+                rate_5xx: self.fault_5xx_rate,
+                rate_slow: self.fault_slow_rate,
+                slow_ms: u64::try_from(self.fault_slow_delay.as_millis()).unwrap_or(u64::MAX),
+                rate_truncate: self.fault_truncate_rate,
+                rate_repeat: self.fault_repeat_rate,
+            },
+        }
+    }
+
+    fn clock(&self) -> Clock {
+        match (self.start_time, self.speed) {
+            (None, 1.0) => Clock::system(),
+            (start, speed) => Clock::scaled(start.unwrap_or_else(Utc::now), speed),
+        }
+    }
+}
+
+fn init_logging(format: Option<LogFormat>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Text) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let sim = Arc::new(Simulator::new(args.sim_config(), args.clock()));
+    let running = simulator::http::start(sim, args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(
+        addr = %running.addr,
+        org = %args.org,
+        widgets = %args.widgets.join(","),
+        speed = args.speed,
+        "Logs API simulator listening: GET http://{}/api/v2/{}/logs",
+        running.addr,
+        args.org
+    );
+    shutdown_signal().await;
+    tracing::info!("stopping simulator");
+    running.stop().await.context("simulator server failed")?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Simulate(args) => simulate(args).await,
+    }
+}

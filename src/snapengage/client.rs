@@ -1,0 +1,577 @@
+//! The Logs API client: one request per page, following `linkToNextSetOfResults`, with a
+//! shared client-side rate limit and jittered exponential retries for transient failures.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use backon::{ExponentialBuilder, Retryable};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use futures::Stream;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use url::Url;
+
+use super::case::LogsResponse;
+
+/// The public Logs API host.
+pub const DEFAULT_API_URL: &str = "https://www.snapengage.com";
+/// Well below the ~10 requests/s that public clients cite as the API's limit.
+pub const DEFAULT_RATE_LIMIT_PER_SEC: f64 = 5.0;
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// A server asking us to wait longer than this is capped: we would rather ask again.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
+/// How much of an unexpected response body an error message quotes.
+const SNIPPET_CHARS: usize = 240;
+
+/// How transient failures are retried.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    pub max_attempts: usize,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(60),
+            max_attempts: 8,
+        }
+    }
+}
+
+/// Everything the client needs to talk to one org's Logs API.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub base_url: Url,
+    pub org_id: String,
+    pub token: SecretString,
+    pub rate_limit_per_sec: f64,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl ClientConfig {
+    pub fn new(base_url: Url, org_id: impl Into<String>, token: SecretString) -> Self {
+        Self {
+            base_url,
+            org_id: org_id.into(),
+            token,
+            rate_limit_per_sec: DEFAULT_RATE_LIMIT_PER_SEC,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// The span of cases to ask for. Dates are whole days in UTC, `end` inclusive (the documented
+/// form); datetimes are an option for APIs that accept a time of day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Window {
+    Dates {
+        start: NaiveDate,
+        end: NaiveDate,
+    },
+    Times {
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    },
+}
+
+impl Window {
+    fn query_bounds(&self) -> (String, String) {
+        match self {
+            Window::Dates { start, end } => (start.to_string(), end.to_string()),
+            Window::Times { start, end } => (
+                start.to_rfc3339_opts(SecondsFormat::Secs, true),
+                end.to_rfc3339_opts(SecondsFormat::Secs, true),
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (start, end) = self.query_bounds();
+        write!(f, "{start}..{end}")
+    }
+}
+
+/// One page of a window, its cases still raw.
+#[derive(Debug)]
+pub struct Page {
+    pub widget_id: String,
+    /// 0 for the first page of the window.
+    pub index: usize,
+    pub cases: Vec<Value>,
+    /// True when this is the window's last page.
+    pub is_last: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "the Logs API rejected the API token (HTTP {status}); check SNAPENGAGE_API_TOKEN (only the account owner's token has API access): {snippet}"
+    )]
+    Unauthorized { status: u16, snippet: String },
+    #[error(
+        "the Logs API does not know org `{org_id}` (HTTP 404); check SNAPENGAGE_ORG_ID: {snippet}"
+    )]
+    OrgNotFound { org_id: String, snippet: String },
+    #[error("the Logs API refused the request (HTTP 400): {snippet}")]
+    BadRequest { snippet: String },
+    #[error("the Logs API answered HTTP {status}: {snippet}")]
+    UnexpectedStatus { status: u16, snippet: String },
+    #[error("the Logs API is rate limiting us (HTTP 429, retry after {retry_after:?})")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("the Logs API failed (HTTP {status}): {snippet}")]
+    Server { status: u16, snippet: String },
+    #[error("could not reach the Logs API: {0}")]
+    Transport(String),
+    #[error("the Logs API sent a body that is not a logs response ({error}): {snippet}")]
+    InvalidBody { error: String, snippet: String },
+    #[error(
+        "refusing to follow next-page link to `{found}`: only `{expected}` is trusted with the API token"
+    )]
+    ForeignNextLink { found: String, expected: String },
+    #[error("the next-page link `{link}` is not a valid URL: {error}")]
+    BadNextLink { link: String, error: String },
+    #[error("invalid Logs API client setting: {0}")]
+    Config(String),
+}
+
+impl ClientError {
+    /// Failures worth asking again for; the others need an operator.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ClientError::RateLimited { .. }
+                | ClientError::Server { .. }
+                | ClientError::Transport(_)
+                | ClientError::InvalidBody { .. }
+        )
+    }
+
+    /// A short label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientError::Unauthorized { .. } => "unauthorized",
+            ClientError::OrgNotFound { .. } => "org_not_found",
+            ClientError::BadRequest { .. } => "bad_request",
+            ClientError::UnexpectedStatus { .. } => "unexpected_status",
+            ClientError::RateLimited { .. } => "rate_limited",
+            ClientError::Server { .. } => "server_error",
+            ClientError::Transport(_) => "transport",
+            ClientError::InvalidBody { .. } => "invalid_body",
+            ClientError::ForeignNextLink { .. } => "foreign_next_link",
+            ClientError::BadNextLink { .. } => "bad_next_link",
+            ClientError::Config(_) => "config",
+        }
+    }
+}
+
+/// Observes what the client does, for metrics. The default does nothing.
+pub trait ClientObserver: Send + Sync {
+    fn request_finished(&self, _widget_id: &str, _outcome: &str, _elapsed: Duration) {}
+    fn retried(&self, _widget_id: &str, _error_kind: &str) {}
+    fn rate_limit_waited(&self, _waited: Duration) {}
+}
+
+struct NoObserver;
+impl ClientObserver for NoObserver {}
+
+/// A Logs API client for one org and token. Clones share the connection pool and the rate
+/// limit, so every widget's requests together stay within the budget.
+#[derive(Clone)]
+pub struct LogsClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    http: reqwest::Client,
+    limiter: DefaultDirectRateLimiter,
+    logs_url: Url,
+    observer: Arc<dyn ClientObserver>,
+}
+
+impl std::fmt::Debug for LogsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogsClient")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogsClient {
+    pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
+        Self::with_observer(config, Arc::new(NoObserver))
+    }
+
+    pub fn with_observer(
+        config: ClientConfig,
+        observer: Arc<dyn ClientObserver>,
+    ) -> Result<Self, ClientError> {
+        let quota = quota_for(config.rate_limit_per_sec)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            // Redirects could carry the Authorization header elsewhere; the API has no need.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("casestream/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let mut logs_url = config.base_url.clone();
+        logs_url
+            .path_segments_mut()
+            .map_err(|()| ClientError::Config("the API URL cannot be a base URL".into()))?
+            .pop_if_empty()
+            .extend(["api", "v2", config.org_id.as_str(), "logs"]);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                limiter: RateLimiter::direct(quota),
+                http,
+                logs_url,
+                observer,
+                config,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The first-page URL of a window for one widget.
+    pub fn window_url(&self, widget_id: &str, window: &Window) -> Url {
+        let (start, end) = window.query_bounds();
+        let mut url = self.inner.logs_url.clone();
+        url.query_pairs_mut()
+            .append_pair("widgetId", widget_id)
+            .append_pair("start", &start)
+            .append_pair("end", &end)
+            .append_pair("timezone", "Etc/UTC");
+        url
+    }
+
+    /// Streams the pages of one widget's window. Only one page is held at a time, so memory
+    /// stays flat however large the window is. The stream ends after the last page or the
+    /// first error that retries could not mend.
+    pub fn pages(
+        &self,
+        widget_id: &str,
+        window: Window,
+    ) -> impl Stream<Item = Result<Page, ClientError>> + Send + 'static {
+        let client = self.clone();
+        let widget_id = widget_id.to_owned();
+        let first = self.window_url(&widget_id, &window);
+        futures::stream::try_unfold(Some((first, 0usize)), move |next| {
+            let client = client.clone();
+            let widget_id = widget_id.clone();
+            async move {
+                let Some((url, index)) = next else {
+                    return Ok(None);
+                };
+                let response = client.fetch_with_retries(&widget_id, &url).await?;
+                let next = match response.next_link() {
+                    Some(link) => Some((client.trusted_next_url(link, &url)?, index + 1)),
+                    None => None,
+                };
+                let page = Page {
+                    widget_id,
+                    index,
+                    cases: response.cases,
+                    is_last: next.is_none(),
+                };
+                Ok(Some((page, next)))
+            }
+        })
+    }
+
+    /// Parses a next-page link and checks it points at the configured API, never elsewhere.
+    fn trusted_next_url(&self, link: &str, current: &Url) -> Result<Url, ClientError> {
+        let mut url = current.join(link).map_err(|e| ClientError::BadNextLink {
+            link: link.to_owned(),
+            error: e.to_string(),
+        })?;
+        let base = &self.inner.config.base_url;
+        let same_origin = url.scheme() == base.scheme()
+            && url.host_str() == base.host_str()
+            && url.port_or_known_default() == base.port_or_known_default();
+        if !same_origin {
+            return Err(ClientError::ForeignNextLink {
+                found: url.origin().ascii_serialization(),
+                expected: base.origin().ascii_serialization(),
+            });
+        }
+        // Some clients of this API re-send the window with the cursor; do so when the link
+        // leaves them out.
+        let present: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
+        let missing: Vec<(String, String)> = current
+            .query_pairs()
+            .filter(|(k, _)| k != "next" && !present.iter().any(|p| p == k))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if !missing.is_empty() {
+            url.query_pairs_mut().extend_pairs(missing);
+        }
+        Ok(url)
+    }
+
+    async fn fetch_with_retries(
+        &self,
+        widget_id: &str,
+        url: &Url,
+    ) -> Result<LogsResponse, ClientError> {
+        let policy = &self.inner.config.retry;
+        let backoff = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(policy.min_delay)
+            .with_max_delay(policy.max_delay)
+            .with_max_times(policy.max_attempts.saturating_sub(1));
+        let observer = &self.inner.observer;
+        (|| self.fetch_once(widget_id, url))
+            .retry(backoff)
+            .when(ClientError::is_transient)
+            .adjust(|err, delay| match (err, delay) {
+                // Honour the server's Retry-After when it asks for longer than our backoff.
+                (
+                    ClientError::RateLimited {
+                        retry_after: Some(asked),
+                    },
+                    Some(ours),
+                ) => Some(ours.max(*asked)),
+                (_, delay) => delay,
+            })
+            .notify(|err, delay| {
+                observer.retried(widget_id, err.kind());
+                tracing::warn!(widget = widget_id, error = %err, retry_in = ?delay, "Logs API request failed; retrying");
+            })
+            .await
+    }
+
+    async fn fetch_once(&self, widget_id: &str, url: &Url) -> Result<LogsResponse, ClientError> {
+        let waited = Instant::now();
+        self.inner.limiter.until_ready().await;
+        self.inner.observer.rate_limit_waited(waited.elapsed());
+
+        let started = Instant::now();
+        let result = self.request(url).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind(),
+        };
+        self.inner
+            .observer
+            .request_finished(widget_id, outcome, started.elapsed());
+        result
+    }
+
+    async fn request(&self, url: &Url) -> Result<LogsResponse, ClientError> {
+        let token = self.inner.config.token.expose_secret();
+        let mut auth = HeaderValue::from_str(token)
+            .map_err(|_| ClientError::Config("the API token is not a valid header value".into()))?;
+        auth.set_sensitive(true);
+        let response = self
+            .inner
+            .http
+            .get(url.clone())
+            .header(AUTHORIZATION, auth)
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(describe_transport(&e)))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Transport(describe_transport(&e)))?;
+        let snippet = || snippet(&body, token);
+        match status {
+            s if s.is_success() => serde_json::from_slice::<LogsResponse>(&body).map_err(|e| {
+                ClientError::InvalidBody {
+                    error: e.to_string(),
+                    snippet: snippet(),
+                }
+            }),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(ClientError::Unauthorized {
+                status: status.as_u16(),
+                snippet: snippet(),
+            }),
+            StatusCode::NOT_FOUND => Err(ClientError::OrgNotFound {
+                org_id: self.inner.config.org_id.clone(),
+                snippet: snippet(),
+            }),
+            StatusCode::BAD_REQUEST => Err(ClientError::BadRequest { snippet: snippet() }),
+            StatusCode::TOO_MANY_REQUESTS => Err(ClientError::RateLimited { retry_after }),
+            s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => {
+                Err(ClientError::Server {
+                    status: s.as_u16(),
+                    snippet: snippet(),
+                })
+            }
+            s => Err(ClientError::UnexpectedStatus {
+                status: s.as_u16(),
+                snippet: snippet(),
+            }),
+        }
+    }
+}
+
+fn quota_for(per_sec: f64) -> Result<Quota, ClientError> {
+    if !(per_sec.is_finite() && per_sec > 0.0) {
+        return Err(ClientError::Config(format!(
+            "rate limit must be a positive number of requests per second, got {per_sec}"
+        )));
+    }
+    // One request per period, no burst: the budget is never exceeded even briefly.
+    let period = Duration::from_secs_f64(1.0 / per_sec);
+    Quota::with_period(period)
+        .map(|q| q.allow_burst(NonZeroU32::MIN))
+        .ok_or_else(|| ClientError::Config(format!("rate limit {per_sec}/s is too high")))
+}
+
+/// reqwest's errors name the URL (which holds no secret) and the cause; keep both.
+fn describe_transport(err: &reqwest::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date, capped at [`MAX_RETRY_AFTER`].
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(SystemTime::now()).unwrap_or_default()
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+/// The start of a response body for an error message: printable, short, and never the token
+/// (a server could echo the header back).
+fn snippet(body: &[u8], token: &str) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut short: String = text
+        .chars()
+        .take(SNIPPET_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if !token.is_empty() {
+        short = short.replace(token, "[REDACTED]");
+    }
+    if text.chars().count() > SNIPPET_CHARS {
+        short.push('…');
+    }
+    if short.trim().is_empty() {
+        "(empty body)".into()
+    } else {
+        short
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("999999"), Some(MAX_RETRY_AFTER));
+        let soon = SystemTime::now() + Duration::from_secs(30);
+        let parsed = parse_retry_after(&httpdate::fmt_http_date(soon)).unwrap();
+        assert!(parsed <= Duration::from_secs(30) && parsed >= Duration::from_secs(28));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn snippet_is_short_printable_and_redacted() {
+        let s = snippet(b"bad token sekrit\n", "sekrit");
+        assert_eq!(s, "bad token [REDACTED] ");
+        let long = "x".repeat(1000);
+        assert_eq!(
+            snippet(long.as_bytes(), "t").chars().count(),
+            SNIPPET_CHARS + 1
+        );
+        assert_eq!(snippet(b"", "t"), "(empty body)");
+    }
+
+    #[test]
+    fn windows_render_dates_or_datetimes() {
+        let dates = Window::Dates {
+            start: NaiveDate::from_ymd_opt(2017, 4, 20).unwrap(),
+            end: NaiveDate::from_ymd_opt(2017, 4, 28).unwrap(),
+        };
+        assert_eq!(dates.to_string(), "2017-04-20..2017-04-28");
+        let t = DateTime::parse_from_rfc3339("2017-04-20T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let times = Window::Times { start: t, end: t };
+        assert_eq!(times.query_bounds().0, "2017-04-20T10:00:00Z");
+    }
+
+    #[test]
+    fn rate_limit_must_be_positive() {
+        assert!(quota_for(0.0).is_err());
+        assert!(quota_for(f64::NAN).is_err());
+        assert!(quota_for(0.5).is_ok());
+        assert!(quota_for(5.0).is_ok());
+    }
+
+    #[test]
+    fn next_links_only_to_the_configured_origin() {
+        let config = ClientConfig::new(
+            Url::parse("http://127.0.0.1:8089").unwrap(),
+            "org",
+            SecretString::from("tok"),
+        );
+        let client = LogsClient::new(config).unwrap();
+        let window = Window::Dates {
+            start: NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+            end: NaiveDate::from_ymd_opt(2026, 1, 2).unwrap(),
+        };
+        let first = client.window_url("w1", &window);
+        assert_eq!(
+            first.as_str(),
+            "http://127.0.0.1:8089/api/v2/org/logs?widgetId=w1&start=2026-01-01&end=2026-01-02&timezone=Etc%2FUTC"
+        );
+        let same = client
+            .trusted_next_url("http://127.0.0.1:8089/api/v2/org/logs?next=abc", &first)
+            .unwrap();
+        assert!(same.as_str().contains("next=abc"));
+        assert!(same.as_str().contains("start=2026-01-01"));
+        for foreign in [
+            "http://evil.example/api/v2/org/logs?next=abc",
+            "https://127.0.0.1:8089/x",
+            "http://127.0.0.1:9999/x",
+        ] {
+            let err = client.trusted_next_url(foreign, &first).unwrap_err();
+            assert!(matches!(err, ClientError::ForeignNextLink { .. }), "{err}");
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The Logs API client against the simulator (and, for hostile servers, tiny handlers).
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use chrono::{Duration as ChronoDuration, Utc};
+use futures::TryStreamExt;
+use secrecy::SecretString;
+use serde_json::Value;
+
+use casestream::clock::Clock;
+use casestream::simulator::http::{RunningSimulator, start};
+use casestream::simulator::{Faults, SimConfig, Simulator};
+use casestream::snapengage::{ClientConfig, ClientError, LogsClient, RetryPolicy, Window};
+
+const TOKEN: &str = "sekrit-token-4f9a";
+
+async fn simulator(history_hours: u64, faults: Faults) -> RunningSimulator {
+    let config = SimConfig {
+        token: TOKEN.into(),
+        history: Duration::from_secs(history_hours * 3600),
+        cases_per_hour: 50.0,
+        faults,
+        ..SimConfig::default()
+    };
+    let sim = Arc::new(Simulator::new(config, Clock::system()));
+    start(sim, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+}
+
+fn client_for(base: url::Url, org: &str, token: &str) -> LogsClient {
+    let mut config = ClientConfig::new(base, org, SecretString::from(token));
+    config.rate_limit_per_sec = 1000.0;
+    config.retry = RetryPolicy {
+        min_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(200),
+        max_attempts: 30,
+    };
+    LogsClient::new(config).unwrap()
+}
+
+fn window() -> Window {
+    let today = Utc::now().date_naive();
+    Window::Dates {
+        start: today - ChronoDuration::days(2),
+        end: today,
+    }
+}
+
+async fn fetch_all(client: &LogsClient, widget: &str) -> Result<Vec<Value>, ClientError> {
+    let pages: Vec<_> = client.pages(widget, window()).try_collect().await?;
+    assert!(pages.last().is_none_or(|p| p.is_last));
+    Ok(pages.into_iter().flat_map(|p| p.cases).collect())
+}
+
+fn ids(cases: &[Value]) -> Vec<String> {
+    cases
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn paging_returns_exactly_the_generated_set() {
+    let sim = simulator(30, Faults::default()).await;
+    let client = client_for(sim.base_url(), "demo", TOKEN);
+    let fetched = fetch_all(&client, "w1").await.unwrap();
+    let expected = sim.sim.visible_cases("w1");
+    assert!(expected.len() >= 1000, "only {} cases", expected.len());
+    assert_eq!(fetched, expected);
+    let pages = sim.sim.stats().pages_served;
+    assert_eq!(pages as usize, expected.len().div_ceil(100));
+    sim.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn transient_faults_are_ridden_out() {
+    let faults = Faults {
+        rate_429: 0.2,
+        retry_after_secs: 0,
+        rate_5xx: 0.2,
+        rate_truncate: 0.2,
+        rate_slow: 0.1,
+        slow_ms: 20,
+        ..Faults::default()
+    };
+    let sim = simulator(30, faults).await;
+    let client = client_for(sim.base_url(), "demo", TOKEN);
+    let fetched = fetch_all(&client, "w2").await.unwrap();
+    assert_eq!(fetched, sim.sim.visible_cases("w2"));
+    let stats = sim.sim.stats();
+    assert!(stats.faults_429 > 0 && stats.faults_5xx > 0 && stats.faults_truncated > 0);
+    sim.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn repeated_cases_across_pages_keep_the_set_intact() {
+    let faults = Faults {
+        rate_repeat: 0.5,
+        ..Faults::default()
+    };
+    let sim = simulator(30, faults).await;
+    let client = client_for(sim.base_url(), "demo", TOKEN);
+    let fetched = fetch_all(&client, "w1").await.unwrap();
+    assert!(sim.sim.stats().faults_repeat > 0);
+    assert!(fetched.len() > sim.sim.visible_cases("w1").len());
+    let unique: HashSet<String> = ids(&fetched).into_iter().collect();
+    let expected: HashSet<String> = ids(&sim.sim.visible_cases("w1")).into_iter().collect();
+    assert_eq!(unique, expected);
+    sim.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let sim = simulator(1, Faults::default()).await;
+    sim.sim.set_faults(Faults {
+        rate_429: 1.0,
+        retry_after_secs: 1,
+        ..Faults::default()
+    });
+    let client = client_for(sim.base_url(), "demo", TOKEN);
+    let fetch = tokio::spawn(async move { fetch_all(&client, "w1").await });
+    // Our own backoff starts at 10 ms: without Retry-After the client would ask ~20 more
+    // times in the next 400 ms. Honouring it, it asks once.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    sim.sim.set_faults(Faults::default());
+    let fetched = fetch.await.unwrap().unwrap();
+    assert_eq!(sim.sim.stats().faults_429, 1);
+    assert_eq!(fetched, sim.sim.visible_cases("w1"));
+    sim.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_token_and_unknown_org_are_clear_permanent_errors() {
+    let sim = simulator(1, Faults::default()).await;
+    let wrong = "wrong-token-77";
+    let err = fetch_all(&client_for(sim.base_url(), "demo", wrong), "w1")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Unauthorized { status: 401, .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("rejected the API token"), "{text}");
+    assert!(!text.contains(wrong) && !format!("{err:?}").contains(wrong));
+    assert!(!err.is_transient());
+
+    let err = fetch_all(&client_for(sim.base_url(), "nope", TOKEN), "w1")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("does not know org `nope`"),
+        "{err}"
+    );
+    // One request each: permanent errors are not retried.
+    assert_eq!(sim.sim.stats().requests, 2);
+    sim.stop().await.unwrap();
+}
+
+async fn serve(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+#[tokio::test]
+async fn bad_request_quotes_the_servers_reason() {
+    let addr = serve(Router::new().route(
+        "/api/v2/{org}/logs",
+        get(|| async { (StatusCode::BAD_REQUEST, "Invalid start date: 2017-13-45") }),
+    ))
+    .await;
+    let client = client_for(format!("http://{addr}").parse().unwrap(), "o", TOKEN);
+    let err = fetch_all(&client, "w").await.unwrap_err();
+    assert!(
+        err.to_string().contains("Invalid start date: 2017-13-45"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_next_link_is_refused_and_gets_no_token() {
+    let foreign_hits = Arc::new(AtomicUsize::new(0));
+    let hits = foreign_hits.clone();
+    let foreign = serve(Router::new().fallback(move || {
+        hits.fetch_add(1, Ordering::SeqCst);
+        async { "{\"cases\": [], \"linkToNextSetOfResults\": \"\"}" }
+    }))
+    .await;
+    let link = format!("http://{foreign}/api/v2/o/logs?next=x");
+    let api = serve(Router::new().route(
+        "/api/v2/{org}/logs",
+        get(move || {
+            let body = serde_json::json!({"cases": [{"id": "a"}], "linkToNextSetOfResults": link});
+            async move { body.to_string() }
+        }),
+    ))
+    .await;
+    let client = client_for(format!("http://{api}").parse().unwrap(), "o", TOKEN);
+    let err = fetch_all(&client, "w").await.unwrap_err();
+    assert!(matches!(err, ClientError::ForeignNextLink { .. }), "{err}");
+    assert!(err.to_string().contains(&foreign.to_string()));
+    assert_eq!(foreign_hits.load(Ordering::SeqCst), 0);
+}
+
+/// A `tracing` writer that keeps everything logged, to search it afterwards.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_token_never_appears_in_debug_errors_or_logs() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // A server that echoes the Authorization header back in its error bodies.
+    let echo = serve(Router::new().route(
+        "/api/v2/{org}/logs",
+        get(|headers: axum::http::HeaderMap| async move {
+            let auth = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("busy, token was {auth}"),
+            )
+        }),
+    ))
+    .await;
+    let mut config = ClientConfig::new(
+        format!("http://{echo}").parse().unwrap(),
+        "o",
+        SecretString::from(TOKEN),
+    );
+    config.retry = RetryPolicy {
+        min_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(5),
+        max_attempts: 3,
+    };
+    let client = LogsClient::new(config.clone()).unwrap();
+    let err = fetch_all(&client, "w").await.unwrap_err();
+    assert!(
+        err.to_string().contains("busy, token was [REDACTED]"),
+        "{err}"
+    );
+
+    let sim = simulator(1, Faults::default()).await;
+    let denied = fetch_all(&client_for(sim.base_url(), "demo", TOKEN), "w1").await;
+    assert!(denied.is_ok());
+    sim.stop().await.unwrap();
+
+    let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logged.contains("retrying"), "retries were logged: {logged}");
+    for shown in [
+        format!("{config:?}"),
+        format!("{client:?}"),
+        err.to_string(),
+        format!("{err:?}"),
+        logged,
+    ] {
+        assert!(!shown.contains(TOKEN), "token leaked into: {shown}");
+    }
+}
