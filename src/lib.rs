@@ -5,3 +5,8 @@
 pub mod clock;
 pub mod simulator;
 pub mod snapengage;
+pub mod config;
+pub mod events;
+pub mod pipeline;
+pub mod sink;
+pub mod state;

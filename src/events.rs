@@ -1,0 +1,178 @@
+//! CloudEvents 1.0 envelopes for case events, and their stable ids.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::snapengage::{Case, Survey};
+
+pub const TYPE_CREATED: &str = "com.snapengage.case.created";
+pub const TYPE_SURVEY: &str = "com.snapengage.case.survey";
+pub const SPEC_VERSION: &str = "1.0";
+pub const DATA_CONTENT_TYPE: &str = "application/json";
+/// The content type of a structured-mode record (CloudEvents Kafka binding, JSON format).
+pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json; charset=UTF-8";
+
+/// Namespace of all casestream event ids (UUIDv5); fixed forever, or ids would change.
+const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1f_3c2e_9d4a_4e8b_a1c7_5f20_83d9_e6a4);
+
+/// Which event a case produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Created,
+    Survey {
+        score: Option<i64>,
+        comments: Option<String>,
+    },
+}
+
+/// A stable digest of survey content: the same score and comments always give the same text.
+pub fn survey_digest(survey: &Survey) -> String {
+    let content = json!([survey.score, survey.comments]).to_string();
+    Uuid::new_v5(&EVENT_ID_NAMESPACE, content.as_bytes()).to_string()
+}
+
+/// UUIDv5 of org, case id, type (and survey content): the same event always has the same id.
+pub fn event_id(org_id: &str, case_id: &str, kind: &EventKind) -> Uuid {
+    let name = match kind {
+        EventKind::Created => format!("{org_id}\n{case_id}\n{TYPE_CREATED}"),
+        EventKind::Survey { score, comments } => {
+            let digest = survey_digest(&Survey {
+                score: *score,
+                comments: comments.clone(),
+            });
+            format!("{org_id}\n{case_id}\n{TYPE_SURVEY}\n{digest}")
+        }
+    };
+    Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes())
+}
+
+/// One event ready for the sink.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CloudEvent {
+    pub id: Uuid,
+    pub event_type: &'static str,
+    pub source: String,
+    pub subject: String,
+    pub time: DateTime<Utc>,
+    pub data: Value,
+}
+
+impl CloudEvent {
+    /// Builds the event for `case` of `widget_id`. `observed_at` is when the survey was seen
+    /// (the `time` of survey events); created events carry the case's creation time.
+    pub fn for_case(
+        org_id: &str,
+        widget_id: &str,
+        case: &Case,
+        kind: &EventKind,
+        observed_at: DateTime<Utc>,
+    ) -> Self {
+        let mut data = Map::new();
+        data.insert("org_id".into(), org_id.into());
+        data.insert("widget_id".into(), widget_id.into());
+        data.insert("case".into(), Value::Object(case.raw().clone()));
+        let (event_type, time) = match kind {
+            EventKind::Created => (TYPE_CREATED, case.created_at().unwrap_or(observed_at)),
+            EventKind::Survey { score, comments } => {
+                data.insert("survey".into(), json!({"score": score, "comments": comments}));
+                (TYPE_SURVEY, observed_at)
+            }
+        };
+        Self {
+            id: event_id(org_id, case.id(), kind),
+            event_type,
+            source: source(org_id, widget_id),
+            subject: case.id().to_owned(),
+            time,
+            data: Value::Object(data),
+        }
+    }
+
+    pub fn time_text(&self) -> String {
+        self.time.to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+
+    /// The whole event as JSON (structured content mode).
+    pub fn to_structured_json(&self) -> Value {
+        json!({
+            "specversion": SPEC_VERSION,
+            "id": self.id.to_string(),
+            "source": self.source,
+            "type": self.event_type,
+            "subject": self.subject,
+            "time": self.time_text(),
+            "datacontenttype": DATA_CONTENT_TYPE,
+            "data": self.data,
+        })
+    }
+
+    /// `ce_*` headers for binary content mode; the data goes in the record value.
+    pub fn binary_headers(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ce_specversion", SPEC_VERSION.to_owned()),
+            ("ce_id", self.id.to_string()),
+            ("ce_source", self.source.clone()),
+            ("ce_type", self.event_type.to_owned()),
+            ("ce_subject", self.subject.clone()),
+            ("ce_time", self.time_text()),
+            ("content-type", DATA_CONTENT_TYPE.to_owned()),
+        ]
+    }
+}
+
+pub fn source(org_id: &str, widget_id: &str) -> String {
+    format!("/snapengage/{org_id}/widgets/{widget_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case() -> Case {
+        Case::from_value(json!({"id": "c1", "created_at_date": 1_493_286_277_463i64})).unwrap()
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let created = event_id("org", "c1", &EventKind::Created);
+        assert_eq!(created, event_id("org", "c1", &EventKind::Created));
+        assert_ne!(created, event_id("org2", "c1", &EventKind::Created));
+        assert_ne!(created, event_id("org", "c2", &EventKind::Created));
+        let s1 = EventKind::Survey {
+            score: Some(100),
+            comments: None,
+        };
+        let s2 = EventKind::Survey {
+            score: Some(100),
+            comments: Some("x".into()),
+        };
+        assert_eq!(event_id("org", "c1", &s1), event_id("org", "c1", &s1.clone()));
+        assert_ne!(event_id("org", "c1", &s1), event_id("org", "c1", &s2));
+        assert_ne!(event_id("org", "c1", &s1), created);
+        assert_eq!(created.get_version_num(), 5);
+    }
+
+    #[test]
+    fn envelope_attributes() {
+        let now = Utc::now();
+        let event = CloudEvent::for_case("org", "w1", &case(), &EventKind::Created, now);
+        let json = event.to_structured_json();
+        assert_eq!(json["type"], TYPE_CREATED);
+        assert_eq!(json["source"], "/snapengage/org/widgets/w1");
+        assert_eq!(json["subject"], "c1");
+        assert_eq!(json["time"], "2017-04-27T09:44:37.463Z");
+        assert_eq!(json["data"]["case"]["id"], "c1");
+        assert_eq!(json["data"]["widget_id"], "w1");
+
+        let survey = EventKind::Survey {
+            score: Some(80),
+            comments: Some("ok".into()),
+        };
+        let event = CloudEvent::for_case("org", "w1", &case(), &survey, now);
+        assert_eq!(event.time, now);
+        assert_eq!(event.data["survey"], json!({"score": 80, "comments": "ok"}));
+        let headers = event.binary_headers();
+        assert!(headers.contains(&("ce_type", TYPE_SURVEY.to_owned())));
+    }
+}

@@ -1,0 +1,562 @@
+//! The forwarder: scheduler → source → tracker → sink → state commit.
+//!
+//! A page's state commits only after Kafka acknowledged every event derived from it, so a
+//! crash loses nothing; at worst the last page's events go out again with the same ids.
+
+pub mod scheduler;
+pub mod tracker;
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::WindowMode;
+use crate::events::{CloudEvent, EventKind};
+use crate::sink::{DeadLetter, KafkaSink, Outgoing, SinkError};
+use crate::snapengage::{Case, ClientError, LogsClient, Page};
+use crate::state::{StateError, StateStore, StoredCase, WidgetProgress};
+use scheduler::Task;
+use tracker::{CaseRecord, TrackerSettings};
+
+/// Re-check days read per widget per cycle, so old surveys never crowd out fresh cases.
+const RECHECK_DAYS_PER_CYCLE: usize = 4;
+/// Without a terminal, catch-up progress is logged this often.
+const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+pub struct PipelineSettings {
+    pub org_id: String,
+    pub widgets: Vec<String>,
+    pub poll_interval: Duration,
+    pub lookback: Duration,
+    pub since: Option<NaiveDate>,
+    pub window_mode: WindowMode,
+    pub tracker: TrackerSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("state task failed: {0}")]
+    Join(String),
+}
+
+/// What the admin endpoints report; written by the pipeline, read by probes.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub state_ok: AtomicBool,
+    pub kafka_ok: AtomicBool,
+    /// Epoch ms of the last completed poll window (any widget).
+    pub last_poll_ok_ms: AtomicI64,
+    /// Epoch ms of the last turn of the poll loop.
+    pub heartbeat_ms: AtomicI64,
+}
+
+impl Health {
+    fn beat(&self) {
+        self.heartbeat_ms
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+}
+
+/// What one cycle did, for its summary line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CycleStats {
+    pub windows: u64,
+    pub pages: u64,
+    pub cases: u64,
+    pub created: u64,
+    pub surveys: u64,
+    pub dead_letters: u64,
+    pub window_errors: u64,
+}
+
+enum WindowEnd {
+    Complete,
+    Interrupted,
+}
+
+pub struct Pipeline {
+    settings: PipelineSettings,
+    client: LogsClient,
+    store: Arc<dyn StateStore>,
+    sink: Arc<KafkaSink>,
+    clock: Clock,
+    health: Arc<Health>,
+}
+
+impl Pipeline {
+    pub fn new(
+        settings: PipelineSettings,
+        client: LogsClient,
+        store: Arc<dyn StateStore>,
+        sink: Arc<KafkaSink>,
+        clock: Clock,
+        health: Arc<Health>,
+    ) -> Self {
+        health.state_ok.store(true, Ordering::Relaxed);
+        Self {
+            settings,
+            client,
+            store,
+            sink,
+            clock,
+            health,
+        }
+    }
+
+    /// Runs a blocking state call off the async threads.
+    async fn state<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&dyn StateStore) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, PipelineError> {
+        let store = self.store.clone();
+        let result = tokio::task::spawn_blocking(move || call(store.as_ref()))
+            .await
+            .map_err(|e| PipelineError::Join(e.to_string()))?;
+        self.health
+            .state_ok
+            .store(result.is_ok(), Ordering::Relaxed);
+        Ok(result?)
+    }
+
+    /// Polls until `shutdown` fires; then the page in flight is finished and committed.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), PipelineError> {
+        let widgets = self.settings.widgets.clone();
+        let since = self
+            .settings
+            .since
+            .unwrap_or_else(|| self.clock.now().date_naive());
+        let mut progress = HashMap::new();
+        for widget in &widgets {
+            let w = widget.clone();
+            let known = self.state(move |s| s.widget(&w)).await?;
+            let p = match known {
+                Some(p) => p,
+                None => {
+                    let fresh = WidgetProgress {
+                        since,
+                        caught_up_through: None,
+                        last_fresh_poll: None,
+                    };
+                    let (w, p) = (widget.clone(), fresh.clone());
+                    self.state(move |s| s.set_widget(&w, &p)).await?;
+                    fresh
+                }
+            };
+            progress.insert(widget.clone(), p);
+        }
+        let mut catch_up = CatchUpProgress::new(&progress, self.fresh_start());
+
+        while !shutdown.is_cancelled() {
+            self.health.beat();
+            let cycle_started = Instant::now();
+            let now = self.clock.now();
+            let today = now.date_naive();
+            let fresh_start = self.fresh_start();
+            let mut plans = Vec::new();
+            for widget in &widgets {
+                let (w, before) = (widget.clone(), fresh_start);
+                let due = self
+                    .state(move |s| s.due_days(&w, now, before, RECHECK_DAYS_PER_CYCLE))
+                    .await?;
+                let tasks = scheduler::plan_widget(
+                    &progress[widget],
+                    today,
+                    now,
+                    self.settings.poll_interval,
+                    self.settings.lookback,
+                    &due,
+                );
+                plans.push((widget.clone(), tasks));
+            }
+            let mut stats = CycleStats::default();
+            for (widget, task) in scheduler::interleave(plans) {
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                self.health.beat();
+                let window = scheduler::window_for(
+                    task,
+                    today,
+                    self.settings.lookback,
+                    self.settings.window_mode,
+                );
+                let started = Instant::now();
+                match self.read_window(&widget, task, window, &shutdown, &mut stats).await {
+                    Ok(WindowEnd::Complete) => {
+                        stats.windows += 1;
+                        self.health
+                            .last_poll_ok_ms
+                            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+                        metrics::histogram!("casestream_window_seconds", "kind" => task.label())
+                            .record(started.elapsed().as_secs_f64());
+                        let p = progress
+                            .get_mut(&widget)
+                            .unwrap_or_else(|| unreachable!("every planned widget has progress"));
+                        self.window_done(&widget, task, now, p).await?;
+                        if let Task::CatchUp(_) = task {
+                            catch_up.day_done();
+                        }
+                    }
+                    Ok(WindowEnd::Interrupted) => break,
+                    Err(WindowFailure::Client(e)) => {
+                        stats.window_errors += 1;
+                        metrics::counter!("casestream_window_errors_total", "widget" => widget.clone(), "kind" => e.kind()).increment(1);
+                        let level_error = !e.is_transient();
+                        if level_error {
+                            tracing::error!(widget = %widget, window = %window, error = %e, "reading the Logs API failed; will try again next cycle");
+                        } else {
+                            tracing::warn!(widget = %widget, window = %window, error = %e, "Logs API window gave up after retries; will try again next cycle");
+                        }
+                    }
+                    Err(WindowFailure::Pipeline(e)) => return Err(e),
+                }
+            }
+            self.report_cycle(&stats, cycle_started.elapsed(), &progress, fresh_start)
+                .await;
+            catch_up.show(&progress, self.fresh_start());
+            let still_catching_up = progress
+                .values()
+                .any(|p| scheduler::next_catch_up(p, self.fresh_start()).is_some());
+            if shutdown.is_cancelled() || (still_catching_up && stats.window_errors == 0) {
+                continue;
+            }
+            // Next cycle when the poll interval has passed since this one started.
+            let elapsed = self.clock.now() - now;
+            let wait = chrono::Duration::from_std(self.settings.poll_interval)
+                .unwrap_or_default()
+                .checked_sub(&elapsed)
+                .and_then(|d| d.to_std().ok())
+                .unwrap_or_default();
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = self.clock.sleep(wait) => {}
+            }
+        }
+        catch_up.finish();
+        tracing::info!("poll loop stopped");
+        Ok(())
+    }
+
+    fn fresh_start(&self) -> NaiveDate {
+        scheduler::fresh_start(self.clock.now().date_naive(), self.settings.lookback)
+    }
+
+    async fn report_cycle(
+        &self,
+        stats: &CycleStats,
+        took: Duration,
+        progress: &HashMap<String, WidgetProgress>,
+        fresh_start: NaiveDate,
+    ) {
+        let behind: u64 = progress
+            .values()
+            .map(|p| scheduler::catch_up_remaining(p, fresh_start))
+            .sum();
+        let state = self.state(|s| s.stats()).await.ok();
+        if let Some(state) = state {
+            metrics::gauge!("casestream_known_cases").set(state.known_cases as f64);
+            metrics::gauge!("casestream_pending_surveys").set(state.pending_surveys as f64);
+            metrics::gauge!("casestream_state_size_bytes").set(state.size_bytes as f64);
+        }
+        if stats.windows + stats.window_errors > 0 {
+            tracing::info!(
+                windows = stats.windows,
+                pages = stats.pages,
+                cases = stats.cases,
+                created = stats.created,
+                surveys = stats.surveys,
+                dead_letters = stats.dead_letters,
+                window_errors = stats.window_errors,
+                catch_up_days_left = behind,
+                known_cases = state.map(|s| s.known_cases),
+                pending_surveys = state.map(|s| s.pending_surveys),
+                took_ms = took.as_millis() as u64,
+                "poll cycle"
+            );
+        }
+    }
+
+    /// Records that a window was read completely.
+    async fn window_done(
+        &self,
+        widget: &str,
+        task: Task,
+        cycle_started: DateTime<Utc>,
+        progress: &mut WidgetProgress,
+    ) -> Result<(), PipelineError> {
+        match task {
+            Task::CatchUp(day) => progress.caught_up_through = Some(day),
+            Task::Fresh => {
+                progress.last_fresh_poll = Some(cycle_started);
+                metrics::gauge!("casestream_last_fresh_poll_timestamp_seconds", "widget" => widget.to_owned())
+                    .set(cycle_started.timestamp() as f64);
+            }
+            Task::Recheck(day) => {
+                // Due cases the API no longer returned: move their next check on, or they
+                // would make this day due forever.
+                let (w, now, settings) = (widget.to_owned(), self.clock.now(), self.settings.tracker);
+                self.state(move |s| {
+                    let unseen: Vec<StoredCase> = s
+                        .due_cases(&w, day, now)?
+                        .into_iter()
+                        .map(|mut c| {
+                            c.record.next_check =
+                                tracker::next_check(c.record.chat_end, now, &settings);
+                            c
+                        })
+                        .collect();
+                    s.commit_cases(&unseen)
+                })
+                .await?;
+            }
+        }
+        let (w, p) = (widget.to_owned(), progress.clone());
+        self.state(move |s| s.set_widget(&w, &p)).await
+    }
+
+    async fn read_window(
+        &self,
+        widget: &str,
+        task: Task,
+        window: crate::snapengage::Window,
+        shutdown: &CancellationToken,
+        stats: &mut CycleStats,
+    ) -> Result<WindowEnd, WindowFailure> {
+        tracing::debug!(widget, kind = task.label(), %window, "reading window");
+        let mut pages = pin!(self.client.pages(widget, window));
+        loop {
+            // A fetch in flight is abandoned at shutdown: nothing of it was committed.
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(WindowEnd::Interrupted),
+                next = pages.next() => next,
+            };
+            match next {
+                None => return Ok(WindowEnd::Complete),
+                Some(Err(e)) => return Err(WindowFailure::Client(e)),
+                Some(Ok(page)) => {
+                    let last = page.is_last;
+                    if !self.process_page(page, shutdown, stats).await? {
+                        return Ok(WindowEnd::Interrupted);
+                    }
+                    if last {
+                        return Ok(WindowEnd::Complete);
+                    }
+                    if shutdown.is_cancelled() {
+                        return Ok(WindowEnd::Interrupted);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tracker → sink → commit for one page. Returns false when shutdown came while Kafka
+    /// could not take the page (nothing was committed; the page will be read again).
+    async fn process_page(
+        &self,
+        page: Page,
+        shutdown: &CancellationToken,
+        stats: &mut CycleStats,
+    ) -> Result<bool, PipelineError> {
+        let now = self.clock.now();
+        let widget = page.widget_id;
+        stats.pages += 1;
+        stats.cases += page.cases.len() as u64;
+        metrics::counter!("casestream_cases_seen_total", "widget" => widget.clone())
+            .increment(page.cases.len() as u64);
+
+        let mut cases: Vec<Case> = Vec::with_capacity(page.cases.len());
+        let mut outgoing = Vec::new();
+        for value in page.cases {
+            match Case::from_value(value) {
+                // A case repeated within a page counts once: the later copy is the newer.
+                Ok(case) => {
+                    if let Some(i) = cases.iter().position(|c| c.id() == case.id()) {
+                        cases.remove(i);
+                    }
+                    cases.push(case);
+                }
+                Err(problem) => {
+                    tracing::warn!(widget = %widget, reason = %problem.reason, "case sent to the dead-letter topic");
+                    stats.dead_letters += 1;
+                    metrics::counter!("casestream_dead_letters_total", "widget" => widget.clone())
+                        .increment(1);
+                    outgoing.push(Outgoing::DeadLetter(DeadLetter {
+                        org_id: self.settings.org_id.clone(),
+                        widget_id: widget.clone(),
+                        key: problem.raw.get("id").and_then(|v| v.as_str()).map(str::to_owned),
+                        raw: serde_json::to_vec(&problem.raw).unwrap_or_default(),
+                        reason: problem.reason.to_string(),
+                    }));
+                }
+            }
+        }
+
+        let ids: Vec<String> = cases.iter().map(|c| c.id().to_owned()).collect();
+        let known = self
+            .state(move |s| s.lookup(&ids.iter().map(String::as_str).collect::<Vec<_>>()))
+            .await?;
+
+        let mut changed = Vec::new();
+        for case in &cases {
+            let before: Option<&CaseRecord> = known.get(case.id());
+            let decision = tracker::observe(case, before, now, &self.settings.tracker);
+            for kind in &decision.events {
+                match kind {
+                    EventKind::Created => stats.created += 1,
+                    EventKind::Survey { .. } => stats.surveys += 1,
+                }
+                outgoing.push(Outgoing::Event(CloudEvent::for_case(
+                    &self.settings.org_id,
+                    &widget,
+                    case,
+                    kind,
+                    now,
+                )));
+            }
+            if before != Some(&decision.record) {
+                let day = case
+                    .created_at()
+                    .unwrap_or(decision.record.chat_end)
+                    .date_naive();
+                changed.push(StoredCase {
+                    id: case.id().to_owned(),
+                    widget: widget.clone(),
+                    day,
+                    record: decision.record,
+                });
+            }
+        }
+
+        if !outgoing.is_empty() && !self.publish_until_acked(&outgoing, shutdown).await {
+            return Ok(false);
+        }
+        for record in &outgoing {
+            if let Outgoing::Event(event) = record {
+                metrics::counter!("casestream_events_published_total", "type" => event.event_type)
+                    .increment(1);
+            }
+        }
+        if !changed.is_empty() {
+            self.state(move |s| s.commit_cases(&changed)).await?;
+        }
+        Ok(true)
+    }
+
+    /// Publishes until Kafka acknowledged everything, retrying with backoff while it is down.
+    /// Returns false if shutdown came first.
+    async fn publish_until_acked(&self, records: &[Outgoing], shutdown: &CancellationToken) -> bool {
+        let mut delays = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(30))
+            .without_max_times()
+            .build();
+        loop {
+            let result: Result<(), SinkError> = self.sink.publish(records).await;
+            match result {
+                Ok(()) => {
+                    self.health.kafka_ok.store(true, Ordering::Relaxed);
+                    return true;
+                }
+                Err(e) => {
+                    self.health.kafka_ok.store(false, Ordering::Relaxed);
+                    metrics::counter!("casestream_kafka_delivery_errors_total").increment(1);
+                    let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                    tracing::warn!(error = %e, retry_in = ?delay, records = records.len(), "Kafka did not take the page; state stays where it is");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {
+                            tracing::warn!("shutting down with a page Kafka did not acknowledge; it will be read again on restart");
+                            return false;
+                        }
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum WindowFailure {
+    Client(ClientError),
+    Pipeline(PipelineError),
+}
+
+impl From<PipelineError> for WindowFailure {
+    fn from(e: PipelineError) -> Self {
+        WindowFailure::Pipeline(e)
+    }
+}
+
+/// Catch-up progress: a bar on a terminal, a log line every few seconds otherwise.
+struct CatchUpProgress {
+    total: u64,
+    done: u64,
+    bar: Option<indicatif::ProgressBar>,
+    last_log: Instant,
+}
+
+impl CatchUpProgress {
+    fn new(progress: &HashMap<String, WidgetProgress>, fresh_start: NaiveDate) -> Self {
+        let total: u64 = progress
+            .values()
+            .map(|p| scheduler::catch_up_remaining(p, fresh_start))
+            .sum();
+        let bar = (total > 0 && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "catching up {bar:30} {pos}/{len} days ({eta} left)",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        });
+        if total > 0 {
+            tracing::info!(days = total, "catching up on past days");
+        }
+        Self {
+            total,
+            done: 0,
+            bar,
+            last_log: Instant::now(),
+        }
+    }
+
+    fn day_done(&mut self) {
+        self.done += 1;
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+    }
+
+    fn show(&mut self, progress: &HashMap<String, WidgetProgress>, fresh_start: NaiveDate) {
+        if self.total == 0 || self.bar.is_some() || self.last_log.elapsed() < PROGRESS_LOG_EVERY {
+            return;
+        }
+        self.last_log = Instant::now();
+        let left: u64 = progress
+            .values()
+            .map(|p| scheduler::catch_up_remaining(p, fresh_start))
+            .sum();
+        if left > 0 {
+            tracing::info!(done = self.done, left, "catching up");
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

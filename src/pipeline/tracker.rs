@@ -1,0 +1,261 @@
+//! The tracker: pure decisions. Given a case as received, what state knows of it and `now`,
+//! it returns the events to emit and the record to keep. No I/O, no clock.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::events::{EventKind, survey_digest};
+use crate::snapengage::Case;
+
+/// Re-check offsets after the settle time; past the last, twice a day until the horizon.
+const RECHECK_STEPS: [Duration; 4] = [
+    Duration::from_secs(10 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(2 * 3600),
+    Duration::from_secs(6 * 3600),
+];
+const RECHECK_LATE_EVERY: Duration = Duration::from_secs(12 * 3600);
+
+#[derive(Clone, Copy, Debug)]
+pub struct TrackerSettings {
+    /// Wait this long after chat end before a survey counts (SnapEngage stores it after 5 min).
+    pub settle: Duration,
+    /// Stop looking for surveys this long after chat end.
+    pub horizon: Duration,
+}
+
+/// What the state keeps about one case.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CaseRecord {
+    pub first_seen: DateTime<Utc>,
+    pub chat_end: DateTime<Utc>,
+    pub created_emitted: bool,
+    /// Digest of the last survey content emitted.
+    pub survey_digest: Option<String>,
+    /// When the case should be read again for a survey; `None` once past the horizon.
+    pub next_check: Option<DateTime<Utc>>,
+}
+
+impl CaseRecord {
+    pub fn is_pending(&self) -> bool {
+        self.next_check.is_some()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// In emission order: created before survey.
+    pub events: Vec<EventKind>,
+    pub record: CaseRecord,
+}
+
+fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// The next time to look for a survey after `now`: at settle, then backing off with age, never
+/// past the horizon; `None` once the horizon has passed.
+pub fn next_check(
+    chat_end: DateTime<Utc>,
+    now: DateTime<Utc>,
+    settings: &TrackerSettings,
+) -> Option<DateTime<Utc>> {
+    let horizon = add(chat_end, settings.horizon);
+    if now >= horizon {
+        return None;
+    }
+    let mut at = add(chat_end, settings.settle);
+    let mut steps = RECHECK_STEPS.iter();
+    while at <= now {
+        at = add(at, *steps.next().unwrap_or(&RECHECK_LATE_EVERY));
+    }
+    Some(at.min(horizon))
+}
+
+/// Decides what one observation of a case means.
+pub fn observe(
+    case: &Case,
+    known: Option<&CaseRecord>,
+    now: DateTime<Utc>,
+    settings: &TrackerSettings,
+) -> Decision {
+    // Without a usable chat end (no creation time), the first sighting stands in for it.
+    let chat_end = case
+        .chat_end()
+        .or(known.map(|k| k.chat_end))
+        .unwrap_or(now);
+    let mut events = Vec::new();
+    let created_emitted = known.is_some_and(|k| k.created_emitted);
+    if !created_emitted {
+        events.push(EventKind::Created);
+    }
+    let mut digest = known.and_then(|k| k.survey_digest.clone());
+    let settled = now >= add(chat_end, settings.settle);
+    let survey = case.survey();
+    if settled && survey.is_present() {
+        let current = survey_digest(&survey);
+        if digest.as_deref() != Some(current.as_str()) {
+            events.push(EventKind::Survey {
+                score: survey.score,
+                comments: survey.comments,
+            });
+            digest = Some(current);
+        }
+    }
+    Decision {
+        events,
+        record: CaseRecord {
+            first_seen: known.map_or(now, |k| k.first_seen),
+            chat_end,
+            created_emitted: true,
+            survey_digest: digest,
+            next_check: next_check(chat_end, now, settings),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const SETTINGS: TrackerSettings = TrackerSettings {
+        settle: Duration::from_secs(300),
+        horizon: Duration::from_secs(7 * 86_400),
+    };
+    const CREATED_MS: i64 = 1_700_000_000_000;
+
+    fn t(secs_after_created: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(CREATED_MS + secs_after_created * 1000).unwrap()
+    }
+
+    fn case(survey: Option<(i64, &str)>) -> Case {
+        let mut raw = json!({
+            "id": "c1", "created_at_date": CREATED_MS,
+            "chat_waittime": 10, "chat_duration": 90,
+            "survey_score": null, "survey_comments": null,
+        });
+        if let Some((score, comments)) = survey {
+            raw["survey_score"] = score.into();
+            raw["survey_comments"] = comments.into();
+        }
+        Case::from_value(raw).unwrap()
+    }
+
+    #[test]
+    fn unknown_case_is_created_now_and_pending() {
+        let d = observe(&case(None), None, t(100), &SETTINGS);
+        assert_eq!(d.events, [EventKind::Created]);
+        assert_eq!(d.record.chat_end, t(100));
+        assert_eq!(d.record.first_seen, t(100));
+        assert_eq!(d.record.next_check, Some(t(400)));
+    }
+
+    #[test]
+    fn survey_waits_for_settle_then_is_emitted_once() {
+        let surveyed = case(Some((100, "great")));
+        let first = observe(&surveyed, None, t(120), &SETTINGS);
+        assert_eq!(first.events, [EventKind::Created], "not settled at chat end + 20 s");
+        let early = observe(&surveyed, Some(&first.record), t(399), &SETTINGS);
+        assert!(early.events.is_empty());
+        let settled = observe(&surveyed, Some(&early.record), t(400), &SETTINGS);
+        assert_eq!(
+            settled.events,
+            [EventKind::Survey {
+                score: Some(100),
+                comments: Some("great".into())
+            }]
+        );
+        let again = observe(&surveyed, Some(&settled.record), t(5000), &SETTINGS);
+        assert!(again.events.is_empty(), "same survey never twice");
+        let changed = observe(&case(Some((100, "great!"))), Some(&again.record), t(6000), &SETTINGS);
+        assert_eq!(changed.events.len(), 1, "different content is a new survey");
+    }
+
+    #[test]
+    fn first_seen_settled_with_survey_gives_both_created_first() {
+        let d = observe(&case(Some((80, ""))), None, t(86_400), &SETTINGS);
+        assert_eq!(
+            d.events,
+            [
+                EventKind::Created,
+                EventKind::Survey {
+                    score: Some(80),
+                    comments: None
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn rechecks_back_off_and_end_at_the_horizon() {
+        let end = t(100);
+        let checks: Vec<i64> = std::iter::successors(next_check(end, end, &SETTINGS), |at| {
+            next_check(end, *at, &SETTINGS)
+        })
+        .map(|at| (at - end).num_minutes())
+        .collect();
+        assert_eq!(&checks[..6], &[5, 15, 45, 165, 525, 1245]);
+        assert_eq!(*checks.last().unwrap(), 7 * 24 * 60);
+        assert!(checks.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(next_check(end, t(100 + 7 * 86_400), &SETTINGS), None);
+    }
+
+    #[test]
+    fn a_case_without_times_uses_first_sight() {
+        let bare = Case::from_value(json!({"id": "x", "survey_score": 5})).unwrap();
+        let first = observe(&bare, None, t(0), &SETTINGS);
+        assert_eq!(first.record.chat_end, t(0));
+        let later = observe(&bare, Some(&first.record), t(300), &SETTINGS);
+        assert_eq!(later.record.chat_end, t(0));
+        assert_eq!(later.events.len(), 1);
+    }
+
+    fn survey_strategy() -> impl Strategy<Value = Option<(i64, &'static str)>> {
+        prop_oneof![
+            Just(None),
+            Just(Some((100, "great"))),
+            Just(Some((20, ""))),
+            Just(Some((60, "meh"))),
+        ]
+    }
+
+    proptest! {
+        /// Any sequence of observations: one created, surveys only when settled, never the same
+        /// survey content twice in a row, and the record always pending until the horizon.
+        #[test]
+        fn sequences_of_observations(
+            steps in prop::collection::vec((0i64..20_000, survey_strategy()), 1..30)
+        ) {
+            let mut now = 0i64;
+            let mut known: Option<CaseRecord> = None;
+            let mut created = 0;
+            let mut last_survey: Option<EventKind> = None;
+            for (advance, survey) in steps {
+                now += advance;
+                let d = observe(&case(survey), known.as_ref(), t(now), &SETTINGS);
+                for event in &d.events {
+                    match event {
+                        EventKind::Created => created += 1,
+                        survey_event => {
+                            prop_assert!(t(now) >= t(100 + 300), "survey before settle");
+                            prop_assert_ne!(Some(survey_event), last_survey.as_ref());
+                            last_survey = Some(survey_event.clone());
+                        }
+                    }
+                }
+                prop_assert_eq!(d.record.is_pending(), t(now) < t(100 + 7 * 86_400));
+                if let Some(next) = d.record.next_check {
+                    prop_assert!(next > t(now));
+                }
+                known = Some(d.record);
+            }
+            prop_assert_eq!(created, 1);
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! The default state: one embedded SQLite file (WAL, `synchronous=FULL`) in the state
+//! directory. Ids live on disk, not in memory; one transaction (one fsync) per page.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+
+use super::{StateError, StateStats, StateStore, StoredCase, WidgetProgress};
+use crate::pipeline::tracker::CaseRecord;
+
+pub const STATE_FILE: &str = "casestream.sqlite";
+
+/// Bumped when the schema changes incompatibly; an unknown version refuses to open.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS cases (
+    id              TEXT PRIMARY KEY,
+    widget          TEXT NOT NULL,
+    day             TEXT NOT NULL,
+    first_seen_ms   INTEGER NOT NULL,
+    chat_end_ms     INTEGER NOT NULL,
+    created_emitted INTEGER NOT NULL,
+    survey_digest   TEXT,
+    next_check_ms   INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS cases_pending
+    ON cases (widget, next_check_ms) WHERE next_check_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS widgets (
+    widget               TEXT PRIMARY KEY,
+    since                TEXT NOT NULL,
+    caught_up_through    TEXT,
+    last_fresh_poll_ms   INTEGER
+);
+";
+
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+fn ms_to_time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the state file in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        std::fs::create_dir_all(dir).map_err(|source| StateError::Dir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let path = dir.join(STATE_FILE);
+        let store = Self {
+            conn: Mutex::new(Connection::open(&path).map_err(|source| StateError::Sqlite {
+                path: path.display().to_string(),
+                source,
+            })?),
+            path,
+        };
+        store.init()?;
+        Ok(store)
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StateError + '_ {
+        |source| StateError::Sqlite {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // SQLite rolls back an unfinished transaction itself; the connection stays usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn init(&self) -> Result<(), StateError> {
+        let conn = self.conn();
+        let err = self.err();
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(&err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(&err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(&err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(&err)?;
+        match version {
+            0 => {
+                conn.execute_batch(SCHEMA).map_err(&err)?;
+                conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(&err)?;
+            }
+            SCHEMA_VERSION => {}
+            other => {
+                return Err(StateError::Corrupt {
+                    path: self.path.display().to_string(),
+                    what: format!(
+                        "schema version {other}, this casestream knows {SCHEMA_VERSION}"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn parse_day(&self, text: &str) -> Result<NaiveDate, StateError> {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| StateError::Corrupt {
+            path: self.path.display().to_string(),
+            what: format!("day `{text}`"),
+        })
+    }
+}
+
+fn record_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<CaseRecord> {
+    Ok(CaseRecord {
+        first_seen: ms_to_time(row.get(offset)?),
+        chat_end: ms_to_time(row.get(offset + 1)?),
+        created_emitted: row.get(offset + 2)?,
+        survey_digest: row.get(offset + 3)?,
+        next_check: row.get::<_, Option<i64>>(offset + 4)?.map(ms_to_time),
+    })
+}
+
+impl StateStore for SqliteStore {
+    fn lookup(&self, ids: &[&str]) -> Result<HashMap<String, CaseRecord>, StateError> {
+        let mut found = HashMap::with_capacity(ids.len());
+        if ids.is_empty() {
+            return Ok(found);
+        }
+        let conn = self.conn();
+        let err = self.err();
+        // Pages hold at most 100 cases; chunk anyway to stay far below SQLite's parameter cap.
+        for chunk in ids.chunks(500) {
+            let placeholders = vec!["?"; chunk.len()].join(",");
+            let sql = format!(
+                "SELECT id, first_seen_ms, chat_end_ms, created_emitted, survey_digest, next_check_ms
+                 FROM cases WHERE id IN ({placeholders})"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(&err)?;
+            let rows = stmt
+                .query_map(params_from_iter(chunk.iter()), |row| {
+                    Ok((row.get::<_, String>(0)?, record_from_row(row, 1)?))
+                })
+                .map_err(&err)?;
+            for row in rows {
+                let (id, record) = row.map_err(&err)?;
+                found.insert(id, record);
+            }
+        }
+        Ok(found)
+    }
+
+    fn commit_cases(&self, cases: &[StoredCase]) -> Result<(), StateError> {
+        if cases.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let err = self.err();
+        let tx = conn.transaction().map_err(&err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO cases (id, widget, day, first_seen_ms, chat_end_ms,
+                         created_emitted, survey_digest, next_check_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (id) DO UPDATE SET
+                         widget = excluded.widget, day = excluded.day,
+                         chat_end_ms = excluded.chat_end_ms,
+                         created_emitted = excluded.created_emitted,
+                         survey_digest = excluded.survey_digest,
+                         next_check_ms = excluded.next_check_ms",
+                )
+                .map_err(&err)?;
+            for case in cases {
+                let r = &case.record;
+                stmt.execute(params![
+                    case.id,
+                    case.widget,
+                    case.day.to_string(),
+                    r.first_seen.timestamp_millis(),
+                    r.chat_end.timestamp_millis(),
+                    r.created_emitted,
+                    r.survey_digest,
+                    r.next_check.map(|t| t.timestamp_millis()),
+                ])
+                .map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)
+    }
+
+    fn widget(&self, widget: &str) -> Result<Option<WidgetProgress>, StateError> {
+        let conn = self.conn();
+        let row: Option<(String, Option<String>, Option<i64>)> = conn
+            .query_row(
+                "SELECT since, caught_up_through, last_fresh_poll_ms FROM widgets WHERE widget = ?1",
+                [widget],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(self.err())?;
+        drop(conn);
+        row.map(|(since, through, fresh)| {
+            Ok(WidgetProgress {
+                since: self.parse_day(&since)?,
+                caught_up_through: through.map(|d| self.parse_day(&d)).transpose()?,
+                last_fresh_poll: fresh.map(ms_to_time),
+            })
+        })
+        .transpose()
+    }
+
+    fn set_widget(&self, widget: &str, progress: &WidgetProgress) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO widgets (widget, since, caught_up_through, last_fresh_poll_ms)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (widget) DO UPDATE SET since = excluded.since,
+                     caught_up_through = excluded.caught_up_through,
+                     last_fresh_poll_ms = excluded.last_fresh_poll_ms",
+                params![
+                    widget,
+                    progress.since.to_string(),
+                    progress.caught_up_through.map(|d| d.to_string()),
+                    progress.last_fresh_poll.map(|t| t.timestamp_millis()),
+                ],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    fn due_days(
+        &self,
+        widget: &str,
+        now: DateTime<Utc>,
+        before: NaiveDate,
+        limit: usize,
+    ) -> Result<Vec<NaiveDate>, StateError> {
+        let conn = self.conn();
+        let err = self.err();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT DISTINCT day FROM cases
+                 WHERE widget = ?1 AND next_check_ms IS NOT NULL AND next_check_ms <= ?2
+                   AND day < ?3
+                 ORDER BY day LIMIT ?4",
+            )
+            .map_err(&err)?;
+        let days: Vec<String> = stmt
+            .query_map(
+                params![
+                    widget,
+                    now.timestamp_millis(),
+                    before.to_string(),
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                |r| r.get(0),
+            )
+            .map_err(&err)?
+            .collect::<Result<_, _>>()
+            .map_err(&err)?;
+        drop(stmt);
+        drop(conn);
+        days.iter().map(|d| self.parse_day(d)).collect()
+    }
+
+    fn due_cases(
+        &self,
+        widget: &str,
+        day: NaiveDate,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<StoredCase>, StateError> {
+        let conn = self.conn();
+        let err = self.err();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, first_seen_ms, chat_end_ms, created_emitted, survey_digest, next_check_ms
+                 FROM cases
+                 WHERE widget = ?1 AND next_check_ms IS NOT NULL AND next_check_ms <= ?2 AND day = ?3",
+            )
+            .map_err(&err)?;
+        stmt.query_map(
+            params![widget, now.timestamp_millis(), day.to_string()],
+            |row| {
+                Ok(StoredCase {
+                    id: row.get(0)?,
+                    widget: widget.to_owned(),
+                    day,
+                    record: record_from_row(row, 1)?,
+                })
+            },
+        )
+        .map_err(&err)?
+        .collect::<Result<_, _>>()
+        .map_err(&err)
+    }
+
+    fn stats(&self) -> Result<StateStats, StateError> {
+        let conn = self.conn();
+        let err = self.err();
+        let (known, pending): (i64, i64) = conn
+            .query_row(
+                "SELECT COUNT(*), COUNT(next_check_ms) FROM cases",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(&err)?;
+        let page_count: i64 = conn
+            .pragma_query_value(None, "page_count", |r| r.get(0))
+            .map_err(&err)?;
+        let page_size: i64 = conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .map_err(&err)?;
+        Ok(StateStats {
+            known_cases: u64::try_from(known).unwrap_or_default(),
+            pending_surveys: u64::try_from(pending).unwrap_or_default(),
+            size_bytes: u64::try_from(page_count * page_size).unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(ms: i64) -> DateTime<Utc> {
+        ms_to_time(ms)
+    }
+
+    fn day(text: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap()
+    }
+
+    fn stored(id: &str, d: &str, next: Option<i64>) -> StoredCase {
+        StoredCase {
+            id: id.into(),
+            widget: "w1".into(),
+            day: day(d),
+            record: CaseRecord {
+                first_seen: t(1_000),
+                chat_end: t(2_000),
+                created_emitted: true,
+                survey_digest: None,
+                next_check: next.map(t),
+            },
+        }
+    }
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            let mut a = stored("a", "2026-01-01", Some(5_000));
+            store.commit_cases(&[a.clone(), stored("b", "2026-01-02", None)]).unwrap();
+            a.record.survey_digest = Some("d1".into());
+            store.commit_cases(&[a]).unwrap();
+            store
+                .set_widget(
+                    "w1",
+                    &WidgetProgress {
+                        since: day("2026-01-01"),
+                        caught_up_through: Some(day("2026-01-05")),
+                        last_fresh_poll: Some(t(9_000)),
+                    },
+                )
+                .unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let found = store.lookup(&["a", "b", "zzz"]).unwrap();
+        assert_eq!(found.len(), 2);
+        assert_eq!(found["a"].survey_digest.as_deref(), Some("d1"));
+        assert_eq!(found["a"].next_check, Some(t(5_000)));
+        assert_eq!(found["b"].next_check, None);
+        let progress = store.widget("w1").unwrap().unwrap();
+        assert_eq!(progress.caught_up_through, Some(day("2026-01-05")));
+        assert_eq!(store.widget("w2").unwrap(), None);
+        let stats = store.stats().unwrap();
+        assert_eq!((stats.known_cases, stats.pending_surveys), (2, 1));
+        assert!(stats.size_bytes > 0);
+    }
+
+    #[test]
+    fn due_days_and_cases() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store
+            .commit_cases(&[
+                stored("a", "2026-01-01", Some(5_000)),
+                stored("b", "2026-01-01", Some(50_000)),
+                stored("c", "2026-01-02", Some(4_000)),
+                stored("d", "2026-01-03", Some(1_000)),
+                stored("e", "2026-01-01", None),
+            ])
+            .unwrap();
+        let days = store.due_days("w1", t(6_000), day("2026-01-03"), 10).unwrap();
+        assert_eq!(days, [day("2026-01-01"), day("2026-01-02")]);
+        assert_eq!(store.due_days("w1", t(6_000), day("2026-01-03"), 1).unwrap().len(), 1);
+        assert!(store.due_days("w2", t(6_000), day("2026-01-03"), 10).unwrap().is_empty());
+        let due = store.due_cases("w1", day("2026-01-01"), t(6_000)).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].id, "a");
+    }
+
+    #[test]
+    fn an_unknown_schema_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join(STATE_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = SqliteStore::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+}
