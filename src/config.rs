@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
-use crate::snapengage::client::{DEFAULT_API_URL, DEFAULT_RATE_LIMIT_PER_SEC};
+use crate::snapengage::client::{DEFAULT_API_URL, DEFAULT_RATE_LIMIT_PER_SEC, RetryPolicy};
 
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(5 * 60);
@@ -63,9 +63,15 @@ pub struct KafkaSettings {
 /// Property names whose values are secrets: never printed.
 pub fn is_secret_property(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    ["password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "ssl.keystore.key"]
-        .iter()
-        .any(|s| name.contains(s))
+    [
+        "password",
+        "secret",
+        "sasl.oauthbearer.config",
+        "ssl.key.pem",
+        "ssl.keystore.key",
+    ]
+    .iter()
+    .any(|s| name.contains(s))
 }
 
 impl std::fmt::Debug for KafkaSettings {
@@ -74,7 +80,11 @@ impl std::fmt::Debug for KafkaSettings {
             .properties
             .iter()
             .map(|(k, v)| {
-                let v = if is_secret_property(k) { "[REDACTED]" } else { v.as_str() };
+                let v = if is_secret_property(k) {
+                    "[REDACTED]"
+                } else {
+                    v.as_str()
+                };
                 (k.as_str(), v)
             })
             .collect();
@@ -94,6 +104,7 @@ pub struct Config {
     pub api_token: SecretString,
     pub widget_ids: Vec<String>,
     pub rate_limit: f64,
+    pub retry: RetryPolicy,
     pub window_mode: WindowMode,
     pub kafka: KafkaSettings,
     pub state_dir: PathBuf,
@@ -174,6 +185,9 @@ pub struct Layer {
     api_token_file: Option<Scalar>,
     widget_ids: Option<List>,
     rate_limit: Option<Scalar>,
+    api_retry_min_delay: Option<Scalar>,
+    api_retry_max_delay: Option<Scalar>,
+    api_max_attempts: Option<Scalar>,
     window_mode: Option<Scalar>,
     state_dir: Option<Scalar>,
     poll_interval: Option<Scalar>,
@@ -196,26 +210,51 @@ pub struct Layer {
 /// (environment variable, setter) for every named setting.
 type Setter = fn(&mut Layer, String);
 const ENV_SETTINGS: &[(&str, Setter)] = &[
-    ("SNAPENGAGE_API_URL", |l, v| l.api_url = Some(Scalar::Text(v))),
+    ("SNAPENGAGE_API_URL", |l, v| {
+        l.api_url = Some(Scalar::Text(v))
+    }),
     ("SNAPENGAGE_ORG_ID", |l, v| l.org_id = Some(Scalar::Text(v))),
-    ("SNAPENGAGE_API_TOKEN", |l, v| l.api_token = Some(Scalar::Text(v))),
+    ("SNAPENGAGE_API_TOKEN", |l, v| {
+        l.api_token = Some(Scalar::Text(v))
+    }),
     ("SNAPENGAGE_API_TOKEN_FILE", |l, v| {
         l.api_token_file = Some(Scalar::Text(v))
     }),
-    ("SNAPENGAGE_WIDGET_IDS", |l, v| l.widget_ids = Some(List::Text(v))),
-    ("CASESTREAM_RATE_LIMIT", |l, v| l.rate_limit = Some(Scalar::Text(v))),
-    ("CASESTREAM_WINDOW_MODE", |l, v| l.window_mode = Some(Scalar::Text(v))),
-    ("CASESTREAM_STATE_DIR", |l, v| l.state_dir = Some(Scalar::Text(v))),
+    ("SNAPENGAGE_WIDGET_IDS", |l, v| {
+        l.widget_ids = Some(List::Text(v))
+    }),
+    ("CASESTREAM_RATE_LIMIT", |l, v| {
+        l.rate_limit = Some(Scalar::Text(v))
+    }),
+    ("CASESTREAM_API_RETRY_MIN_DELAY", |l, v| {
+        l.api_retry_min_delay = Some(Scalar::Text(v))
+    }),
+    ("CASESTREAM_API_RETRY_MAX_DELAY", |l, v| {
+        l.api_retry_max_delay = Some(Scalar::Text(v))
+    }),
+    ("CASESTREAM_API_MAX_ATTEMPTS", |l, v| {
+        l.api_max_attempts = Some(Scalar::Text(v))
+    }),
+    ("CASESTREAM_WINDOW_MODE", |l, v| {
+        l.window_mode = Some(Scalar::Text(v))
+    }),
+    ("CASESTREAM_STATE_DIR", |l, v| {
+        l.state_dir = Some(Scalar::Text(v))
+    }),
     ("CASESTREAM_POLL_INTERVAL", |l, v| {
         l.poll_interval = Some(Scalar::Text(v))
     }),
     ("CASESTREAM_SETTLE", |l, v| l.settle = Some(Scalar::Text(v))),
-    ("CASESTREAM_LOOKBACK", |l, v| l.lookback = Some(Scalar::Text(v))),
+    ("CASESTREAM_LOOKBACK", |l, v| {
+        l.lookback = Some(Scalar::Text(v))
+    }),
     ("CASESTREAM_SURVEY_HORIZON", |l, v| {
         l.survey_horizon = Some(Scalar::Text(v))
     }),
     ("CASESTREAM_SINCE", |l, v| l.since = Some(Scalar::Text(v))),
-    ("CASESTREAM_TOPIC_CASES", |l, v| l.topic_cases = Some(Scalar::Text(v))),
+    ("CASESTREAM_TOPIC_CASES", |l, v| {
+        l.topic_cases = Some(Scalar::Text(v))
+    }),
     ("CASESTREAM_TOPIC_SURVEYS", |l, v| {
         l.topic_surveys = Some(Scalar::Text(v))
     }),
@@ -234,7 +273,9 @@ const ENV_SETTINGS: &[(&str, Setter)] = &[
     ("CASESTREAM_TOPIC_REPLICATION", |l, v| {
         l.topic_replication = Some(Scalar::Text(v))
     }),
-    ("CASESTREAM_ADMIN_ADDR", |l, v| l.admin_addr = Some(Scalar::Text(v))),
+    ("CASESTREAM_ADMIN_ADDR", |l, v| {
+        l.admin_addr = Some(Scalar::Text(v))
+    }),
 ];
 
 /// Settings of the Confluent-image convention that are not librdkafka properties.
@@ -315,11 +356,12 @@ impl Layer {
         let mut kafka = lower.kafka;
         kafka.extend(self.kafka);
         // A token given at a higher level replaces a token file from a lower one, and back.
-        let (api_token, api_token_file) = if self.api_token.is_some() || self.api_token_file.is_some() {
-            (self.api_token, self.api_token_file)
-        } else {
-            (lower.api_token, lower.api_token_file)
-        };
+        let (api_token, api_token_file) =
+            if self.api_token.is_some() || self.api_token_file.is_some() {
+                (self.api_token, self.api_token_file)
+            } else {
+                (lower.api_token, lower.api_token_file)
+            };
         Layer {
             api_url: self.api_url.or(lower.api_url),
             org_id: self.org_id.or(lower.org_id),
@@ -327,6 +369,9 @@ impl Layer {
             api_token_file,
             widget_ids: self.widget_ids.or(lower.widget_ids),
             rate_limit: self.rate_limit.or(lower.rate_limit),
+            api_retry_min_delay: self.api_retry_min_delay.or(lower.api_retry_min_delay),
+            api_retry_max_delay: self.api_retry_max_delay.or(lower.api_retry_max_delay),
+            api_max_attempts: self.api_max_attempts.or(lower.api_max_attempts),
             window_mode: self.window_mode.or(lower.window_mode),
             state_dir: self.state_dir.or(lower.state_dir),
             poll_interval: self.poll_interval.or(lower.poll_interval),
@@ -407,6 +452,32 @@ impl Layer {
                 ));
             }
         };
+        let defaults = RetryPolicy::default();
+        let retry = RetryPolicy {
+            min_delay: duration(
+                &self.api_retry_min_delay,
+                "CASESTREAM_API_RETRY_MIN_DELAY",
+                defaults.min_delay,
+            )?,
+            max_delay: duration(
+                &self.api_retry_max_delay,
+                "CASESTREAM_API_RETRY_MAX_DELAY",
+                defaults.max_delay,
+            )?,
+            max_attempts: usize::try_from(positive(
+                &self.api_max_attempts,
+                "CASESTREAM_API_MAX_ATTEMPTS",
+                i32::try_from(defaults.max_attempts).unwrap_or(i32::MAX),
+            )?)
+            .unwrap_or(1),
+        };
+        if retry.max_delay < retry.min_delay {
+            return Err(invalid(
+                "CASESTREAM_API_RETRY_MAX_DELAY",
+                &humantime::format_duration(retry.max_delay).to_string(),
+                "must not be shorter than CASESTREAM_API_RETRY_MIN_DELAY",
+            ));
+        }
         let window_mode = match text_or(&self.window_mode, "dates").as_str() {
             "dates" => WindowMode::Dates,
             "datetimes" => WindowMode::Datetimes,
@@ -429,8 +500,11 @@ impl Layer {
                 ));
             }
         };
-        let mut properties: BTreeMap<String, String> =
-            self.kafka.iter().map(|(k, v)| (k.clone(), v.text())).collect();
+        let mut properties: BTreeMap<String, String> = self
+            .kafka
+            .iter()
+            .map(|(k, v)| (k.clone(), v.text()))
+            .collect();
         match properties.get("bootstrap.servers") {
             Some(s) if !s.trim().is_empty() => {}
             _ => {
@@ -440,14 +514,25 @@ impl Layer {
             }
         }
         properties.retain(|_, v| !v.is_empty());
-        let poll_interval = duration(&self.poll_interval, "CASESTREAM_POLL_INTERVAL", DEFAULT_POLL_INTERVAL)?;
+        let poll_interval = duration(
+            &self.poll_interval,
+            "CASESTREAM_POLL_INTERVAL",
+            DEFAULT_POLL_INTERVAL,
+        )?;
         if poll_interval.is_zero() {
-            return Err(invalid("CASESTREAM_POLL_INTERVAL", "0s", "must be more than zero"));
+            return Err(invalid(
+                "CASESTREAM_POLL_INTERVAL",
+                "0s",
+                "must be more than zero",
+            ));
         }
         let settle = duration(&self.settle, "CASESTREAM_SETTLE", DEFAULT_SETTLE)?;
         let lookback = duration(&self.lookback, "CASESTREAM_LOOKBACK", DEFAULT_LOOKBACK)?;
-        let survey_horizon =
-            duration(&self.survey_horizon, "CASESTREAM_SURVEY_HORIZON", DEFAULT_SURVEY_HORIZON)?;
+        let survey_horizon = duration(
+            &self.survey_horizon,
+            "CASESTREAM_SURVEY_HORIZON",
+            DEFAULT_SURVEY_HORIZON,
+        )?;
         if survey_horizon < settle {
             return Err(invalid(
                 "CASESTREAM_SURVEY_HORIZON",
@@ -459,9 +544,15 @@ impl Layer {
             None => None,
             Some(s) => {
                 let text = s.text();
-                Some(NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").map_err(|e| {
-                    invalid("CASESTREAM_SINCE", &text, format!("must be a date like 2026-01-31: {e}"))
-                })?)
+                Some(
+                    NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").map_err(|e| {
+                        invalid(
+                            "CASESTREAM_SINCE",
+                            &text,
+                            format!("must be a date like 2026-01-31: {e}"),
+                        )
+                    })?,
+                )
             }
         };
         let admin_text = text_or(&self.admin_addr, DEFAULT_ADMIN_ADDR);
@@ -472,17 +563,43 @@ impl Layer {
         let create_topics = match create_text.to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" => true,
             "false" | "0" | "no" => false,
-            _ => return Err(invalid("CASESTREAM_CREATE_TOPICS", &create_text, "must be true or false")),
+            _ => {
+                return Err(invalid(
+                    "CASESTREAM_CREATE_TOPICS",
+                    &create_text,
+                    "must be true or false",
+                ));
+            }
         };
-        let topic_partitions = positive(&self.topic_partitions, "CASESTREAM_TOPIC_PARTITIONS", DEFAULT_TOPIC_PARTITIONS)?;
+        let topic_partitions = positive(
+            &self.topic_partitions,
+            "CASESTREAM_TOPIC_PARTITIONS",
+            DEFAULT_TOPIC_PARTITIONS,
+        )?;
         let topic_replication = match &self.topic_replication {
             None => None,
-            Some(_) => Some(positive(&self.topic_replication, "CASESTREAM_TOPIC_REPLICATION", 1)?),
+            Some(_) => Some(positive(
+                &self.topic_replication,
+                "CASESTREAM_TOPIC_REPLICATION",
+                1,
+            )?),
         };
         let topics = Topics {
-            cases: topic(&self.topic_cases, "CASESTREAM_TOPIC_CASES", DEFAULT_TOPIC_CASES)?,
-            surveys: topic(&self.topic_surveys, "CASESTREAM_TOPIC_SURVEYS", DEFAULT_TOPIC_SURVEYS)?,
-            deadletter: topic(&self.topic_deadletter, "CASESTREAM_TOPIC_DEADLETTER", DEFAULT_TOPIC_DEADLETTER)?,
+            cases: topic(
+                &self.topic_cases,
+                "CASESTREAM_TOPIC_CASES",
+                DEFAULT_TOPIC_CASES,
+            )?,
+            surveys: topic(
+                &self.topic_surveys,
+                "CASESTREAM_TOPIC_SURVEYS",
+                DEFAULT_TOPIC_SURVEYS,
+            )?,
+            deadletter: topic(
+                &self.topic_deadletter,
+                "CASESTREAM_TOPIC_DEADLETTER",
+                DEFAULT_TOPIC_DEADLETTER,
+            )?,
         };
         Ok(Config {
             api_url,
@@ -490,6 +607,7 @@ impl Layer {
             api_token: SecretString::from(api_token),
             widget_ids,
             rate_limit,
+            retry,
             window_mode,
             kafka: KafkaSettings {
                 properties,
@@ -565,7 +683,10 @@ pub struct Flags {
 
 impl Flags {
     /// Builds the configuration from defaults < file < environment < these flags.
-    pub fn load(&self, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+    pub fn load(
+        &self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
         let env: Vec<(String, String)> = env.into_iter().collect();
         let file_path = self.config.clone().or_else(|| {
             env.iter()
@@ -608,10 +729,15 @@ fn invalid(setting: &'static str, value: &str, reason: impl ToString) -> ConfigE
 
 /// Durations read as `30s`, `5m`, `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| format!("not a duration like 30s, 5m or 7d ({e})"))
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("not a duration like 30s, 5m or 7d ({e})"))
 }
 
-fn duration(value: &Option<Scalar>, setting: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+fn duration(
+    value: &Option<Scalar>,
+    setting: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     match value {
         None => Ok(default),
         Some(v) => {
@@ -621,7 +747,11 @@ fn duration(value: &Option<Scalar>, setting: &'static str, default: Duration) ->
     }
 }
 
-fn positive(value: &Option<Scalar>, setting: &'static str, default: i32) -> Result<i32, ConfigError> {
+fn positive(
+    value: &Option<Scalar>,
+    setting: &'static str,
+    default: i32,
+) -> Result<i32, ConfigError> {
     match value {
         None => Ok(default),
         Some(v) => {
@@ -635,7 +765,11 @@ fn positive(value: &Option<Scalar>, setting: &'static str, default: i32) -> Resu
 }
 
 /// Kafka's own rule for topic names.
-fn topic(value: &Option<Scalar>, setting: &'static str, default: &str) -> Result<String, ConfigError> {
+fn topic(
+    value: &Option<Scalar>,
+    setting: &'static str,
+    default: &str,
+) -> Result<String, ConfigError> {
     let name = text_or(value, default);
     let legal = !name.is_empty()
         && name.len() <= 249
@@ -743,17 +877,50 @@ rate_limit = 2
     #[test]
     fn errors_name_the_setting() {
         let cases: &[(&[(&str, &str)], &str)] = &[
-            (&[("SNAPENGAGE_ORG_ID", "")], "SNAPENGAGE_ORG_ID is required"),
-            (&[("SNAPENGAGE_WIDGET_IDS", " , ")], "SNAPENGAGE_WIDGET_IDS is required"),
-            (&[("CASESTREAM_POLL_INTERVAL", "often")], "CASESTREAM_POLL_INTERVAL = `often` is invalid"),
-            (&[("CASESTREAM_RATE_LIMIT", "-1")], "CASESTREAM_RATE_LIMIT = `-1` is invalid"),
-            (&[("CASESTREAM_SINCE", "yesterday")], "CASESTREAM_SINCE = `yesterday` is invalid"),
-            (&[("CASESTREAM_EVENT_FORMAT", "xml")], "CASESTREAM_EVENT_FORMAT = `xml` is invalid"),
-            (&[("CASESTREAM_TOPIC_CASES", "bad topic!")], "CASESTREAM_TOPIC_CASES = `bad topic!` is invalid"),
-            (&[("SNAPENGAGE_API_URL", "ftp://x")], "SNAPENGAGE_API_URL = `ftp://x` is invalid"),
-            (&[("KAFKA_BOOTSTRAP_SERVERS", "")], "KAFKA_BOOTSTRAP_SERVERS is required"),
-            (&[("SNAPENGAGE_API_TOKEN", "")], "SNAPENGAGE_API_TOKEN (or SNAPENGAGE_API_TOKEN_FILE) is required"),
-            (&[("CASESTREAM_SURVEY_HORIZON", "1m")], "CASESTREAM_SURVEY_HORIZON = `1m` is invalid"),
+            (
+                &[("SNAPENGAGE_ORG_ID", "")],
+                "SNAPENGAGE_ORG_ID is required",
+            ),
+            (
+                &[("SNAPENGAGE_WIDGET_IDS", " , ")],
+                "SNAPENGAGE_WIDGET_IDS is required",
+            ),
+            (
+                &[("CASESTREAM_POLL_INTERVAL", "often")],
+                "CASESTREAM_POLL_INTERVAL = `often` is invalid",
+            ),
+            (
+                &[("CASESTREAM_RATE_LIMIT", "-1")],
+                "CASESTREAM_RATE_LIMIT = `-1` is invalid",
+            ),
+            (
+                &[("CASESTREAM_SINCE", "yesterday")],
+                "CASESTREAM_SINCE = `yesterday` is invalid",
+            ),
+            (
+                &[("CASESTREAM_EVENT_FORMAT", "xml")],
+                "CASESTREAM_EVENT_FORMAT = `xml` is invalid",
+            ),
+            (
+                &[("CASESTREAM_TOPIC_CASES", "bad topic!")],
+                "CASESTREAM_TOPIC_CASES = `bad topic!` is invalid",
+            ),
+            (
+                &[("SNAPENGAGE_API_URL", "ftp://x")],
+                "SNAPENGAGE_API_URL = `ftp://x` is invalid",
+            ),
+            (
+                &[("KAFKA_BOOTSTRAP_SERVERS", "")],
+                "KAFKA_BOOTSTRAP_SERVERS is required",
+            ),
+            (
+                &[("SNAPENGAGE_API_TOKEN", "")],
+                "SNAPENGAGE_API_TOKEN (or SNAPENGAGE_API_TOKEN_FILE) is required",
+            ),
+            (
+                &[("CASESTREAM_SURVEY_HORIZON", "1m")],
+                "CASESTREAM_SURVEY_HORIZON = `1m` is invalid",
+            ),
         ];
         for (overrides, expected) in cases {
             let mut vars = minimal();

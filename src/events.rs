@@ -75,7 +75,10 @@ impl CloudEvent {
         let (event_type, time) = match kind {
             EventKind::Created => (TYPE_CREATED, case.created_at().unwrap_or(observed_at)),
             EventKind::Survey { score, comments } => {
-                data.insert("survey".into(), json!({"score": score, "comments": comments}));
+                data.insert(
+                    "survey".into(),
+                    json!({"score": score, "comments": comments}),
+                );
                 (TYPE_SURVEY, observed_at)
             }
         };
@@ -147,7 +150,10 @@ mod tests {
             score: Some(100),
             comments: Some("x".into()),
         };
-        assert_eq!(event_id("org", "c1", &s1), event_id("org", "c1", &s1.clone()));
+        assert_eq!(
+            event_id("org", "c1", &s1),
+            event_id("org", "c1", &s1.clone())
+        );
         assert_ne!(event_id("org", "c1", &s1), event_id("org", "c1", &s2));
         assert_ne!(event_id("org", "c1", &s1), created);
         assert_eq!(created.get_version_num(), 5);

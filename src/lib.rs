@@ -2,11 +2,13 @@
 //!
 //! Data flows source → tracker → sink → state commit; see DESIGN.md for the map.
 
+pub mod admin;
+pub mod app;
 pub mod clock;
-pub mod simulator;
-pub mod snapengage;
 pub mod config;
 pub mod events;
 pub mod pipeline;
+pub mod simulator;
 pub mod sink;
+pub mod snapengage;
 pub mod state;

@@ -10,7 +10,10 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use casestream::clock::Clock;
+use casestream::config::Flags;
+use casestream::pipeline::Health;
 use casestream::simulator::{self, Faults, SimConfig, Simulator};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -33,8 +36,16 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Poll the Logs API and publish case events to Kafka.
+    Run(RunArgs),
     /// Serve a faithful simulation of the SnapEngage Logs API.
     Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    settings: Flags,
 }
 
 fn duration(value: &str) -> Result<Duration, String> {
@@ -188,6 +199,21 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = args.settings.load(std::env::vars())?;
+    let shutdown = CancellationToken::new();
+    let signalled = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested: finishing the page in flight");
+        signalled.cancel();
+    });
+    let health = Arc::new(Health::default());
+    casestream::app::run(config, Clock::system(), health, shutdown).await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -216,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
+        Command::Run(args) => run(args).await,
         Command::Simulate(args) => simulate(args).await,
     }
 }

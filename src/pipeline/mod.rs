@@ -193,7 +193,10 @@ impl Pipeline {
                     self.settings.window_mode,
                 );
                 let started = Instant::now();
-                match self.read_window(&widget, task, window, &shutdown, &mut stats).await {
+                match self
+                    .read_window(&widget, task, window, &shutdown, &mut stats)
+                    .await
+                {
                     Ok(WindowEnd::Complete) => {
                         stats.windows += 1;
                         self.health
@@ -306,7 +309,8 @@ impl Pipeline {
             Task::Recheck(day) => {
                 // Due cases the API no longer returned: move their next check on, or they
                 // would make this day due forever.
-                let (w, now, settings) = (widget.to_owned(), self.clock.now(), self.settings.tracker);
+                let (w, now, settings) =
+                    (widget.to_owned(), self.clock.now(), self.settings.tracker);
                 self.state(move |s| {
                     let unseen: Vec<StoredCase> = s
                         .due_cases(&w, day, now)?
@@ -395,7 +399,11 @@ impl Pipeline {
                     outgoing.push(Outgoing::DeadLetter(DeadLetter {
                         org_id: self.settings.org_id.clone(),
                         widget_id: widget.clone(),
-                        key: problem.raw.get("id").and_then(|v| v.as_str()).map(str::to_owned),
+                        key: problem
+                            .raw
+                            .get("id")
+                            .and_then(|v| v.as_str())
+                            .map(str::to_owned),
                         raw: serde_json::to_vec(&problem.raw).unwrap_or_default(),
                         reason: problem.reason.to_string(),
                     }));
@@ -456,7 +464,11 @@ impl Pipeline {
 
     /// Publishes until Kafka acknowledged everything, retrying with backoff while it is down.
     /// Returns false if shutdown came first.
-    async fn publish_until_acked(&self, records: &[Outgoing], shutdown: &CancellationToken) -> bool {
+    async fn publish_until_acked(
+        &self,
+        records: &[Outgoing],
+        shutdown: &CancellationToken,
+    ) -> bool {
         let mut delays = ExponentialBuilder::default()
             .with_jitter()
             .with_min_delay(Duration::from_millis(500))

@@ -155,7 +155,10 @@ mod tests {
         };
         let tasks = plan_widget(&progress, day("2026-03-10"), now(), POLL, DAY, &[]);
         assert_eq!(tasks, [Task::Fresh]);
-        assert_eq!(catch_up_remaining(&progress, fresh_start(day("2026-03-10"), DAY)), 0);
+        assert_eq!(
+            catch_up_remaining(&progress, fresh_start(day("2026-03-10"), DAY)),
+            0
+        );
     }
 
     #[test]
@@ -204,14 +207,20 @@ mod tests {
         let tasks = plan_widget(&progress, day("2026-03-10"), now(), POLL, DAY, &due);
         assert_eq!(
             tasks,
-            [Task::CatchUp(day("2026-03-05")), Task::Recheck(day("2026-03-02"))]
+            [
+                Task::CatchUp(day("2026-03-05")),
+                Task::Recheck(day("2026-03-02"))
+            ]
         );
     }
 
     #[test]
     fn widgets_take_turns() {
         let order = interleave(vec![
-            ("a".into(), vec![Task::CatchUp(day("2026-03-01")), Task::Fresh]),
+            (
+                "a".into(),
+                vec![Task::CatchUp(day("2026-03-01")), Task::Fresh],
+            ),
             ("b".into(), vec![Task::Fresh]),
             ("c".into(), vec![]),
         ]);
@@ -229,9 +238,12 @@ mod tests {
                 end: today
             }
         );
-        let Window::Times { start, end } =
-            window_for(Task::Recheck(day("2026-03-01")), today, DAY, WindowMode::Datetimes)
-        else {
+        let Window::Times { start, end } = window_for(
+            Task::Recheck(day("2026-03-01")),
+            today,
+            DAY,
+            WindowMode::Datetimes,
+        ) else {
             panic!("datetimes mode gives times");
         };
         assert_eq!(end - start, chrono::Duration::days(1));

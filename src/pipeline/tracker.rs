@@ -84,10 +84,7 @@ pub fn observe(
     settings: &TrackerSettings,
 ) -> Decision {
     // Without a usable chat end (no creation time), the first sighting stands in for it.
-    let chat_end = case
-        .chat_end()
-        .or(known.map(|k| k.chat_end))
-        .unwrap_or(now);
+    let chat_end = case.chat_end().or(known.map(|k| k.chat_end)).unwrap_or(now);
     let mut events = Vec::new();
     let created_emitted = known.is_some_and(|k| k.created_emitted);
     if !created_emitted {
@@ -160,7 +157,11 @@ mod tests {
     fn survey_waits_for_settle_then_is_emitted_once() {
         let surveyed = case(Some((100, "great")));
         let first = observe(&surveyed, None, t(120), &SETTINGS);
-        assert_eq!(first.events, [EventKind::Created], "not settled at chat end + 20 s");
+        assert_eq!(
+            first.events,
+            [EventKind::Created],
+            "not settled at chat end + 20 s"
+        );
         let early = observe(&surveyed, Some(&first.record), t(399), &SETTINGS);
         assert!(early.events.is_empty());
         let settled = observe(&surveyed, Some(&early.record), t(400), &SETTINGS);
@@ -173,7 +174,12 @@ mod tests {
         );
         let again = observe(&surveyed, Some(&settled.record), t(5000), &SETTINGS);
         assert!(again.events.is_empty(), "same survey never twice");
-        let changed = observe(&case(Some((100, "great!"))), Some(&again.record), t(6000), &SETTINGS);
+        let changed = observe(
+            &case(Some((100, "great!"))),
+            Some(&again.record),
+            t(6000),
+            &SETTINGS,
+        );
         assert_eq!(changed.events.len(), 1, "different content is a new survey");
     }
 

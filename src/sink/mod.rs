@@ -275,7 +275,10 @@ impl KafkaSink {
         }
     }
 
-    fn encode<'a>(&'a self, record: &'a Outgoing) -> (&'a str, Option<&'a str>, Vec<u8>, OwnedHeaders) {
+    fn encode<'a>(
+        &'a self,
+        record: &'a Outgoing,
+    ) -> (&'a str, Option<&'a str>, Vec<u8>, OwnedHeaders) {
         match record {
             Outgoing::Event(event) => {
                 let topic = if event.event_type == TYPE_CREATED {
@@ -292,15 +295,15 @@ impl KafkaSink {
                         }),
                     ),
                     EventFormat::Binary => {
-                        let headers = event
-                            .binary_headers()
-                            .into_iter()
-                            .fold(OwnedHeaders::new(), |h, (key, value)| {
+                        let headers = event.binary_headers().into_iter().fold(
+                            OwnedHeaders::new(),
+                            |h, (key, value)| {
                                 h.insert(Header {
                                     key,
                                     value: Some(value.as_str()),
                                 })
-                            });
+                            },
+                        );
                         (serde_json::to_vec(&event.data).unwrap_or_default(), headers)
                     }
                 };
@@ -332,6 +335,8 @@ impl KafkaSink {
 
     /// Waits for queued records to be delivered (at shutdown).
     pub fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
-        self.producer().flush(timeout).map_err(SinkError::Unreachable)
+        self.producer()
+            .flush(timeout)
+            .map_err(SinkError::Unreachable)
     }
 }

@@ -44,7 +44,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -61,10 +63,12 @@ impl SqliteStore {
         })?;
         let path = dir.join(STATE_FILE);
         let store = Self {
-            conn: Mutex::new(Connection::open(&path).map_err(|source| StateError::Sqlite {
-                path: path.display().to_string(),
-                source,
-            })?),
+            conn: Mutex::new(
+                Connection::open(&path).map_err(|source| StateError::Sqlite {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            ),
             path,
         };
         store.init()?;
@@ -86,9 +90,12 @@ impl SqliteStore {
     fn init(&self) -> Result<(), StateError> {
         let conn = self.conn();
         let err = self.err();
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(&err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(&err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(&err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(&err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(&err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(&err)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(&err)?;
@@ -102,9 +109,7 @@ impl SqliteStore {
             other => {
                 return Err(StateError::Corrupt {
                     path: self.path.display().to_string(),
-                    what: format!(
-                        "schema version {other}, this casestream knows {SCHEMA_VERSION}"
-                    ),
+                    what: format!("schema version {other}, this casestream knows {SCHEMA_VERSION}"),
                 });
             }
         }
@@ -364,7 +369,9 @@ mod tests {
         {
             let store = SqliteStore::open(dir.path()).unwrap();
             let mut a = stored("a", "2026-01-01", Some(5_000));
-            store.commit_cases(&[a.clone(), stored("b", "2026-01-02", None)]).unwrap();
+            store
+                .commit_cases(&[a.clone(), stored("b", "2026-01-02", None)])
+                .unwrap();
             a.record.survey_digest = Some("d1".into());
             store.commit_cases(&[a]).unwrap();
             store
@@ -405,10 +412,23 @@ mod tests {
                 stored("e", "2026-01-01", None),
             ])
             .unwrap();
-        let days = store.due_days("w1", t(6_000), day("2026-01-03"), 10).unwrap();
+        let days = store
+            .due_days("w1", t(6_000), day("2026-01-03"), 10)
+            .unwrap();
         assert_eq!(days, [day("2026-01-01"), day("2026-01-02")]);
-        assert_eq!(store.due_days("w1", t(6_000), day("2026-01-03"), 1).unwrap().len(), 1);
-        assert!(store.due_days("w2", t(6_000), day("2026-01-03"), 10).unwrap().is_empty());
+        assert_eq!(
+            store
+                .due_days("w1", t(6_000), day("2026-01-03"), 1)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            store
+                .due_days("w2", t(6_000), day("2026-01-03"), 10)
+                .unwrap()
+                .is_empty()
+        );
         let due = store.due_cases("w1", day("2026-01-01"), t(6_000)).unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].id, "a");

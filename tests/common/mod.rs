@@ -1,0 +1,317 @@
+//! Shared by the integration tests: a real Kafka broker, a consumer that reads topics back,
+//! the JSON Schemas, and an in-process forwarder against the simulator.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use casestream::clock::Clock;
+use casestream::config::{Config, Flags};
+use casestream::pipeline::Health;
+use casestream::simulator::http::RunningSimulator;
+use casestream::simulator::{SimConfig, Simulator};
+
+/// Where the tests' broker is: `TEST_KAFKA_BOOTSTRAP`, else a testcontainers `apache/kafka`
+/// when a Docker engine answers, else the test fails saying how to get one.
+pub async fn kafka_bootstrap() -> String {
+    static BOOTSTRAP: OnceCell<String> = OnceCell::const_new();
+    BOOTSTRAP
+        .get_or_init(|| async {
+            if let Ok(servers) = std::env::var("TEST_KAFKA_BOOTSTRAP")
+                && !servers.trim().is_empty()
+            {
+                return servers;
+            }
+            if docker_answers() {
+                return start_container().await;
+            }
+            panic!(
+                "these tests need a real Kafka broker. Either start one with \
+                 `scripts/kafka.sh start` and set TEST_KAFKA_BOOTSTRAP to the address it prints \
+                 (`bash scripts/test.sh` does both), or make a Docker engine available so \
+                 testcontainers can start apache/kafka."
+            )
+        })
+        .await
+        .clone()
+}
+
+fn docker_answers() -> bool {
+    let socket = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_owned))
+        .unwrap_or_else(|| "/var/run/docker.sock".into());
+    std::os::unix::net::UnixStream::connect(socket).is_ok()
+}
+
+async fn start_container() -> String {
+    use testcontainers_modules::kafka::apache;
+    use testcontainers_modules::testcontainers::runners::AsyncRunner;
+    static CONTAINER: OnceCell<
+        testcontainers_modules::testcontainers::ContainerAsync<apache::Kafka>,
+    > = OnceCell::const_new();
+    let container = CONTAINER
+        .get_or_init(|| async {
+            apache::Kafka::default()
+                .with_jvm_image()
+                .start()
+                .await
+                .expect("testcontainers could not start apache/kafka")
+        })
+        .await;
+    let port = container
+        .get_host_port_ipv4(apache::KAFKA_PORT)
+        .await
+        .expect("apache/kafka container has no mapped port");
+    format!("127.0.0.1:{port}")
+}
+
+/// A fresh topic prefix per test, so tests share one broker without seeing each other.
+pub fn unique_prefix(test: &str) -> String {
+    format!("{test}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// One record read back from Kafka.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Record {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload).expect("record value is JSON")
+    }
+}
+
+/// Reads a topic from the beginning until no record arrived for `idle`.
+pub fn read_topic(bootstrap: &str, topic: &str, idle: Duration) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("test consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    let mut assignment = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            assignment
+                .add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("partition offset");
+        }
+    }
+    consumer.assign(&assignment).expect("assign partitions");
+    let mut records = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < idle {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                last = Instant::now();
+                let headers = message
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                records.push(Record {
+                    key: message
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned()),
+                    payload: message.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+            Some(Err(e)) => panic!("consuming {topic}: {e}"),
+            None => {}
+        }
+    }
+    records
+}
+
+pub async fn read_topic_async(bootstrap: &str, topic: &str, idle: Duration) -> Vec<Record> {
+    let (b, t) = (bootstrap.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || read_topic(&b, &t, idle))
+        .await
+        .unwrap()
+}
+
+/// Validates events against the schemas in `schemas/`.
+pub struct Schemas {
+    created: jsonschema::Validator,
+    survey: jsonschema::Validator,
+}
+
+impl Schemas {
+    pub fn load() -> Self {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas");
+        let load = |name: &str| {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap();
+            jsonschema::options()
+                .should_validate_formats(true)
+                .build(&serde_json::from_str(&text).unwrap())
+                .unwrap()
+        };
+        Self {
+            created: load("case.created.schema.json"),
+            survey: load("case.survey.schema.json"),
+        }
+    }
+
+    /// Panics with the schema errors if the event is not valid.
+    pub fn check(&self, event: &Value) {
+        let validator = match event["type"].as_str() {
+            Some("com.snapengage.case.created") => &self.created,
+            Some("com.snapengage.case.survey") => &self.survey,
+            other => panic!("unknown event type {other:?} in {event}"),
+        };
+        let errors: Vec<String> = validator
+            .iter_errors(event)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "event fails its schema: {errors:?}\n{event}"
+        );
+    }
+}
+
+/// Rebuilds the structured event from a binary-mode record (`ce_*` headers + data value).
+pub fn event_from_binary(record: &Record) -> Value {
+    let mut event = serde_json::Map::new();
+    for (k, v) in &record.headers {
+        if let Some(attr) = k.strip_prefix("ce_") {
+            event.insert(attr.to_owned(), Value::String(v.clone()));
+        }
+    }
+    event.insert(
+        "datacontenttype".into(),
+        Value::String(record.headers["content-type"].clone()),
+    );
+    event.insert("data".into(), record.json());
+    Value::Object(event)
+}
+
+/// A simulator on a free port.
+pub async fn start_simulator(config: SimConfig, clock: Clock) -> RunningSimulator {
+    let sim = Arc::new(Simulator::new(config, clock));
+    casestream::simulator::http::start(sim, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// The settings every forwarder test starts from; `extra` are environment-style overrides.
+pub fn forwarder_config(
+    sim: &RunningSimulator,
+    bootstrap: &str,
+    prefix: &str,
+    state_dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> Config {
+    let mut env: Vec<(String, String)> = vec![
+        ("SNAPENGAGE_API_URL".into(), sim.base_url().to_string()),
+        ("SNAPENGAGE_ORG_ID".into(), sim.sim.config().org.clone()),
+        (
+            "SNAPENGAGE_API_TOKEN".into(),
+            sim.sim.config().token.clone(),
+        ),
+        (
+            "SNAPENGAGE_WIDGET_IDS".into(),
+            sim.sim.config().widgets.join(","),
+        ),
+        ("KAFKA_BOOTSTRAP_SERVERS".into(), bootstrap.into()),
+        (
+            "CASESTREAM_STATE_DIR".into(),
+            state_dir.display().to_string(),
+        ),
+        ("CASESTREAM_TOPIC_CASES".into(), format!("{prefix}.cases")),
+        (
+            "CASESTREAM_TOPIC_SURVEYS".into(),
+            format!("{prefix}.surveys"),
+        ),
+        (
+            "CASESTREAM_TOPIC_DEADLETTER".into(),
+            format!("{prefix}.dead"),
+        ),
+        ("CASESTREAM_TOPIC_PARTITIONS".into(), "3".into()),
+        ("CASESTREAM_RATE_LIMIT".into(), "500".into()),
+        // Real-time backoff would stall a run on a 600x virtual clock.
+        ("CASESTREAM_API_RETRY_MIN_DELAY".into(), "20ms".into()),
+        ("CASESTREAM_API_RETRY_MAX_DELAY".into(), "200ms".into()),
+        ("CASESTREAM_API_MAX_ATTEMPTS".into(), "20".into()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Flags::default().load(env).expect("test config is valid")
+}
+
+/// A forwarder running in this process until stopped.
+pub struct RunningForwarder {
+    pub health: Arc<Health>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), casestream::app::AppError>>,
+}
+
+impl RunningForwarder {
+    pub fn start(config: Config, clock: Clock) -> Self {
+        let health = Arc::new(Health::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(casestream::app::run(
+            config,
+            clock,
+            health.clone(),
+            stop.clone(),
+        ));
+        Self { health, stop, task }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task
+            .await
+            .expect("forwarder task panicked")
+            .expect("forwarder failed");
+    }
+}
+
+/// Polls `check` until it holds or `limit` passes; the test fails with `what` then.
+pub async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("timed out after {limit:?} waiting for: {what}");
+}
+
+pub fn without_survey(case: &Value) -> Value {
+    let mut case = case.clone();
+    if let Some(map) = case.as_object_mut() {
+        map.remove("survey_score");
+        map.remove("survey_comments");
+    }
+    case
+}

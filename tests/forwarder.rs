@@ -1,0 +1,338 @@
+//! The forwarder end to end: the simulator on a fast virtual clock, a real Kafka broker, and
+//! the records read back from the topics.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use casestream::clock::Clock;
+use casestream::simulator::http::RunningSimulator;
+use casestream::simulator::{Faults, SimConfig};
+use casestream::snapengage::Case;
+use common::*;
+
+/// 600x: a 30 s poll interval passes in 50 ms, a 5 min settle in 0.5 s, 2 h in 12 s.
+const SPEED: f64 = 600.0;
+/// Virtual slack for cases and surveys that appeared just before the run stopped.
+const MARGIN: chrono::Duration = chrono::Duration::minutes(10);
+const SETTLE: chrono::Duration = chrono::Duration::minutes(5);
+
+fn clock() -> Clock {
+    let start: DateTime<Utc> = "2026-03-10T08:00:00Z".parse().unwrap();
+    Clock::scaled(start, SPEED)
+}
+
+fn sim_config(cases_per_hour: f64) -> SimConfig {
+    SimConfig {
+        widgets: vec!["w1".into(), "w2".into()],
+        cases_per_hour,
+        history: Duration::from_secs(2 * 3600),
+        survey_delay: Duration::from_secs(300),
+        survey_spread: Duration::from_secs(600),
+        survey_late_max: Duration::from_secs(3600),
+        ..SimConfig::default()
+    }
+}
+
+/// What the simulator served, by case id: (widget, case now, chat end, survey time).
+struct Truth {
+    cases: HashMap<String, (String, Value, DateTime<Utc>, Option<DateTime<Utc>>)>,
+}
+
+impl Truth {
+    fn of(sim: &RunningSimulator) -> Self {
+        let mut cases = HashMap::new();
+        for widget in &sim.sim.config().widgets {
+            let schedule: HashMap<String, Option<i64>> =
+                sim.sim.survey_schedule(widget).into_iter().collect();
+            for value in sim.sim.visible_cases(widget) {
+                // Unusable cases are checked against the dead-letter topic instead.
+                let Ok(case) = Case::from_value(value.clone()) else {
+                    continue;
+                };
+                let survey_at = schedule[case.id()].and_then(DateTime::from_timestamp_millis);
+                cases.insert(
+                    case.id().to_owned(),
+                    (widget.clone(), value, case.chat_end().unwrap(), survey_at),
+                );
+            }
+        }
+        Self { cases }
+    }
+}
+
+fn by_subject(events: &[Value]) -> HashMap<String, Vec<&Value>> {
+    let mut map: HashMap<String, Vec<&Value>> = HashMap::new();
+    for e in events {
+        map.entry(e["subject"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(e);
+    }
+    map
+}
+
+fn time_of(event: &Value) -> DateTime<Utc> {
+    event["time"].as_str().unwrap().parse().unwrap()
+}
+
+async fn read_events(bootstrap: &str, topic: &str, schemas: &Schemas) -> Vec<Value> {
+    let records = read_topic_async(bootstrap, topic, Duration::from_secs(3)).await;
+    records
+        .iter()
+        .map(|r| {
+            let event = r.json();
+            schemas.check(&event);
+            assert_eq!(r.key.as_deref(), event["subject"].as_str(), "key = case id");
+            assert_eq!(
+                r.headers["content-type"],
+                "application/cloudevents+json; charset=UTF-8"
+            );
+            event
+        })
+        .collect()
+}
+
+/// Asserts the central promise against what the simulator served until `end`.
+fn assert_exactly_once(truth: &Truth, created: &[Value], surveys: &[Value], end: DateTime<Utc>) {
+    let created_by_case = by_subject(created);
+    let surveys_by_case = by_subject(surveys);
+    for (id, events) in &created_by_case {
+        assert_eq!(
+            events.len(),
+            1,
+            "case {id} announced {} times",
+            events.len()
+        );
+        assert!(
+            truth.cases.contains_key(id),
+            "created event for unknown case {id}"
+        );
+    }
+    let mut expected_surveys = 0;
+    for (id, (widget, served, chat_end, survey_at)) in &truth.cases {
+        if *chat_end < end - MARGIN {
+            let events = created_by_case
+                .get(id)
+                .unwrap_or_else(|| panic!("case {id} never announced"));
+            let event = events[0];
+            assert_eq!(event["data"]["widget_id"], json!(widget));
+            assert_eq!(
+                without_survey(&event["data"]["case"]),
+                without_survey(served),
+                "data.case is the case as served"
+            );
+        }
+        let surveyed = surveys_by_case
+            .get(id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        assert!(
+            surveyed.len() <= 1,
+            "survey of {id} emitted {} times",
+            surveyed.len()
+        );
+        match survey_at {
+            Some(at) => {
+                let due = (*at).max(*chat_end + SETTLE);
+                if due < end - MARGIN {
+                    expected_surveys += 1;
+                    assert_eq!(
+                        surveyed.len(),
+                        1,
+                        "survey of {id} (due {due}) never emitted"
+                    );
+                }
+                if let Some(event) = surveyed.first() {
+                    assert!(
+                        time_of(event) >= *chat_end + SETTLE,
+                        "survey of {id} before settle"
+                    );
+                    assert!(time_of(event) >= *at, "survey of {id} before it existed");
+                    assert_eq!(&event["data"]["case"], served);
+                    assert_eq!(event["data"]["survey"]["score"], served["survey_score"]);
+                }
+            }
+            None => assert!(surveyed.is_empty(), "survey event for {id} that has none"),
+        }
+    }
+    assert!(
+        expected_surveys >= 20,
+        "only {expected_surveys} surveys were due; test too small"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_case_once_and_every_survey_once_after_settle() {
+    let bootstrap = kafka_bootstrap().await;
+    let schemas = Schemas::load();
+    let clock = clock();
+    let sim = start_simulator(sim_config(60.0), clock.clone()).await;
+    let prefix = unique_prefix("once");
+    let dir = tempfile::tempdir().unwrap();
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), &[]);
+    let forwarder = RunningForwarder::start(config, clock.clone());
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    forwarder.stop().await;
+    let end = clock.now();
+    let truth = Truth::of(&sim);
+
+    let created = read_events(&bootstrap, &format!("{prefix}.cases"), &schemas).await;
+    let surveys = read_events(&bootstrap, &format!("{prefix}.surveys"), &schemas).await;
+    assert!(created.len() > 200, "{} created events", created.len());
+    assert_exactly_once(&truth, &created, &surveys, end);
+    sim.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_and_start_again_repeats_nothing() {
+    let bootstrap = kafka_bootstrap().await;
+    let schemas = Schemas::load();
+    let clock = clock();
+    let sim = start_simulator(sim_config(60.0), clock.clone()).await;
+    let prefix = unique_prefix("restart");
+    let dir = tempfile::tempdir().unwrap();
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), &[]);
+
+    let first = RunningForwarder::start(config.clone(), clock.clone());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    first.stop().await;
+    let after_first = read_events(&bootstrap, &format!("{prefix}.cases"), &schemas).await;
+
+    let second = RunningForwarder::start(config, clock.clone());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    second.stop().await;
+    let end = clock.now();
+
+    let created = read_events(&bootstrap, &format!("{prefix}.cases"), &schemas).await;
+    let surveys = read_events(&bootstrap, &format!("{prefix}.surveys"), &schemas).await;
+    assert!(
+        created.len() > after_first.len(),
+        "the second run announced new cases ({} then {})",
+        after_first.len(),
+        created.len()
+    );
+    assert_exactly_once(&Truth::of(&sim), &created, &surveys, end);
+    sim.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_faults_are_ridden_out_and_bad_cases_become_dead_letters() {
+    let bootstrap = kafka_bootstrap().await;
+    let schemas = Schemas::load();
+    let clock = clock();
+    let sim = start_simulator(sim_config(60.0), clock.clone()).await;
+    sim.sim.set_faults(Faults {
+        rate_429: 0.3,
+        retry_after_secs: 0,
+        rate_5xx: 0.15,
+        rate_truncate: 0.1,
+        rate_repeat: 0.3,
+        ..Faults::default()
+    });
+    let bad = [
+        json!({"type": "chat", "description": "no id at all"}),
+        json!("not an object"),
+        json!({"id": "", "description": "empty id"}),
+    ];
+    for raw in &bad {
+        sim.sim.add_case("w1", raw.clone(), None, None);
+    }
+    let prefix = unique_prefix("faults");
+    let dir = tempfile::tempdir().unwrap();
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), &[]);
+    let forwarder = RunningForwarder::start(config, clock.clone());
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    forwarder.stop().await;
+    let end = clock.now();
+
+    let stats = sim.sim.stats();
+    assert!(stats.faults_429 > 20, "{stats:?}");
+    assert!(
+        stats.faults_5xx > 5 && stats.faults_truncated > 2 && stats.faults_repeat > 2,
+        "{stats:?}"
+    );
+
+    let created = read_events(&bootstrap, &format!("{prefix}.cases"), &schemas).await;
+    let surveys = read_events(&bootstrap, &format!("{prefix}.surveys"), &schemas).await;
+    assert_exactly_once(&Truth::of(&sim), &created, &surveys, end);
+
+    // Each bad case lands in the dead-letter topic (as often as it was read: at least once),
+    // with its raw JSON and the reason.
+    let dead = read_topic_async(
+        &bootstrap,
+        &format!("{prefix}.dead"),
+        Duration::from_secs(3),
+    )
+    .await;
+    for raw in &bad {
+        let copies: Vec<_> = dead.iter().filter(|r| r.json() == *raw).collect();
+        assert!(
+            !copies.is_empty(),
+            "{raw} missing from the dead-letter topic"
+        );
+        for copy in copies {
+            assert!(
+                copy.headers["casestream_reason"].contains("case"),
+                "{:?}",
+                copy.headers
+            );
+            assert_eq!(copy.headers["casestream_widget_id"], "w1");
+        }
+    }
+    let reasons: Vec<&str> = dead
+        .iter()
+        .map(|r| r.headers["casestream_reason"].as_str())
+        .collect();
+    assert!(reasons.contains(&"case has no `id` field"), "{reasons:?}");
+    assert!(
+        reasons.contains(&"case is not a JSON object (got a string)"),
+        "{reasons:?}"
+    );
+    assert!(reasons.contains(&"case `id` is empty"), "{reasons:?}");
+    sim.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_mode_events_validate_too() {
+    let bootstrap = kafka_bootstrap().await;
+    let schemas = Schemas::load();
+    let clock = clock();
+    let sim = start_simulator(sim_config(60.0), clock.clone()).await;
+    let prefix = unique_prefix("binary");
+    let dir = tempfile::tempdir().unwrap();
+    let config = forwarder_config(
+        &sim,
+        &bootstrap,
+        &prefix,
+        dir.path(),
+        &[("CASESTREAM_EVENT_FORMAT", "binary")],
+    );
+    let forwarder = RunningForwarder::start(config, clock.clone());
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    forwarder.stop().await;
+
+    let mut counts = HashMap::new();
+    for topic in ["cases", "surveys"] {
+        let records = read_topic_async(
+            &bootstrap,
+            &format!("{prefix}.{topic}"),
+            Duration::from_secs(3),
+        )
+        .await;
+        assert!(!records.is_empty(), "no {topic} records");
+        for record in &records {
+            assert_eq!(record.headers["content-type"], "application/json");
+            assert_eq!(record.headers["ce_specversion"], "1.0");
+            let event = event_from_binary(record);
+            schemas.check(&event);
+            assert_eq!(record.key.as_deref(), event["subject"].as_str());
+        }
+        counts.insert(topic, records.len());
+    }
+    assert!(counts["cases"] > 100, "{counts:?}");
+    sim.stop().await.unwrap();
+}
