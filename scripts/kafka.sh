@@ -8,9 +8,10 @@
 #   scripts/kafka.sh status   prints the bootstrap address if running, else exits 1
 #   scripts/kafka.sh install  only fetches the artifacts
 #   scripts/kafka.sh reset    stops it and deletes its data
+#   scripts/kafka.sh consume TOPIC   prints a topic's records (key, headers, value) from the start
 #
-# Environment: KAFKA_PORT (default 9092), KAFKA_CONTROLLER_PORT (default KAFKA_PORT+1),
-# KAFKA_INSTANCE (default "default": separate data and process per name),
+# Environment: CASESTREAM_KAFKA_PORT (default 9092), CASESTREAM_KAFKA_CONTROLLER_PORT (default +1),
+# CASESTREAM_KAFKA_INSTANCE (default "default": separate data and process per name),
 # CASESTREAM_KAFKA_HOME (default .kafka in the repository).
 set -euo pipefail
 
@@ -19,9 +20,11 @@ pom="$repo/scripts/kafka/pom.xml"
 version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$pom")
 home=${CASESTREAM_KAFKA_HOME:-$repo/.kafka}
 libs="$home/dist/$version/libs"
-instance=${KAFKA_INSTANCE:-default}
-port=${KAFKA_PORT:-9092}
-controller_port=${KAFKA_CONTROLLER_PORT:-$((port + 1))}
+# The cache is valid for exactly this pom.
+marker="$libs/.complete-$(sha256sum "$pom" | cut -c1-16)"
+instance=${CASESTREAM_KAFKA_INSTANCE:-default}
+port=${CASESTREAM_KAFKA_PORT:-9092}
+controller_port=${CASESTREAM_KAFKA_CONTROLLER_PORT:-$((port + 1))}
 dir="$home/instances/$instance"
 pidfile="$dir/kafka.pid"
 log="$dir/kafka.log"
@@ -34,7 +37,7 @@ need() {
 }
 
 install() {
-  if [ -f "$libs/.complete" ]; then return; fi
+  if [ -f "$marker" ]; then return; fi
   need java "Java 17 or newer runs the broker"
   need mvn "Maven fetches the Apache Kafka artifacts from Maven Central"
   say "fetching Apache Kafka $version from Maven Central into $libs"
@@ -42,7 +45,7 @@ install() {
   mkdir -p "$libs"
   mvn -B -q -f "$pom" dependency:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$libs" >&2
-  touch "$libs/.complete"
+  touch "$marker"
 }
 
 running() {
@@ -96,7 +99,7 @@ start() {
   need java "Java 17 or newer runs the broker"
   install
   if port_open "$port" || port_open "$controller_port"; then
-    say "port $port or $controller_port is taken by another process; set KAFKA_PORT"
+    say "port $port or $controller_port is taken by another process; set CASESTREAM_KAFKA_PORT"
     exit 1
   fi
   write_properties
@@ -152,5 +155,12 @@ case "${1:-}" in
   stop) stop ;;
   status) if running; then echo "$bootstrap"; else exit 1; fi ;;
   reset) stop; rm -rf "$dir" ;;
-  *) echo "usage: $0 install|start|stop|status|reset" >&2; exit 2 ;;
+  consume)
+    [ -n "${2:-}" ] || { echo "usage: $0 consume TOPIC" >&2; exit 2; }
+    install
+    kafka_java -Dorg.slf4j.simpleLogger.defaultLogLevel=warn \
+      org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server "$bootstrap" \
+      --topic "$2" --from-beginning --property print.key=true --property print.headers=true
+    ;;
+  *) echo "usage: $0 install|start|stop|status|reset|consume TOPIC" >&2; exit 2 ;;
 esac

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: formatting, lints, unit, property and integration tests.
-# Works on a fresh machine: installs what it needs through the project's own scripts.
+# The whole test suite, as CI runs it: formatting, lints, unit, property and integration tests
+# against a real Apache Kafka broker. Works on a fresh machine: the broker comes from the
+# project's own script (scripts/kafka.sh: Apache Kafka from Maven Central, run with Java 17).
+#
+# TEST_KAFKA_BOOTSTRAP set: the tests use that broker and none is started here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,5 +13,18 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
-echo "== cargo test"
+echo "== cargo build --all-targets"
+cargo build --all-targets --locked
+
+if [ -z "${TEST_KAFKA_BOOTSTRAP:-}" ]; then
+  # A broker of the tests' own, apart from a development broker on 9092.
+  export CASESTREAM_KAFKA_INSTANCE=test CASESTREAM_KAFKA_PORT=${CASESTREAM_TEST_KAFKA_PORT:-19092}
+  trap 'bash scripts/kafka.sh reset || true' EXIT
+  echo "== starting a local Apache Kafka broker for the tests"
+  TEST_KAFKA_BOOTSTRAP=$(bash scripts/kafka.sh start | tail -n 1)
+  export TEST_KAFKA_BOOTSTRAP
+  # The broker-outage test starts brokers of its own; they must not inherit this one's port.
+  unset CASESTREAM_KAFKA_INSTANCE CASESTREAM_KAFKA_PORT
+fi
+echo "== cargo test (Kafka at $TEST_KAFKA_BOOTSTRAP)"
 cargo test --locked --all-targets

@@ -278,8 +278,22 @@ const ENV_SETTINGS: &[(&str, Setter)] = &[
     }),
 ];
 
-/// Settings of the Confluent-image convention that are not librdkafka properties.
-const KAFKA_ENV_NOT_PROPERTIES: &[&str] = &["KAFKA_HOME", "KAFKA_OPTS", "KAFKA_HEAP_OPTS"];
+/// `KAFKA_*` variables that are not librdkafka properties: the JVM tools' own settings, and
+/// the service links Kubernetes injects for a Service named `kafka` (`KAFKA_PORT=tcp://...`).
+fn is_kafka_property_env(name: &str) -> bool {
+    const NOT_PROPERTIES: &[&str] = &[
+        "KAFKA_HOME",
+        "KAFKA_OPTS",
+        "KAFKA_HEAP_OPTS",
+        "KAFKA_JVM_PERFORMANCE_OPTS",
+        "KAFKA_LOG4J_OPTS",
+        "KAFKA_JMX_OPTS",
+        "KAFKA_PORT",
+    ];
+    !NOT_PROPERTIES.contains(&name)
+        && !name.starts_with("KAFKA_PORT_")
+        && !name.starts_with("KAFKA_SERVICE_")
+}
 
 impl Layer {
     /// Reads a TOML file with the same keys as the environment variables, in lower case and
@@ -304,7 +318,7 @@ impl Layer {
                 set(&mut layer, value);
             } else if let Some(property) = name.strip_prefix("KAFKA_")
                 && !property.is_empty()
-                && !KAFKA_ENV_NOT_PROPERTIES.contains(&name.as_str())
+                && is_kafka_property_env(&name)
             {
                 let property = property.to_ascii_lowercase().replace('_', ".");
                 layer.kafka.insert(property, Scalar::Text(value));
@@ -852,6 +866,10 @@ rate_limit = 2
             ("KAFKA_SASL_MECHANISMS", "PLAIN"),
             ("KAFKA_BOOTSTRAP_SERVERS", "env:9092"),
             ("KAFKA_HEAP_OPTS", "-Xmx1g"),
+            // What Kubernetes injects for a Service named `kafka`.
+            ("KAFKA_PORT", "tcp://10.0.0.1:9092"),
+            ("KAFKA_PORT_9092_TCP_ADDR", "10.0.0.1"),
+            ("KAFKA_SERVICE_HOST", "10.0.0.1"),
         ]);
         vars.push(("CASESTREAM_LOOKBACK".into(), "2d".into()));
         let flags = Flags {
@@ -872,6 +890,11 @@ rate_limit = 2
         assert_eq!(props["sasl.mechanisms"], "PLAIN");
         assert_eq!(props["linger.ms"], "50");
         assert!(!props.contains_key("heap.opts"));
+        assert!(
+            !props
+                .keys()
+                .any(|k| k.starts_with("port") || k.starts_with("service"))
+        );
     }
 
     #[test]

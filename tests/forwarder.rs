@@ -38,9 +38,12 @@ fn sim_config(cases_per_hour: f64) -> SimConfig {
     }
 }
 
-/// What the simulator served, by case id: (widget, case now, chat end, survey time).
+/// One case as the simulator served it: (widget, case now, chat end, survey time).
+type Served = (String, Value, DateTime<Utc>, Option<DateTime<Utc>>);
+
+/// What the simulator served, by case id.
 struct Truth {
-    cases: HashMap<String, (String, Value, DateTime<Utc>, Option<DateTime<Utc>>)>,
+    cases: HashMap<String, Served>,
 }
 
 impl Truth {

@@ -1,0 +1,189 @@
+//! The real process, killed with SIGKILL mid-run and started again: no case is missing and
+//! any repeat carries the same event id. Then SIGTERM: a clean exit 0.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use casestream::clock::Clock;
+use casestream::simulator::SimConfig;
+use casestream::snapengage::Case;
+use common::*;
+
+struct Forwarder(Child);
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_forwarder(env: &[(String, String)], log: &std::path::Path) -> Forwarder {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Forwarder(
+        Command::new(env!("CARGO_BIN_EXE_casestream"))
+            .args(["run", "--log-format", "json"])
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Created events per case id: the distinct event ids, and how many records there were.
+async fn created_events(bootstrap: &str, topic: &str) -> HashMap<String, (HashSet<String>, usize)> {
+    let mut by_case: HashMap<String, (HashSet<String>, usize)> = HashMap::new();
+    for record in read_topic_async(bootstrap, topic, Duration::from_secs(2)).await {
+        let event = record.json();
+        let entry = by_case
+            .entry(event["subject"].as_str().unwrap().to_owned())
+            .or_default();
+        entry.0.insert(event["id"].as_str().unwrap().to_owned());
+        entry.1 += 1;
+    }
+    by_case
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_run_loses_nothing_and_sigterm_exits_cleanly() {
+    let bootstrap = kafka_bootstrap().await;
+    // Real time, short delays: the process has its own clock.
+    let sim = start_simulator(
+        SimConfig {
+            widgets: vec!["w1".into(), "w2".into()],
+            cases_per_hour: 1200.0,
+            history: Duration::from_secs(5 * 3600),
+            survey_delay: Duration::from_secs(2),
+            survey_spread: Duration::from_secs(3),
+            survey_late_max: Duration::from_secs(10),
+            index_delay: Duration::from_millis(200),
+            ..SimConfig::default()
+        },
+        Clock::system(),
+    )
+    .await;
+    let prefix = unique_prefix("crash");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("forwarder.log");
+    let env: Vec<(String, String)> = [
+        ("SNAPENGAGE_API_URL", sim.base_url().to_string()),
+        ("SNAPENGAGE_ORG_ID", "demo".into()),
+        ("SNAPENGAGE_API_TOKEN", "demo-token".into()),
+        ("SNAPENGAGE_WIDGET_IDS", "w1,w2".into()),
+        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+        (
+            "CASESTREAM_STATE_DIR",
+            dir.path().join("state").display().to_string(),
+        ),
+        ("CASESTREAM_TOPIC_CASES", format!("{prefix}.cases")),
+        ("CASESTREAM_TOPIC_SURVEYS", format!("{prefix}.surveys")),
+        ("CASESTREAM_TOPIC_DEADLETTER", format!("{prefix}.dead")),
+        ("CASESTREAM_POLL_INTERVAL", "1s".into()),
+        ("CASESTREAM_SETTLE", "2s".into()),
+        // Slow enough that the catch-up of ~12,000 cases takes several seconds.
+        ("CASESTREAM_RATE_LIMIT", "15".into()),
+        ("CASESTREAM_ADMIN_ADDR", "127.0.0.1:0".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let cases_topic = format!("{prefix}.cases");
+
+    let mut first = spawn_forwarder(&env, &log);
+    let mut seen_before_kill = 0;
+    eventually(
+        Duration::from_secs(60),
+        "first events before the kill",
+        async || {
+            seen_before_kill = created_events(&bootstrap, &cases_topic).await.len();
+            seen_before_kill >= 300
+        },
+    )
+    .await;
+    first.0.kill().unwrap(); // SIGKILL
+    first.0.wait().unwrap();
+    let after_kill = created_events(&bootstrap, &cases_topic).await.len();
+    let expected_total: usize = ["w1", "w2"]
+        .iter()
+        .map(|w| sim.sim.visible_cases(w).len())
+        .sum();
+    assert!(
+        after_kill < expected_total,
+        "the kill must land mid-run ({after_kill} of {expected_total} announced)"
+    );
+
+    let second = spawn_forwarder(&env, &log);
+    let mut created = HashMap::new();
+    eventually(
+        Duration::from_secs(120),
+        "every case announced after restart",
+        async || {
+            created = created_events(&bootstrap, &cases_topic).await;
+            let truth: Vec<String> = ["w1", "w2"]
+                .iter()
+                .flat_map(|w| sim.sim.visible_cases(w))
+                .filter_map(|v| Case::from_value(v).ok())
+                // Cases that appeared in the last seconds may not be read yet.
+                .filter(|c| {
+                    c.chat_end().unwrap() < chrono::Utc::now() - chrono::Duration::seconds(5)
+                })
+                .map(|c| c.id().to_owned())
+                .collect();
+            truth.iter().all(|id| created.contains_key(id))
+        },
+    )
+    .await;
+
+    let pid = second.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut second = second;
+    let status = tokio::task::spawn_blocking(move || second.0.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM exits 0; log: {}",
+        log.display()
+    );
+
+    let created = created_events(&bootstrap, &cases_topic).await;
+    let mut repeated = 0;
+    for (case, (ids, records)) in &created {
+        assert_eq!(
+            ids.len(),
+            1,
+            "case {case} announced under different event ids {ids:?}"
+        );
+        repeated += records - 1;
+    }
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("stopped cleanly"), "graceful stop logged");
+    assert!(
+        !logs.contains("demo-token"),
+        "the token never reaches the logs"
+    );
+    println!(
+        "{} cases announced, {repeated} records repeated after the SIGKILL (same event ids)",
+        created.len()
+    );
+    sim.stop().await.unwrap();
+}

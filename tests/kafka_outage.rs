@@ -1,0 +1,169 @@
+//! The broker stopped mid-run and started again: the forwarder notices, keeps its state where
+//! it is, resumes by itself, and nothing is lost.
+//!
+//! This test needs a broker it may stop, so it starts its own with `scripts/kafka.sh` (Java
+//! and Maven, as for the tests' shared broker) on free ports under a separate instance name.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use casestream::clock::Clock;
+use casestream::simulator::SimConfig;
+use casestream::snapengage::Case;
+use common::*;
+
+/// A broker of this test's own, reset (stopped, data deleted) when dropped.
+struct OwnBroker {
+    env: Vec<(String, String)>,
+}
+
+impl OwnBroker {
+    fn script(&self, action: &str) -> String {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
+        let output = Command::new("bash")
+            .arg(script)
+            .arg(action)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run scripts/kafka.sh");
+        assert!(
+            output.status.success(),
+            "scripts/kafka.sh {action} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.script("reset");
+    }
+}
+
+fn free_port_pair() -> u16 {
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if port < 65000 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_is_ridden_out_without_loss() {
+    let port = free_port_pair();
+    let broker = OwnBroker {
+        env: vec![
+            ("CASESTREAM_KAFKA_PORT".into(), port.to_string()),
+            (
+                "CASESTREAM_KAFKA_INSTANCE".into(),
+                format!("outage-{}", std::process::id()),
+            ),
+        ],
+    };
+    let bootstrap = broker.script("start");
+    assert_eq!(bootstrap, format!("127.0.0.1:{port}"));
+
+    // 60x: one virtual minute per second; 10 cases a second across both widgets.
+    let clock = Clock::scaled("2026-03-10T08:00:00Z".parse().unwrap(), 60.0);
+    let sim = start_simulator(
+        SimConfig {
+            cases_per_hour: 300.0,
+            history: Duration::from_secs(3600),
+            ..SimConfig::default()
+        },
+        clock.clone(),
+    )
+    .await;
+    let prefix = unique_prefix("outage");
+    let dir = tempfile::tempdir().unwrap();
+    let config = forwarder_config(
+        &sim,
+        &bootstrap,
+        &prefix,
+        dir.path(),
+        &[
+            // Deliveries fail fast, so the forwarder's own retry path is what rides it out.
+            ("KAFKA_MESSAGE_TIMEOUT_MS", "3000"),
+            ("KAFKA_RECONNECT_BACKOFF_MAX_MS", "1000"),
+        ],
+    );
+    let forwarder = RunningForwarder::start(config, clock.clone());
+    let topic = format!("{prefix}.cases");
+    let health = forwarder.health.clone();
+    eventually(
+        Duration::from_secs(60),
+        "events before the outage",
+        async || health.last_poll_ok_ms.load(Ordering::Relaxed) > 0,
+    )
+    .await;
+
+    broker.script("stop");
+    eventually(
+        Duration::from_secs(60),
+        "the forwarder noticing Kafka is down",
+        async || !health.kafka_ok.load(Ordering::Relaxed),
+    )
+    .await;
+    // Cases keep arriving while Kafka is away.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during_outage = clock.now();
+    broker.script("start");
+    eventually(
+        Duration::from_secs(90),
+        "the forwarder resuming by itself",
+        async || health.kafka_ok.load(Ordering::Relaxed),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    forwarder.stop().await;
+    let end = clock.now();
+
+    let mut ids_by_case: HashMap<String, HashSet<String>> = HashMap::new();
+    for record in read_topic_async(&bootstrap, &topic, Duration::from_secs(3)).await {
+        let event = record.json();
+        ids_by_case
+            .entry(event["subject"].as_str().unwrap().to_owned())
+            .or_default()
+            .insert(event["id"].as_str().unwrap().to_owned());
+    }
+    let mut checked = 0;
+    let mut from_outage = 0;
+    for widget in ["w1", "w2"] {
+        for value in sim.sim.visible_cases(widget) {
+            let case = Case::from_value(value).unwrap();
+            let chat_end = case.chat_end().unwrap();
+            if chat_end >= end - chrono::Duration::minutes(2) {
+                continue;
+            }
+            let ids = ids_by_case
+                .get(case.id())
+                .unwrap_or_else(|| panic!("case {} lost", case.id()));
+            assert_eq!(ids.len(), 1, "repeats carry the same event id");
+            checked += 1;
+            if chat_end > during_outage - chrono::Duration::minutes(4) && chat_end < during_outage {
+                from_outage += 1;
+            }
+        }
+    }
+    assert!(checked > 300, "{checked} cases checked");
+    assert!(
+        from_outage > 5,
+        "cases from the outage were delivered: {from_outage}"
+    );
+    sim.stop().await.unwrap();
+}
