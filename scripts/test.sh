@@ -18,13 +18,14 @@ cargo build --all-targets --locked
 
 if [ -z "${TEST_KAFKA_BOOTSTRAP:-}" ]; then
   # A broker of the tests' own, apart from a development broker on 9092.
-  export CASESTREAM_KAFKA_INSTANCE=test CASESTREAM_KAFKA_PORT=${CASESTREAM_TEST_KAFKA_PORT:-19092}
-  trap 'bash scripts/kafka.sh reset || true' EXIT
+  test_broker() {
+    CASESTREAM_KAFKA_INSTANCE=test CASESTREAM_KAFKA_PORT=${CASESTREAM_TEST_KAFKA_PORT:-19092} \
+      bash scripts/kafka.sh "$@"
+  }
+  trap 'test_broker reset || true' EXIT
   echo "== starting a local Apache Kafka broker for the tests"
-  TEST_KAFKA_BOOTSTRAP=$(bash scripts/kafka.sh start | tail -n 1)
+  TEST_KAFKA_BOOTSTRAP=$(test_broker start | tail -n 1)
   export TEST_KAFKA_BOOTSTRAP
-  # The broker-outage test starts brokers of its own; they must not inherit this one's port.
-  unset CASESTREAM_KAFKA_INSTANCE CASESTREAM_KAFKA_PORT
 fi
 echo "== cargo test (Kafka at $TEST_KAFKA_BOOTSTRAP)"
 cargo test --locked --all-targets
