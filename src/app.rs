@@ -28,6 +28,11 @@ pub enum AppError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error("cannot serve the admin endpoints on {addr} (CASESTREAM_ADMIN_ADDR): {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 pub fn client_config(config: &Config) -> ClientConfig {
@@ -99,12 +104,22 @@ pub async fn run(
         Arc::new(crate::admin::ClientMetrics),
     )?;
     let sink = Arc::new(KafkaSink::new(&config.kafka)?);
+    let admin_addr = crate::admin::serve(
+        config.admin_addr,
+        health.clone(),
+        sink.clone(),
+        crate::admin::Thresholds::for_poll_interval(config.poll_interval),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|source| AppError::Admin {
+        addr: config.admin_addr,
+        source,
+    })?;
+    let _ = health.admin_addr.set(admin_addr);
     if !prepare_topics(&sink, &config, &shutdown).await? {
         return Ok(());
     }
-    health
-        .kafka_ok
-        .store(true, std::sync::atomic::Ordering::Relaxed);
     let pipeline = Pipeline::new(
         pipeline_settings(&config),
         client,

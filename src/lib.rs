@@ -12,3 +12,5 @@ pub mod simulator;
 pub mod sink;
 pub mod snapengage;
 pub mod state;
+pub mod check;
+pub mod demo;

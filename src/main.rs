@@ -36,10 +36,27 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Try it in one command: simulator, forwarder and an embedded broker, events printed.
+    Demo(DemoArgs),
     /// Poll the Logs API and publish case events to Kafka.
     Run(RunArgs),
+    /// Check the configuration, the Logs API and Kafka; exit non-zero if any fails.
+    Check(RunArgs),
     /// Serve a faithful simulation of the SnapEngage Logs API.
     Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Virtual clock speed (30: a 5 minute settle passes in 10 seconds).
+    #[arg(long, default_value_t = 30.0)]
+    speed: f64,
+    /// Stop after this long (real time), e.g. 1m; default: until Ctrl-C.
+    #[arg(long, value_parser = duration)]
+    duration: Option<Duration>,
+    /// New cases per widget per virtual hour.
+    #[arg(long, default_value_t = 60.0)]
+    cases_per_hour: f64,
 }
 
 #[derive(clap::Args)]
@@ -161,9 +178,9 @@ impl SimulateArgs {
     }
 }
 
-fn init_logging(format: Option<LogFormat>) {
+fn init_logging(format: Option<LogFormat>, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let json = match format {
         Some(LogFormat::Json) => true,
         Some(LogFormat::Text) => false,
@@ -214,6 +231,34 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let signalled = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signalled.cancel();
+    });
+    let options = casestream::demo::DemoOptions {
+        speed: args.speed,
+        duration: args.duration,
+        cases_per_hour: args.cases_per_hour,
+    };
+    casestream::demo::run(options, shutdown, &mut std::io::stdout()).await?;
+    Ok(())
+}
+
+async fn check(args: RunArgs) -> anyhow::Result<()> {
+    let lines = casestream::check::run_checks(args.settings.load(std::env::vars())).await;
+    let failed = lines.iter().filter(|l| l.result.is_err()).count();
+    for line in &lines {
+        println!("{line}");
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} check(s) failed");
+    }
+    Ok(())
+}
+
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -240,9 +285,16 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo's output is its events; its logs stay quiet unless asked for.
+    let default_level = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    init_logging(cli.log_format, default_level);
     match cli.command {
+        Command::Demo(args) => demo(args).await,
         Command::Run(args) => run(args).await,
+        Command::Check(args) => check(args).await,
         Command::Simulate(args) => simulate(args).await,
     }
 }

@@ -50,14 +50,12 @@ impl Truth {
     fn of(sim: &RunningSimulator) -> Self {
         let mut cases = HashMap::new();
         for widget in &sim.sim.config().widgets {
-            let schedule: HashMap<String, Option<i64>> =
-                sim.sim.survey_schedule(widget).into_iter().collect();
-            for value in sim.sim.visible_cases(widget) {
+            for (value, survey_at) in sim.sim.visible_cases_with_survey_times(widget) {
                 // Unusable cases are checked against the dead-letter topic instead.
                 let Ok(case) = Case::from_value(value.clone()) else {
                     continue;
                 };
-                let survey_at = schedule[case.id()].and_then(DateTime::from_timestamp_millis);
+                let survey_at = survey_at.and_then(DateTime::from_timestamp_millis);
                 cases.insert(
                     case.id().to_owned(),
                     (widget.clone(), value, case.chat_end().unwrap(), survey_at),

@@ -60,12 +60,33 @@ pub struct Health {
     pub last_poll_ok_ms: AtomicI64,
     /// Epoch ms of the last turn of the poll loop.
     pub heartbeat_ms: AtomicI64,
+    /// Per widget, epoch ms (wall clock) when its fresh window was last read completely.
+    fresh_polls: std::sync::Mutex<HashMap<String, i64>>,
+    /// Where the admin endpoints listen, once they do.
+    pub admin_addr: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl Health {
     fn beat(&self) {
         self.heartbeat_ms
             .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    fn fresh_poll_done(&self, widget: &str) {
+        self.fresh_polls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(widget.to_owned(), Utc::now().timestamp_millis());
+    }
+
+    /// (widget, epoch ms of its last complete fresh poll).
+    pub fn fresh_polls(&self) -> Vec<(String, i64)> {
+        self.fresh_polls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(w, at)| (w.clone(), *at))
+            .collect()
     }
 }
 
@@ -303,8 +324,7 @@ impl Pipeline {
             Task::CatchUp(day) => progress.caught_up_through = Some(day),
             Task::Fresh => {
                 progress.last_fresh_poll = Some(cycle_started);
-                metrics::gauge!("casestream_last_fresh_poll_timestamp_seconds", "widget" => widget.to_owned())
-                    .set(cycle_started.timestamp() as f64);
+                self.health.fresh_poll_done(widget);
             }
             Task::Recheck(day) => {
                 // Due cases the API no longer returned: move their next check on, or they
@@ -483,6 +503,7 @@ impl Pipeline {
                     return true;
                 }
                 Err(e) => {
+                    self.health.beat();
                     self.health.kafka_ok.store(false, Ordering::Relaxed);
                     metrics::counter!("casestream_kafka_delivery_errors_total").increment(1);
                     let delay = delays.next().unwrap_or(Duration::from_secs(30));

@@ -90,7 +90,6 @@ struct StoredCase {
     /// Sort key within a widget: creation time, then insertion number (ids may be odd).
     created_ms: i64,
     seq: u64,
-    id: Option<String>,
     visible_ms: i64,
     body: Value,
     survey: Option<SurveyPlan>,
@@ -272,7 +271,6 @@ impl Simulator {
                     StoredCase {
                         created_ms: created,
                         seq: state.seq,
-                        id: Some(case.id),
                         visible_ms: case.chat_end_ms + index_delay,
                         body: Value::Object(case.body),
                         survey: case.survey,
@@ -404,7 +402,6 @@ impl Simulator {
                 StoredCase {
                     created_ms,
                     seq,
-                    id: id.clone(),
                     visible_ms: visible_at.map_or(now_ms, |t| t.timestamp_millis()),
                     body,
                     survey,
@@ -472,24 +469,15 @@ impl Simulator {
 
     /// Every case of `widget` visible now, as it would be served: the ground truth for tests.
     pub fn visible_cases(&self, widget: &str) -> Vec<Value> {
-        let now_ms = self.clock.now().timestamp_millis();
-        let mut state = self.lock();
-        self.generate_until(&mut state, now_ms);
-        state
-            .widgets
-            .get(widget)
-            .map(|log| {
-                log.cases
-                    .values()
-                    .filter(|c| c.visible_ms <= now_ms)
-                    .map(|c| c.as_served(now_ms))
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.visible_cases_with_survey_times(widget)
+            .into_iter()
+            .map(|(case, _)| case)
+            .collect()
     }
 
-    /// Ids of cases visible now, with the time their survey lands, if it does.
-    pub fn survey_schedule(&self, widget: &str) -> Vec<(String, Option<i64>)> {
+    /// Every case of `widget` visible now, as served, with the time (epoch ms) its survey
+    /// lands, if it ever does: the ground truth for tests, taken at one instant.
+    pub fn visible_cases_with_survey_times(&self, widget: &str) -> Vec<(Value, Option<i64>)> {
         let now_ms = self.clock.now().timestamp_millis();
         let mut state = self.lock();
         self.generate_until(&mut state, now_ms);
@@ -500,7 +488,7 @@ impl Simulator {
                 log.cases
                     .values()
                     .filter(|c| c.visible_ms <= now_ms)
-                    .filter_map(|c| Some((c.id.clone()?, c.survey.as_ref().map(|s| s.at_ms))))
+                    .map(|c| (c.as_served(now_ms), c.survey.as_ref().map(|s| s.at_ms)))
                     .collect()
             })
             .unwrap_or_default()

@@ -139,41 +139,48 @@ impl KafkaSink {
         &self.topics
     }
 
-    /// Asks the cluster for its metadata: succeeds only when a broker answers.
-    pub async fn ping(&self) -> Result<usize, SinkError> {
+    /// The cluster's topic names and broker count; fails unless a broker answers in time.
+    async fn metadata(&self, timeout: Duration) -> Result<(Vec<String>, usize), SinkError> {
         let producer = self.producer();
         tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(None, ADMIN_TIMEOUT)
-                .map(|m| m.brokers().len())
+            producer.client().fetch_metadata(None, timeout).map(|m| {
+                let names = m.topics().iter().map(|t| t.name().to_owned()).collect();
+                (names, m.brokers().len())
+            })
         })
         .await
         .map_err(|_| SinkError::Unreachable(KafkaError::Canceled))?
         .map_err(SinkError::Unreachable)
     }
 
-    /// Creates missing topics (or, when creation is off, checks they exist).
-    pub async fn ensure_topics(&self, settings: &KafkaSettings) -> Result<(), SinkError> {
-        let names = [
+    /// Asks the cluster for its metadata: the number of brokers, when one answers in time.
+    pub async fn ping(&self, timeout: Duration) -> Result<usize, SinkError> {
+        self.metadata(timeout).await.map(|(_, brokers)| brokers)
+    }
+
+    fn topic_names(&self) -> [&str; 3] {
+        [
             self.topics.cases.as_str(),
             self.topics.surveys.as_str(),
             self.topics.deadletter.as_str(),
-        ];
-        let producer = self.producer();
-        let (existing, brokers) = tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(None, ADMIN_TIMEOUT)
-                .map(|m| {
-                    let names: Vec<String> =
-                        m.topics().iter().map(|t| t.name().to_owned()).collect();
-                    (names, m.brokers().len())
-                })
-        })
-        .await
-        .map_err(|_| SinkError::Unreachable(KafkaError::Canceled))?
-        .map_err(SinkError::Unreachable)?;
+        ]
+    }
+
+    /// Which of our topics the cluster does not have.
+    pub async fn missing_topics(&self, timeout: Duration) -> Result<Vec<String>, SinkError> {
+        let (existing, _) = self.metadata(timeout).await?;
+        Ok(self
+            .topic_names()
+            .into_iter()
+            .filter(|n| !existing.iter().any(|e| e == n))
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Creates missing topics (or, when creation is off, checks they exist).
+    pub async fn ensure_topics(&self, settings: &KafkaSettings) -> Result<(), SinkError> {
+        let (existing, brokers) = self.metadata(ADMIN_TIMEOUT).await?;
+        let names = self.topic_names();
         let missing: Vec<&str> = names
             .iter()
             .copied()

@@ -257,6 +257,7 @@ pub fn forwarder_config(
         ),
         ("CASESTREAM_TOPIC_PARTITIONS".into(), "3".into()),
         ("CASESTREAM_RATE_LIMIT".into(), "500".into()),
+        ("CASESTREAM_ADMIN_ADDR".into(), "127.0.0.1:0".into()),
         // Real-time backoff would stall a run on a 600x virtual clock.
         ("CASESTREAM_API_RETRY_MIN_DELAY".into(), "20ms".into()),
         ("CASESTREAM_API_RETRY_MAX_DELAY".into(), "200ms".into()),

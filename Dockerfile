@@ -1,0 +1,27 @@
+# casestream container image: built in a full Rust image, run in distroless as non-root.
+# Expected size: about 40 MB (distroless cc ~ 23 MB + the stripped binary ~ 15 MB).
+# Works with a read-only root filesystem: the only writable path it needs is the state
+# directory (a volume at /var/lib/casestream).
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+# librdkafka builds with its own configure script; cmake is not needed.
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+RUN cargo build --release --locked --bin casestream \
+ && strip target/release/casestream \
+ && mkdir -p /state
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/casestream /usr/local/bin/casestream
+# Owned by the runtime user, so a fresh named volume mounted here starts writable.
+COPY --from=build --chown=65532:65532 /state /var/lib/casestream
+# 65532 is distroless' nonroot user.
+USER 65532:65532
+VOLUME ["/var/lib/casestream"]
+ENV CASESTREAM_STATE_DIR=/var/lib/casestream \
+    CASESTREAM_ADMIN_ADDR=0.0.0.0:8080 \
+    CASESTREAM_LOG_FORMAT=json
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/casestream"]
+CMD ["run"]

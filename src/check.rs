@@ -1,0 +1,131 @@
+//! `casestream check`: is this deployment able to run? The configuration, one cheap Logs API
+//! request, one Kafka metadata request, the topics. One line per check; useful as an init
+//! container or a deploy smoke test.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::app::client_config;
+use crate::config::{Config, ConfigError};
+use crate::sink::KafkaSink;
+use crate::snapengage::{LogsClient, RetryPolicy, Window};
+
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The outcome of one check.
+#[derive(Debug)]
+pub struct CheckLine {
+    pub name: &'static str,
+    pub result: Result<String, String>,
+}
+
+impl std::fmt::Display for CheckLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.result {
+            Ok(detail) => write!(f, "ok    {:<8} {detail}", self.name),
+            Err(reason) => write!(f, "FAIL  {:<8} {reason}", self.name),
+        }
+    }
+}
+
+/// Runs every check; the configuration must load for the others to run.
+pub async fn run_checks(config: Result<Config, ConfigError>) -> Vec<CheckLine> {
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            return vec![CheckLine {
+                name: "config",
+                result: Err(e.to_string()),
+            }];
+        }
+    };
+    let mut lines = vec![CheckLine {
+        name: "config",
+        result: Ok(format!(
+            "org {}, widgets {}, state in {}",
+            config.org_id,
+            config.widget_ids.join(","),
+            config.state_dir.display()
+        )),
+    }];
+    lines.push(CheckLine {
+        name: "logs-api",
+        result: check_api(&config).await,
+    });
+    let (kafka, topics) = check_kafka(&config).await;
+    lines.push(CheckLine {
+        name: "kafka",
+        result: kafka,
+    });
+    if let Some(topics) = topics {
+        lines.push(CheckLine {
+            name: "topics",
+            result: topics,
+        });
+    }
+    lines
+}
+
+/// One request for today's first page of the first widget, with a single retry.
+async fn check_api(config: &Config) -> Result<String, String> {
+    let mut client = client_config(config);
+    client.retry = RetryPolicy {
+        min_delay: Duration::from_millis(500),
+        max_delay: Duration::from_secs(2),
+        max_attempts: 2,
+    };
+    let client = LogsClient::new(client).map_err(|e| e.to_string())?;
+    let today = chrono::Utc::now().date_naive();
+    let widget = &config.widget_ids[0];
+    let mut pages = Box::pin(client.pages(widget, Window::Dates { start: today, end: today }));
+    match pages.next().await {
+        Some(Ok(page)) => Ok(format!(
+            "{} answered; widget {widget} has {}{} cases today",
+            config.api_url,
+            page.cases.len(),
+            if page.is_last { "" } else { "+" }
+        )),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err("the Logs API returned no response".into()),
+    }
+}
+
+async fn check_kafka(config: &Config) -> (Result<String, String>, Option<Result<String, String>>) {
+    let sink = match KafkaSink::new(&config.kafka) {
+        Ok(s) => s,
+        Err(e) => return (Err(e.to_string()), None),
+    };
+    let brokers = match sink.ping(KAFKA_TIMEOUT).await {
+        Ok(n) => n,
+        Err(e) => {
+            return (
+                Err(format!(
+                    "{e} (bootstrap {}; check KAFKA_BOOTSTRAP_SERVERS and, with TLS or SASL, the KAFKA_SECURITY_PROTOCOL/KAFKA_SASL_* settings)",
+                    config
+                        .kafka
+                        .properties
+                        .get("bootstrap.servers")
+                        .map(String::as_str)
+                        .unwrap_or_default()
+                )),
+                None,
+            );
+        }
+    };
+    let missing = match sink.missing_topics(KAFKA_TIMEOUT).await {
+        Ok(m) => m,
+        Err(e) => return (Ok(format!("{brokers} broker(s)")), Some(Err(e.to_string()))),
+    };
+    let topics = if missing.is_empty() {
+        Ok("cases, surveys and dead-letter topics exist".to_owned())
+    } else if config.kafka.create_topics {
+        Ok(format!("missing {} (created at start)", missing.join(", ")))
+    } else {
+        Err(format!(
+            "missing {} and CASESTREAM_CREATE_TOPICS is false",
+            missing.join(", ")
+        ))
+    };
+    (Ok(format!("{brokers} broker(s) answered")), Some(topics))
+}
