@@ -13,6 +13,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== deployment files"
+bash scripts/check-deploy.sh
 echo "== cargo build --all-targets"
 cargo build --all-targets --locked
 

@@ -49,28 +49,64 @@ pub fn prometheus() -> &'static PrometheusHandle {
 
 fn describe_metrics() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("casestream_api_requests_total", "Logs API requests by widget and status");
-    describe_histogram!("casestream_api_request_seconds", Unit::Seconds, "Logs API request latency");
-    describe_counter!("casestream_api_retries_total", "Logs API requests retried, by reason");
+    describe_counter!(
+        "casestream_api_requests_total",
+        "Logs API requests by widget and status"
+    );
+    describe_histogram!(
+        "casestream_api_request_seconds",
+        Unit::Seconds,
+        "Logs API request latency"
+    );
+    describe_counter!(
+        "casestream_api_retries_total",
+        "Logs API requests retried, by reason"
+    );
     describe_histogram!(
         "casestream_rate_limit_wait_seconds",
         Unit::Seconds,
         "Time requests waited for the shared request budget"
     );
-    describe_counter!("casestream_cases_seen_total", "Cases received from the Logs API");
-    describe_counter!("casestream_events_published_total", "Events acknowledged by Kafka, by type");
-    describe_counter!("casestream_dead_letters_total", "Unusable cases sent to the dead-letter topic");
-    describe_gauge!("casestream_pending_surveys", "Cases still watched for a survey");
+    describe_counter!(
+        "casestream_cases_seen_total",
+        "Cases received from the Logs API"
+    );
+    describe_counter!(
+        "casestream_events_published_total",
+        "Events acknowledged by Kafka, by type"
+    );
+    describe_counter!(
+        "casestream_dead_letters_total",
+        "Unusable cases sent to the dead-letter topic"
+    );
+    describe_gauge!(
+        "casestream_pending_surveys",
+        "Cases still watched for a survey"
+    );
     describe_gauge!("casestream_known_cases", "Case ids in the state");
-    describe_gauge!("casestream_state_size_bytes", Unit::Bytes, "Size of the state database");
+    describe_gauge!(
+        "casestream_state_size_bytes",
+        Unit::Bytes,
+        "Size of the state database"
+    );
     describe_gauge!(
         "casestream_window_lag_seconds",
         Unit::Seconds,
         "Seconds since the fresh window of a widget was last read completely"
     );
-    describe_counter!("casestream_kafka_delivery_errors_total", "Pages Kafka did not acknowledge");
-    describe_counter!("casestream_window_errors_total", "Windows that failed after retries");
-    describe_histogram!("casestream_window_seconds", Unit::Seconds, "Time to read one window");
+    describe_counter!(
+        "casestream_kafka_delivery_errors_total",
+        "Pages Kafka did not acknowledge"
+    );
+    describe_counter!(
+        "casestream_window_errors_total",
+        "Windows that failed after retries"
+    );
+    describe_histogram!(
+        "casestream_window_seconds",
+        Unit::Seconds,
+        "Time to read one window"
+    );
     describe_gauge!("casestream_ready", "1 when /readyz answers 200");
 }
 
@@ -157,7 +193,11 @@ async fn livez(State(state): State<AdminState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, axum::Json(json!({"alive": alive, "poll_loop_age_ms": beat}))).into_response()
+    (
+        status,
+        axum::Json(json!({"alive": alive, "poll_loop_age_ms": beat})),
+    )
+        .into_response()
 }
 
 fn readiness(state: &AdminState) -> (bool, serde_json::Value) {

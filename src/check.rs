@@ -78,7 +78,13 @@ async fn check_api(config: &Config) -> Result<String, String> {
     let client = LogsClient::new(client).map_err(|e| e.to_string())?;
     let today = chrono::Utc::now().date_naive();
     let widget = &config.widget_ids[0];
-    let mut pages = Box::pin(client.pages(widget, Window::Dates { start: today, end: today }));
+    let mut pages = Box::pin(client.pages(
+        widget,
+        Window::Dates {
+            start: today,
+            end: today,
+        },
+    ));
     match pages.next().await {
         Some(Ok(page)) => Ok(format!(
             "{} answered; widget {widget} has {}{} cases today",

@@ -202,7 +202,12 @@ pub async fn run(
 fn describe(event: &Value, clock: &Clock) -> String {
     let data = &event["data"];
     let case = &data["case"];
-    let id: String = event["subject"].as_str().unwrap_or("?").chars().take(8).collect();
+    let id: String = event["subject"]
+        .as_str()
+        .unwrap_or("?")
+        .chars()
+        .take(8)
+        .collect();
     let widget = data["widget_id"].as_str().unwrap_or("?");
     let now = clock.now().format("%H:%M");
     let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
@@ -218,10 +223,17 @@ fn describe(event: &Value, clock: &Clock) -> String {
         let after_end = crate::snapengage::Case::from_value(case.clone())
             .ok()
             .and_then(|c| c.chat_end())
-            .zip(event["time"].as_str().and_then(|t| t.parse::<chrono::DateTime<Utc>>().ok()))
+            .zip(
+                event["time"]
+                    .as_str()
+                    .and_then(|t| t.parse::<chrono::DateTime<Utc>>().ok()),
+            )
             .map(|(end, seen)| {
                 let secs = u64::try_from((seen - end).num_seconds()).unwrap_or(0);
-                format!(", seen {} after chat end", humantime::format_duration(Duration::from_secs(secs / 60 * 60)))
+                format!(
+                    ", seen {} after chat end",
+                    humantime::format_duration(Duration::from_secs(secs / 60 * 60))
+                )
             })
             .unwrap_or_default();
         format!(

@@ -4,13 +4,13 @@
 
 pub mod admin;
 pub mod app;
+pub mod check;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod events;
 pub mod pipeline;
 pub mod simulator;
 pub mod sink;
 pub mod snapengage;
 pub mod state;
-pub mod check;
-pub mod demo;

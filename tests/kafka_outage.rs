@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use casestream::clock::Clock;
-use casestream::simulator::SimConfig;
+use casestream::simulator::{Faults, SimConfig};
 use casestream::snapengage::Case;
 use common::*;
 
@@ -89,6 +89,14 @@ async fn broker_outage_is_ridden_out_without_loss() {
         clock.clone(),
     )
     .await;
+    // Some retries and a dead letter, so every metric series has something to show.
+    sim.sim.set_faults(Faults {
+        rate_429: 0.1,
+        retry_after_secs: 0,
+        ..Faults::default()
+    });
+    sim.sim
+        .add_case("w1", serde_json::json!({"no": "id"}), None, None);
     let prefix = unique_prefix("outage");
     let dir = tempfile::tempdir().unwrap();
     let config = forwarder_config(
@@ -112,6 +120,27 @@ async fn broker_outage_is_ridden_out_without_loss() {
     )
     .await;
 
+    let admin = format!(
+        "http://{}",
+        health.admin_addr.get().expect("admin endpoints listen")
+    );
+    let http = reqwest::Client::new();
+    let status = async |path: &str| {
+        http.get(format!("{admin}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "ready before the outage",
+        async || status("/readyz").await == 200,
+    )
+    .await;
+    assert_eq!(status("/livez").await, 200);
+
     broker.script("stop");
     eventually(
         Duration::from_secs(60),
@@ -119,6 +148,13 @@ async fn broker_outage_is_ridden_out_without_loss() {
         async || !health.kafka_ok.load(Ordering::Relaxed),
     )
     .await;
+    eventually(
+        Duration::from_secs(30),
+        "not ready while Kafka is down",
+        async || status("/readyz").await == 503,
+    )
+    .await;
+    assert_eq!(status("/livez").await, 200, "alive though not ready");
     // Cases keep arriving while Kafka is away.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let during_outage = clock.now();
@@ -129,7 +165,42 @@ async fn broker_outage_is_ridden_out_without_loss() {
         async || health.kafka_ok.load(Ordering::Relaxed),
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    eventually(
+        Duration::from_secs(60),
+        "ready again after the outage",
+        async || status("/readyz").await == 200,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = http
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "casestream_api_requests_total{widget=\"w1\",status=\"ok\"}",
+        "status=\"rate_limited\"}",
+        "casestream_api_request_seconds_bucket",
+        "casestream_api_retries_total",
+        "casestream_rate_limit_wait_seconds_bucket",
+        "casestream_cases_seen_total{widget=\"w2\"}",
+        "casestream_events_published_total{type=\"com.snapengage.case.created\"}",
+        "casestream_dead_letters_total{widget=\"w1\"}",
+        "casestream_pending_surveys",
+        "casestream_known_cases",
+        "casestream_state_size_bytes",
+        "casestream_window_lag_seconds{widget=\"w1\"}",
+        "casestream_kafka_delivery_errors_total",
+        "casestream_ready 1",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "{series} missing from /metrics:\n{metrics}"
+        );
+    }
     forwarder.stop().await;
     let end = clock.now();
 
@@ -145,7 +216,10 @@ async fn broker_outage_is_ridden_out_without_loss() {
     let mut from_outage = 0;
     for widget in ["w1", "w2"] {
         for value in sim.sim.visible_cases(widget) {
-            let case = Case::from_value(value).unwrap();
+            // The case without an id went to the dead-letter topic (counted in /metrics).
+            let Ok(case) = Case::from_value(value) else {
+                continue;
+            };
             let chat_end = case.chat_end().unwrap();
             if chat_end >= end - chrono::Duration::minutes(2) {
                 continue;
