@@ -94,6 +94,9 @@ async fn sigkill_mid_run_loses_nothing_and_sigterm_exits_cleanly() {
         // Slow enough that the catch-up of ~12,000 cases takes several seconds.
         ("CASESTREAM_RATE_LIMIT", "15".into()),
         ("CASESTREAM_ADMIN_ADDR", "127.0.0.1:0".into()),
+        // Unused on a PLAINTEXT listener, but must never be printed either.
+        ("KAFKA_SASL_USERNAME", "svc-casestream".into()),
+        ("KAFKA_SASL_PASSWORD", "kafka-secret-pw-777".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
