@@ -1,0 +1,585 @@
+//! The benchmark harness: throughput, the limits it is compared with, latency, resources and
+//! state scaling, in one run on one machine. `scripts/bench.sh` runs it against a local
+//! broker and writes BENCHMARKS.md; see that file for how to read the numbers.
+//!
+//!   cargo bench --bench pipeline -- [--cases N] [--widgets N] [--state-sizes 1000000,10000000]
+//!                                   [--latency-samples N] [--idle-secs N]
+//!
+//! Needs BENCH_KAFKA_BOOTSTRAP (or TEST_KAFKA_BOOTSTRAP). Timings are printed, never asserted.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{Days, Utc};
+use futures::TryStreamExt;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use secrecy::SecretString;
+use serde_json::Value;
+
+use casestream::clock::Clock;
+use casestream::config::Flags;
+use casestream::events::{CloudEvent, EventKind};
+use casestream::pipeline::tracker::CaseRecord;
+use casestream::simulator::http::RunningSimulator;
+use casestream::simulator::{SimConfig, Simulator};
+use casestream::snapengage::{Case, ClientConfig, LogsClient, RetryPolicy, Window};
+use casestream::state::{SqliteStore, StateStore, StoredCase};
+
+const HISTORY_DAYS: u64 = 10;
+const RATE_LIMIT: &str = "1000";
+const POLL_INTERVAL_SECS: u64 = 2;
+const SETTLE_SECS: u64 = 3;
+
+struct Args {
+    cases: usize,
+    widgets: usize,
+    state_sizes: Vec<u64>,
+    latency_samples: usize,
+    idle_secs: u64,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        cases: 200_000,
+        widgets: 4,
+        state_sizes: vec![1_000_000, 10_000_000],
+        latency_samples: 60,
+        idle_secs: 30,
+    };
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = raw.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().cloned().unwrap_or_default();
+        match flag.as_str() {
+            "--cases" => args.cases = value().parse().expect("--cases N"),
+            "--widgets" => args.widgets = value().parse().expect("--widgets N"),
+            "--state-sizes" => {
+                args.state_sizes = value()
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse().expect("--state-sizes N,N"))
+                    .collect()
+            }
+            "--latency-samples" => args.latency_samples = value().parse().expect("N"),
+            "--idle-secs" => args.idle_secs = value().parse().expect("N"),
+            // cargo bench passes --bench; a probe child gets --probe-state.
+            _ => {}
+        }
+    }
+    args
+}
+
+fn main() {
+    let raw: Vec<String> = std::env::args().collect();
+    if let Some(i) = raw.iter().position(|a| a == "--probe-state") {
+        probe_state(Path::new(&raw[i + 1]), raw[i + 2].parse().expect("size"));
+        return;
+    }
+    let args = parse_args();
+    let bootstrap = std::env::var("BENCH_KAFKA_BOOTSTRAP")
+        .or_else(|_| std::env::var("TEST_KAFKA_BOOTSTRAP"))
+        .expect("set BENCH_KAFKA_BOOTSTRAP to a broker (scripts/bench.sh starts one)");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let report = runtime.block_on(run(&args, &bootstrap));
+    println!("{report}");
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Peak RSS (VmHWM), current RSS (VmRSS) in KiB and CPU seconds of a process.
+fn proc_usage(pid: u32) -> (u64, u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name: utime is the 14th field, stime the 15th.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    (kib("VmHWM:"), kib("VmRSS:"), ticks / 100.0)
+}
+
+async fn start_sim(args: &Args) -> RunningSimulator {
+    let per_widget_hours = (HISTORY_DAYS * 24) as f64;
+    let cases_per_hour = args.cases as f64 / args.widgets as f64 / per_widget_hours;
+    let sim = Arc::new(Simulator::new(
+        SimConfig {
+            widgets: (1..=args.widgets).map(|i| format!("w{i}")).collect(),
+            cases_per_hour,
+            // Starts just after midnight HISTORY_DAYS ago so every day window is full.
+            history: Duration::from_secs(HISTORY_DAYS * 86_400 - 60),
+            index_delay: Duration::ZERO,
+            ..SimConfig::default()
+        },
+        Clock::system(),
+    ));
+    casestream::simulator::http::start(sim, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator")
+}
+
+fn since() -> chrono::NaiveDate {
+    Utc::now()
+        .date_naive()
+        .checked_sub_days(Days::new(HISTORY_DAYS))
+        .expect("date")
+}
+
+/// (a) fetch-only: the client paging every day window of every widget, as the catch-up does.
+async fn fetch_only(sim: &RunningSimulator, widgets: usize) -> (Duration, Vec<(String, Value)>) {
+    let mut config = ClientConfig::new(sim.base_url(), "demo", SecretString::from("demo-token"));
+    config.rate_limit_per_sec = RATE_LIMIT.parse().unwrap();
+    config.retry = RetryPolicy::default();
+    let client = LogsClient::new(config).unwrap();
+    let started = Instant::now();
+    let mut cases = Vec::new();
+    let today = Utc::now().date_naive();
+    let mut day = since();
+    while day <= today {
+        for w in 1..=widgets {
+            let widget = format!("w{w}");
+            let pages: Vec<_> = client
+                .pages(&widget, Window::Dates { start: day, end: day })
+                .try_collect()
+                .await
+                .expect("fetch");
+            for page in pages {
+                cases.extend(page.cases.into_iter().map(|c| (widget.clone(), c)));
+            }
+        }
+        day = day.succ_opt().unwrap();
+    }
+    (started.elapsed(), cases)
+}
+
+/// (b) produce-only: the same events, encoded as the pipeline does, by a bare producer with
+/// the pipeline's settings (idempotent, acks=all), all in flight at once.
+async fn produce_only(bootstrap: &str, cases: &[(String, Value)]) -> (Duration, usize, usize) {
+    let settings = Flags::default()
+        .load([
+            ("SNAPENGAGE_ORG_ID".into(), "demo".into()),
+            ("SNAPENGAGE_API_TOKEN".into(), "x".into()),
+            ("SNAPENGAGE_WIDGET_IDS".into(), "w1".into()),
+            ("KAFKA_BOOTSTRAP_SERVERS".into(), bootstrap.into()),
+        ])
+        .unwrap()
+        .kafka;
+    let producer: FutureProducer = casestream::sink::client_config(&settings).create().unwrap();
+    let topic = format!("bench-produce-{}", uuid::Uuid::new_v4().simple());
+    create_topic(bootstrap, &topic).await;
+    let now = Utc::now();
+    let events: Vec<(String, Vec<u8>)> = cases
+        .iter()
+        .filter_map(|(w, v)| Case::from_value(v.clone()).ok().map(|c| (w, c)))
+        .flat_map(|(w, case)| {
+            let mut out = vec![CloudEvent::for_case("demo", w, &case, &EventKind::Created, now)];
+            let survey = case.survey();
+            if survey.is_present() {
+                out.push(CloudEvent::for_case(
+                    "demo",
+                    w,
+                    &case,
+                    &EventKind::Survey {
+                        score: survey.score,
+                        comments: survey.comments,
+                    },
+                    now,
+                ));
+            }
+            out
+        })
+        .map(|e| {
+            (
+                e.subject.clone(),
+                serde_json::to_vec(&e.to_structured_json()).unwrap(),
+            )
+        })
+        .collect();
+    let bytes: usize = events.iter().map(|(_, v)| v.len()).sum();
+    let started = Instant::now();
+    let sends = events.iter().map(|(key, payload)| {
+        producer.send(
+            FutureRecord::to(&topic).key(key).payload(payload),
+            Timeout::Never,
+        )
+    });
+    for result in futures::future::join_all(sends).await {
+        result.map_err(|(e, _)| e).expect("delivery");
+    }
+    (started.elapsed(), events.len(), bytes)
+}
+
+async fn create_topic(bootstrap: &str, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    admin
+        .create_topics(
+            &[NewTopic::new(topic, 6, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+}
+
+struct Forwarder {
+    child: Child,
+    admin: String,
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn_forwarder(sim: &RunningSimulator, bootstrap: &str, widgets: usize, state: &Path, prefix: &str) -> Forwarder {
+    let port = free_port();
+    let widget_ids: Vec<String> = (1..=widgets).map(|i| format!("w{i}")).collect();
+    let child = Command::new(env!("CARGO_BIN_EXE_casestream"))
+        .args(["run", "--log-format", "json"])
+        .env_clear()
+        .env("SNAPENGAGE_API_URL", sim.base_url().to_string())
+        .env("SNAPENGAGE_ORG_ID", "demo")
+        .env("SNAPENGAGE_API_TOKEN", "demo-token")
+        .env("SNAPENGAGE_WIDGET_IDS", widget_ids.join(","))
+        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+        .env("CASESTREAM_STATE_DIR", state)
+        .env("CASESTREAM_SINCE", since().to_string())
+        .env("CASESTREAM_RATE_LIMIT", RATE_LIMIT)
+        .env("CASESTREAM_POLL_INTERVAL", format!("{POLL_INTERVAL_SECS}s"))
+        .env("CASESTREAM_SETTLE", format!("{SETTLE_SECS}s"))
+        .env("CASESTREAM_TOPIC_CASES", format!("{prefix}.cases"))
+        .env("CASESTREAM_TOPIC_SURVEYS", format!("{prefix}.surveys"))
+        .env("CASESTREAM_TOPIC_DEADLETTER", format!("{prefix}.dead"))
+        .env("CASESTREAM_ADMIN_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn casestream");
+    Forwarder {
+        child,
+        admin: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn metric(http: &reqwest::Client, admin: &str, name: &str) -> Option<f64> {
+    let text = http.get(format!("{admin}/metrics")).send().await.ok()?.text().await.ok()?;
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Records when each case id first appears on a topic (wall clock).
+fn watch_topic(bootstrap: &str, topic: &str, seen: Arc<Mutex<HashMap<String, Instant>>>, stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<()> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("bench-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..6 {
+        tpl.add_partition_offset(topic, p, Offset::End).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+                if let Some(key) = m.key() {
+                    let key = String::from_utf8_lossy(key).into_owned();
+                    seen.lock().unwrap().entry(key).or_insert_with(Instant::now);
+                }
+            }
+        }
+    })
+}
+
+async fn run(args: &Args, bootstrap: &str) -> String {
+    let mut out = String::new();
+    let machine = machine();
+    out.push_str(&format!("machine: {machine}\n"));
+    let sim = start_sim(args).await;
+    let total: usize = sim
+        .sim
+        .config()
+        .widgets
+        .iter()
+        .map(|w| sim.sim.visible_cases(w).len())
+        .sum();
+    out.push_str(&format!("backlog: {total} cases across {} widgets, {HISTORY_DAYS} days\n\n", args.widgets));
+
+    let (fetch_time, cases) = fetch_only(&sim, args.widgets).await;
+    let fetch_rate = cases.len() as f64 / fetch_time.as_secs_f64();
+    let (produce_time, events, bytes) = produce_only(bootstrap, &cases).await;
+    let produce_rate = cases.len() as f64 / produce_time.as_secs_f64();
+
+    let state = tempfile::tempdir().unwrap();
+    let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let forwarder = spawn_forwarder(&sim, bootstrap, args.widgets, state.path(), &prefix);
+    let pid = forwarder.child.id();
+    loop {
+        let known = metric(&http, &forwarder.admin, "casestream_known_cases").await.unwrap_or(0.0);
+        if known as usize >= cases.len() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(1800), "catch-up did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pipeline_time = started.elapsed();
+    let (peak_kib, _, cpu_catch_up) = proc_usage(pid);
+    let pipeline_rate = cases.len() as f64 / pipeline_time.as_secs_f64();
+    let limit = fetch_rate.min(produce_rate);
+
+    // Idle: steady polling of the fresh window, nothing new.
+    let (_, _, cpu_before) = proc_usage(pid);
+    tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
+    let (_, idle_rss_kib, cpu_after) = proc_usage(pid);
+    let idle_cpu = (cpu_after - cpu_before) / args.idle_secs as f64;
+
+    // Latency: cases added one by one while the forwarder polls.
+    let created_seen = Arc::new(Mutex::new(HashMap::new()));
+    let survey_seen = Arc::new(Mutex::new(HashMap::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchers = [
+        watch_topic(bootstrap, &format!("{prefix}.cases"), created_seen.clone(), stop.clone()),
+        watch_topic(bootstrap, &format!("{prefix}.surveys"), survey_seen.clone(), stop.clone()),
+    ];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut added: Vec<(String, Instant, Instant)> = Vec::new();
+    let spacing = Duration::from_millis(POLL_INTERVAL_SECS * 1000 * 7 / 10);
+    for i in 0..args.latency_samples {
+        let widget = format!("w{}", i % args.widgets + 1);
+        let case = sim.sim.make_case(&widget);
+        let id = case["id"].as_str().unwrap().to_owned();
+        let visible = Instant::now();
+        sim.sim.add_case(&widget, case, None, None);
+        // The survey lands 1 s after the chat ended; it is due at chat end + settle.
+        let survey_at = Utc::now() + chrono::Duration::seconds(1);
+        sim.sim.attach_survey(&id, Some(80), Some("bench".into()), Some(survey_at));
+        let due = visible + Duration::from_secs(SETTLE_SECS);
+        added.push((id, visible, due));
+        tokio::time::sleep(spacing).await;
+    }
+    tokio::time::sleep(Duration::from_secs(POLL_INTERVAL_SECS * 3 + SETTLE_SECS + 2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in watchers {
+        w.join().unwrap();
+    }
+    let latencies = |seen: &HashMap<String, Instant>, from: &dyn Fn(&(String, Instant, Instant)) -> Instant| {
+        let mut v: Vec<f64> = added
+            .iter()
+            .filter_map(|a| seen.get(&a.0).map(|t| t.saturating_duration_since(from(a)).as_secs_f64() * 1000.0))
+            .collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v
+    };
+    let created_lat = latencies(&created_seen.lock().unwrap(), &|a| a.1);
+    let survey_lat = latencies(&survey_seen.lock().unwrap(), &|a| a.2);
+    drop(forwarder);
+
+    out.push_str("## Throughput (catch-up)\n\n| what | cases/s | time |\n|---|---|---|\n");
+    out.push_str(&format!("| (a) fetch-only: client paging the backlog | {fetch_rate:.0} | {:.1} s |\n", fetch_time.as_secs_f64()));
+    out.push_str(&format!(
+        "| (b) produce-only: bare idempotent producer, acks=all, {events} events ({:.0} MB) | {produce_rate:.0} | {:.1} s |\n",
+        bytes as f64 / 1e6,
+        produce_time.as_secs_f64()
+    ));
+    out.push_str(&format!(
+        "| pipeline: fetched, published, acknowledged, checkpointed | {pipeline_rate:.0} | {:.1} s |\n",
+        pipeline_time.as_secs_f64()
+    ));
+    out.push_str(&format!(
+        "\npipeline / min(a, b) = {:.2}\n\n",
+        pipeline_rate / limit
+    ));
+    out.push_str("## Latency (steady polling, poll interval 2 s, settle 3 s)\n\n| event | samples | p50 | p99 | max |\n|---|---|---|---|---|\n");
+    for (name, lat) in [("case.created, from visible in the API", &created_lat), ("case.survey, from its settle time", &survey_lat)] {
+        out.push_str(&format!(
+            "| {name} | {}/{} | {:.0} ms | {:.0} ms | {:.0} ms |\n",
+            lat.len(),
+            added.len(),
+            percentile(lat, 0.5),
+            percentile(lat, 0.99),
+            lat.last().copied().unwrap_or(f64::NAN)
+        ));
+    }
+    out.push_str("\n## Resources (the forwarder process)\n\n| what | value |\n|---|---|\n");
+    out.push_str(&format!("| peak RSS during catch-up | {:.1} MB |\n", peak_kib as f64 / 1024.0));
+    out.push_str(&format!(
+        "| CPU per 1,000 cases during catch-up | {:.3} s |\n",
+        cpu_catch_up / cases.len() as f64 * 1000.0
+    ));
+    out.push_str(&format!("| RSS while idle polling | {:.1} MB |\n", idle_rss_kib as f64 / 1024.0));
+    out.push_str(&format!(
+        "| CPU while idle polling ({}-widget fresh window every {POLL_INTERVAL_SECS} s, {} s) | {:.1} % of a core |\n",
+        args.widgets,
+        args.idle_secs,
+        idle_cpu * 100.0
+    ));
+
+    if !args.state_sizes.is_empty() {
+        out.push_str("\n## State scaling\n\n| known ids | file | fill | start-up (open + first queries) | RSS after start-up | dedupe per page (100 ids) | stats query |\n|---|---|---|---|---|---|---|\n");
+        for &size in &args.state_sizes {
+            out.push_str(&state_scaling(size));
+        }
+    }
+    let _ = sim.stop().await;
+    out
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    format!(
+        "{} cores ({cpu}), {:.0} GiB memory",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        mem_kib as f64 / 1024.0 / 1024.0
+    )
+}
+
+fn synthetic(i: u64) -> StoredCase {
+    let t = chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + i as i64 * 1000).unwrap();
+    StoredCase {
+        id: uuid::Uuid::from_u128(i as u128 * 0x9E37_79B9_7F4A_7C15).to_string(),
+        widget: format!("w{}", i % 4 + 1),
+        day: t.date_naive(),
+        record: CaseRecord {
+            first_seen: t,
+            chat_end: t,
+            created_emitted: true,
+            survey_digest: None,
+            // A tenth still pending, as in a week of real traffic.
+            next_check: (i % 10 == 0).then_some(t + chrono::Duration::days(7)),
+        },
+    }
+}
+
+/// Fills a state with `size` ids, then measures start-up and dedupe in a fresh process.
+fn state_scaling(size: u64) -> String {
+    let dir: PathBuf = tempfile::tempdir().unwrap().keep();
+    let fill_started = Instant::now();
+    {
+        let store = SqliteStore::open(&dir).unwrap();
+        let batch = 50_000;
+        let mut start = 0;
+        while start < size {
+            let end = (start + batch).min(size);
+            let cases: Vec<StoredCase> = (start..end).map(synthetic).collect();
+            store.commit_cases(&cases).unwrap();
+            start = end;
+        }
+    }
+    let fill = fill_started.elapsed();
+    let file_mb = std::fs::metadata(dir.join(casestream::state::sqlite::STATE_FILE))
+        .map(|m| m.len() as f64 / 1e6)
+        .unwrap_or(0.0);
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--probe-state", dir.to_str().unwrap(), &size.to_string()])
+        .output()
+        .expect("probe");
+    let _ = std::fs::remove_dir_all(&dir);
+    let probe: Value = serde_json::from_slice(&output.stdout).expect("probe output");
+    format!(
+        "| {size} | {file_mb:.0} MB | {:.0} s | {:.0} ms | {:.1} MB | {:.0} µs | {:.0} ms |\n",
+        fill.as_secs_f64(),
+        probe["startup_ms"].as_f64().unwrap_or(f64::NAN),
+        probe["rss_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
+        probe["lookup_us"].as_f64().unwrap_or(f64::NAN),
+        probe["stats_ms"].as_f64().unwrap_or(f64::NAN),
+    )
+}
+
+/// Runs in a fresh process: what a forwarder does with an existing state at start and per page.
+fn probe_state(dir: &Path, size: u64) {
+    let started = Instant::now();
+    let store = SqliteStore::open(dir).unwrap();
+    // What the pipeline asks at start: widget progress and due re-check days.
+    let _ = store.widget("w1").unwrap();
+    let _ = store
+        .due_days("w1", Utc::now(), Utc::now().date_naive(), 4)
+        .unwrap();
+    let startup = started.elapsed();
+    let pages = 1000;
+    let lookup_started = Instant::now();
+    for page in 0..pages {
+        // Half known ids, half new ones, like a fresh window with new cases.
+        let ids: Vec<String> = (0..100u64)
+            .map(|k| {
+                let i = (page * 100 + k) * 7919 % size;
+                if k % 2 == 0 { synthetic(i).id } else { uuid::Uuid::new_v4().to_string() }
+            })
+            .collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let found = store.lookup(&refs).unwrap();
+        assert_eq!(found.len(), 50);
+    }
+    let lookup_us = lookup_started.elapsed().as_secs_f64() * 1e6 / pages as f64;
+    let stats_started = Instant::now();
+    let _ = store.stats().unwrap();
+    let stats_ms = stats_started.elapsed().as_secs_f64() * 1000.0;
+    let (_, rss_kib, _) = proc_usage(std::process::id());
+    println!(
+        "{}",
+        serde_json::json!({
+            "startup_ms": startup.as_secs_f64() * 1000.0,
+            "lookup_us": lookup_us,
+            "stats_ms": stats_ms,
+            "rss_kib": rss_kib,
+        })
+    );
+}
