@@ -165,7 +165,13 @@ async fn fetch_only(sim: &RunningSimulator, widgets: usize) -> (Duration, Vec<(S
         for w in 1..=widgets {
             let widget = format!("w{w}");
             let pages: Vec<_> = client
-                .pages(&widget, Window::Dates { start: day, end: day })
+                .pages(
+                    &widget,
+                    Window::Dates {
+                        start: day,
+                        end: day,
+                    },
+                )
                 .try_collect()
                 .await
                 .expect("fetch");
@@ -198,7 +204,13 @@ async fn produce_only(bootstrap: &str, cases: &[(String, Value)]) -> (Duration, 
         .iter()
         .filter_map(|(w, v)| Case::from_value(v.clone()).ok().map(|c| (w, c)))
         .flat_map(|(w, case)| {
-            let mut out = vec![CloudEvent::for_case("demo", w, &case, &EventKind::Created, now)];
+            let mut out = vec![CloudEvent::for_case(
+                "demo",
+                w,
+                &case,
+                &EventKind::Created,
+                now,
+            )];
             let survey = case.survey();
             if survey.is_present() {
                 out.push(CloudEvent::for_case(
@@ -270,7 +282,13 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn_forwarder(sim: &RunningSimulator, bootstrap: &str, widgets: usize, state: &Path, prefix: &str) -> Forwarder {
+fn spawn_forwarder(
+    sim: &RunningSimulator,
+    bootstrap: &str,
+    widgets: usize,
+    state: &Path,
+    prefix: &str,
+) -> Forwarder {
     let port = free_port();
     let widget_ids: Vec<String> = (1..=widgets).map(|i| format!("w{i}")).collect();
     let child = Command::new(env!("CARGO_BIN_EXE_casestream"))
@@ -301,16 +319,13 @@ fn spawn_forwarder(sim: &RunningSimulator, bootstrap: &str, widgets: usize, stat
     }
 }
 
-async fn metric(http: &reqwest::Client, admin: &str, name: &str) -> Option<f64> {
-    let text = http.get(format!("{admin}/metrics")).send().await.ok()?.text().await.ok()?;
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 /// Records when each case id first appears on a topic (wall clock).
-fn watch_topic(bootstrap: &str, topic: &str, seen: Arc<Mutex<HashMap<String, Instant>>>, stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<()> {
+fn watch_topic(
+    bootstrap: &str,
+    topic: &str,
+    seen: Arc<Mutex<HashMap<String, Instant>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("bench-{}", uuid::Uuid::new_v4()))
@@ -347,7 +362,10 @@ async fn run(args: &Args, bootstrap: &str) -> String {
         .iter()
         .map(|w| sim.sim.visible_cases(w).len())
         .sum();
-    out.push_str(&format!("backlog: {total} cases across {} widgets, {HISTORY_DAYS} days\n\n", args.widgets));
+    out.push_str(&format!(
+        "backlog: {total} cases across {} widgets, {HISTORY_DAYS} days\n\n",
+        args.widgets
+    ));
 
     let (fetch_time, cases) = fetch_only(&sim, args.widgets).await;
     let fetch_rate = cases.len() as f64 / fetch_time.as_secs_f64();
@@ -356,17 +374,24 @@ async fn run(args: &Args, bootstrap: &str) -> String {
 
     let state = tempfile::tempdir().unwrap();
     let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let http = reqwest::Client::new();
     let started = Instant::now();
     let forwarder = spawn_forwarder(&sim, bootstrap, args.widgets, state.path(), &prefix);
     let pid = forwarder.child.id();
+    let db = state.path().join(casestream::state::sqlite::STATE_FILE);
     loop {
-        let known = metric(&http, &forwarder.admin, "casestream_known_cases").await.unwrap_or(0.0);
+        // Checkpointed = in the state; read it as a second SQLite reader (WAL allows it).
+        let known: i64 =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .and_then(|c| c.query_row("SELECT COUNT(*) FROM cases", [], |r| r.get(0)))
+                .unwrap_or(0);
         if known as usize >= cases.len() {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(1800), "catch-up did not finish");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "catch-up did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let pipeline_time = started.elapsed();
     let (peak_kib, _, cpu_catch_up) = proc_usage(pid);
@@ -384,8 +409,18 @@ async fn run(args: &Args, bootstrap: &str) -> String {
     let survey_seen = Arc::new(Mutex::new(HashMap::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watchers = [
-        watch_topic(bootstrap, &format!("{prefix}.cases"), created_seen.clone(), stop.clone()),
-        watch_topic(bootstrap, &format!("{prefix}.surveys"), survey_seen.clone(), stop.clone()),
+        watch_topic(
+            bootstrap,
+            &format!("{prefix}.cases"),
+            created_seen.clone(),
+            stop.clone(),
+        ),
+        watch_topic(
+            bootstrap,
+            &format!("{prefix}.surveys"),
+            survey_seen.clone(),
+            stop.clone(),
+        ),
     ];
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut added: Vec<(String, Instant, Instant)> = Vec::new();
@@ -398,20 +433,28 @@ async fn run(args: &Args, bootstrap: &str) -> String {
         sim.sim.add_case(&widget, case, None, None);
         // The survey lands 1 s after the chat ended; it is due at chat end + settle.
         let survey_at = Utc::now() + chrono::Duration::seconds(1);
-        sim.sim.attach_survey(&id, Some(80), Some("bench".into()), Some(survey_at));
+        sim.sim
+            .attach_survey(&id, Some(80), Some("bench".into()), Some(survey_at));
         let due = visible + Duration::from_secs(SETTLE_SECS);
         added.push((id, visible, due));
         tokio::time::sleep(spacing).await;
     }
-    tokio::time::sleep(Duration::from_secs(POLL_INTERVAL_SECS * 3 + SETTLE_SECS + 2)).await;
+    tokio::time::sleep(Duration::from_secs(
+        POLL_INTERVAL_SECS * 3 + SETTLE_SECS + 2,
+    ))
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in watchers {
         w.join().unwrap();
     }
-    let latencies = |seen: &HashMap<String, Instant>, from: &dyn Fn(&(String, Instant, Instant)) -> Instant| {
+    let latencies = |seen: &HashMap<String, Instant>,
+                     from: &dyn Fn(&(String, Instant, Instant)) -> Instant| {
         let mut v: Vec<f64> = added
             .iter()
-            .filter_map(|a| seen.get(&a.0).map(|t| t.saturating_duration_since(from(a)).as_secs_f64() * 1000.0))
+            .filter_map(|a| {
+                seen.get(&a.0)
+                    .map(|t| t.saturating_duration_since(from(a)).as_secs_f64() * 1000.0)
+            })
             .collect();
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v
@@ -421,7 +464,10 @@ async fn run(args: &Args, bootstrap: &str) -> String {
     drop(forwarder);
 
     out.push_str("## Throughput (catch-up)\n\n| what | cases/s | time |\n|---|---|---|\n");
-    out.push_str(&format!("| (a) fetch-only: client paging the backlog | {fetch_rate:.0} | {:.1} s |\n", fetch_time.as_secs_f64()));
+    out.push_str(&format!(
+        "| (a) fetch-only: client paging the backlog | {fetch_rate:.0} | {:.1} s |\n",
+        fetch_time.as_secs_f64()
+    ));
     out.push_str(&format!(
         "| (b) produce-only: bare idempotent producer, acks=all, {events} events ({:.0} MB) | {produce_rate:.0} | {:.1} s |\n",
         bytes as f64 / 1e6,
@@ -436,7 +482,10 @@ async fn run(args: &Args, bootstrap: &str) -> String {
         pipeline_rate / limit
     ));
     out.push_str("## Latency (steady polling, poll interval 2 s, settle 3 s)\n\n| event | samples | p50 | p99 | max |\n|---|---|---|---|---|\n");
-    for (name, lat) in [("case.created, from visible in the API", &created_lat), ("case.survey, from its settle time", &survey_lat)] {
+    for (name, lat) in [
+        ("case.created, from visible in the API", &created_lat),
+        ("case.survey, from its settle time", &survey_lat),
+    ] {
         out.push_str(&format!(
             "| {name} | {}/{} | {:.0} ms | {:.0} ms | {:.0} ms |\n",
             lat.len(),
@@ -447,12 +496,18 @@ async fn run(args: &Args, bootstrap: &str) -> String {
         ));
     }
     out.push_str("\n## Resources (the forwarder process)\n\n| what | value |\n|---|---|\n");
-    out.push_str(&format!("| peak RSS during catch-up | {:.1} MB |\n", peak_kib as f64 / 1024.0));
+    out.push_str(&format!(
+        "| peak RSS during catch-up | {:.1} MB |\n",
+        peak_kib as f64 / 1024.0
+    ));
     out.push_str(&format!(
         "| CPU per 1,000 cases during catch-up | {:.3} s |\n",
         cpu_catch_up / cases.len() as f64 * 1000.0
     ));
-    out.push_str(&format!("| RSS while idle polling | {:.1} MB |\n", idle_rss_kib as f64 / 1024.0));
+    out.push_str(&format!(
+        "| RSS while idle polling | {:.1} MB |\n",
+        idle_rss_kib as f64 / 1024.0
+    ));
     out.push_str(&format!(
         "| CPU while idle polling ({}-widget fresh window every {POLL_INTERVAL_SECS} s, {} s) | {:.1} % of a core |\n",
         args.widgets,
@@ -487,7 +542,9 @@ fn machine() -> String {
         .unwrap_or(0);
     format!(
         "{} cores ({cpu}), {:.0} GiB memory",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         mem_kib as f64 / 1024.0 / 1024.0
     )
 }
@@ -561,7 +618,11 @@ fn probe_state(dir: &Path, size: u64) {
         let ids: Vec<String> = (0..100u64)
             .map(|k| {
                 let i = (page * 100 + k) * 7919 % size;
-                if k % 2 == 0 { synthetic(i).id } else { uuid::Uuid::new_v4().to_string() }
+                if k % 2 == 0 {
+                    synthetic(i).id
+                } else {
+                    uuid::Uuid::new_v4().to_string()
+                }
             })
             .collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();

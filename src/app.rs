@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
@@ -68,12 +67,7 @@ pub async fn prepare_topics(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> Result<bool, SinkError> {
-    let mut delays = ExponentialBuilder::default()
-        .with_jitter()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(30))
-        .without_max_times()
-        .build();
+    let mut delays = crate::sink::kafka_retry_delays();
     loop {
         match sink.ensure_topics(&config.kafka).await {
             Ok(()) => return Ok(true),

@@ -118,7 +118,7 @@ fn assert_exactly_once(truth: &Truth, created: &[Value], surveys: &[Value], end:
         if *chat_end < end - MARGIN {
             let events = created_by_case
                 .get(id)
-                .unwrap_or_else(|| panic!("case {id} never announced"));
+                .unwrap_or_else(|| panic!("case {id} (chat end {chat_end}, run end {end}, {widget}) never announced; {} announced", created_by_case.len()));
             let event = events[0];
             assert_eq!(event["data"]["widget_id"], json!(widget));
             assert_eq!(
@@ -246,11 +246,14 @@ async fn api_faults_are_ridden_out_and_bad_cases_become_dead_letters() {
     let dir = tempfile::tempdir().unwrap();
     let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), &[]);
     let forwarder = RunningForwarder::start(config, clock.clone());
-    tokio::time::sleep(Duration::from_secs(14)).await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let stats = sim.sim.stats();
+    // The storm ends; a few quiet cycles let the last cases through before the check.
+    sim.sim.set_faults(Faults::default());
+    tokio::time::sleep(Duration::from_secs(4)).await;
     forwarder.stop().await;
     let end = clock.now();
 
-    let stats = sim.sim.stats();
     assert!(stats.faults_429 > 20, "{stats:?}");
     assert!(
         stats.faults_5xx > 5 && stats.faults_truncated > 2 && stats.faults_repeat > 2,

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -21,12 +20,19 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::WindowMode;
 use crate::events::{CloudEvent, EventKind};
-use crate::sink::{DeadLetter, KafkaSink, Outgoing, SinkError};
+use crate::sink::{DeadLetter, KafkaSink, Outgoing, PendingDelivery, SinkError};
 use crate::snapengage::{Case, ClientError, LogsClient, Page};
 use crate::state::{StateError, StateStore, StoredCase, WidgetProgress};
 use scheduler::Task;
 use tracker::{CaseRecord, TrackerSettings};
 
+/// How often state counts are refreshed for metrics.
+const STATS_REFRESH: Duration = Duration::from_secs(30);
+/// Pages fetched ahead of the one being processed.
+const PREFETCH_PAGES: usize = 2;
+/// Pages handed to Kafka before the oldest must be acknowledged and committed. Bounded, so
+/// memory stays flat and a crash re-sends at most this many pages (same event ids).
+const MAX_PAGES_IN_FLIGHT: usize = 4;
 /// Re-check days read per widget per cycle, so old surveys never crowd out fresh cases.
 const RECHECK_DAYS_PER_CYCLE: usize = 4;
 /// Without a terminal, catch-up progress is logged this often.
@@ -114,6 +120,7 @@ pub struct Pipeline {
     sink: Arc<KafkaSink>,
     clock: Clock,
     health: Arc<Health>,
+    stats_cache: std::sync::Mutex<Option<(Instant, crate::state::StateStats)>>,
 }
 
 impl Pipeline {
@@ -133,6 +140,7 @@ impl Pipeline {
             sink,
             clock,
             health,
+            stats_cache: std::sync::Mutex::new(None),
         }
     }
 
@@ -288,7 +296,7 @@ impl Pipeline {
             .values()
             .map(|p| scheduler::catch_up_remaining(p, fresh_start))
             .sum();
-        let state = self.state(|s| s.stats()).await.ok();
+        let state = self.state_stats().await;
         if let Some(state) = state {
             metrics::gauge!("casestream_known_cases").set(state.known_cases as f64);
             metrics::gauge!("casestream_pending_surveys").set(state.pending_surveys as f64);
@@ -310,6 +318,20 @@ impl Pipeline {
                 "poll cycle"
             );
         }
+    }
+
+    /// State counts for metrics and the cycle line, refreshed at most every
+    /// [`STATS_REFRESH`]: counting ten million rows each cycle would cost more than a page.
+    async fn state_stats(&self) -> Option<crate::state::StateStats> {
+        let cached = *self.stats_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, stats)) = cached
+            && at.elapsed() < STATS_REFRESH
+        {
+            return Some(stats);
+        }
+        let fresh = self.state(|s| s.stats()).await.ok()?;
+        *self.stats_cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), fresh));
+        Some(fresh)
     }
 
     /// Records that a window was read completely.
@@ -359,40 +381,115 @@ impl Pipeline {
         stats: &mut CycleStats,
     ) -> Result<WindowEnd, WindowFailure> {
         tracing::debug!(widget, kind = task.label(), %window, "reading window");
-        let mut pages = pin!(self.client.pages(widget, window));
-        loop {
+        // The next page is fetched while this one is decided, published and committed.
+        let (tx, mut pages) = tokio::sync::mpsc::channel(PREFETCH_PAGES);
+        let source = self.client.pages(widget, window);
+        let _fetcher = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut source = pin!(source);
+            while let Some(page) = source.next().await {
+                let failed = page.is_err();
+                if tx.send(page).await.is_err() || failed {
+                    break;
+                }
+            }
+        }));
+        let mut flight = Flight::default();
+        let end = loop {
             // A fetch in flight is abandoned at shutdown: nothing of it was committed.
             let next = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(WindowEnd::Interrupted),
-                next = pages.next() => next,
+                _ = shutdown.cancelled() => break Ok(WindowEnd::Interrupted),
+                next = pages.recv() => next,
             };
             match next {
-                None => return Ok(WindowEnd::Complete),
-                Some(Err(e)) => return Err(WindowFailure::Client(e)),
+                None => break Ok(WindowEnd::Complete),
+                Some(Err(e)) => break Err(WindowFailure::Client(e)),
                 Some(Ok(page)) => {
-                    let last = page.is_last;
-                    if !self.process_page(page, shutdown, stats).await? {
-                        return Ok(WindowEnd::Interrupted);
+                    let batch = self.decide(page, &flight.records, stats).await?;
+                    flight.seq += 1;
+                    for case in &batch.changed {
+                        flight
+                            .records
+                            .insert(case.id.clone(), (case.record.clone(), flight.seq));
                     }
-                    if last {
-                        return Ok(WindowEnd::Complete);
+                    let delivery = self.sink.start_publish(&batch.outgoing).await;
+                    flight.pages.push_back(InFlightPage {
+                        seq: flight.seq,
+                        batch,
+                        delivery,
+                    });
+                    while flight.pages.len() > MAX_PAGES_IN_FLIGHT {
+                        if !self.settle_oldest(&mut flight, shutdown).await? {
+                            return Ok(WindowEnd::Interrupted);
+                        }
                     }
                     if shutdown.is_cancelled() {
-                        return Ok(WindowEnd::Interrupted);
+                        break Ok(WindowEnd::Interrupted);
                     }
                 }
             }
+        };
+        // Pages already handed to Kafka are finished, whatever ends the window.
+        while !flight.pages.is_empty() {
+            if !self.settle_oldest(&mut flight, shutdown).await? {
+                return Ok(WindowEnd::Interrupted);
+            }
         }
+        end
     }
 
-    /// Tracker → sink → commit for one page. Returns false when shutdown came while Kafka
-    /// could not take the page (nothing was committed; the page will be read again).
-    async fn process_page(
+    /// Waits for the oldest page in flight to be acknowledged (publishing it again until it
+    /// is, if it failed), then commits its state. Pages commit in order. Returns false when
+    /// shutdown came while Kafka could not take the page: nothing of it is committed, and it
+    /// will be read again.
+    async fn settle_oldest(
+        &self,
+        flight: &mut Flight,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, PipelineError> {
+        let Some(page) = flight.pages.pop_front() else {
+            return Ok(true);
+        };
+        let InFlightPage {
+            seq,
+            batch,
+            delivery,
+        } = page;
+        if let Err(e) = delivery.wait(&self.sink).await {
+            self.health.kafka_ok.store(false, Ordering::Relaxed);
+            metrics::counter!("casestream_kafka_delivery_errors_total").increment(1);
+            tracing::warn!(error = %e, "Kafka did not take a page; sending it again");
+            if !self.publish_until_acked(&batch.outgoing, shutdown).await {
+                return Ok(false);
+            }
+        }
+        for record in &batch.outgoing {
+            if let Outgoing::Event(event) = record {
+                metrics::counter!("casestream_events_published_total", "type" => event.event_type)
+                    .increment(1);
+            }
+        }
+        let changed = batch.changed;
+        let ids: Vec<String> = changed.iter().map(|c| c.id.clone()).collect();
+        if !changed.is_empty() {
+            self.state(move |s| s.commit_cases(&changed)).await?;
+        }
+        // Committed now; a later page in flight may hold a newer record for the same id.
+        for id in ids {
+            if flight.records.get(&id).is_some_and(|(_, s)| *s == seq) {
+                flight.records.remove(&id);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The tracker's decisions for one page: the records to publish and the state to commit
+    /// once Kafka has them. `in_flight` holds what pages not yet committed decided.
+    async fn decide(
         &self,
         page: Page,
-        shutdown: &CancellationToken,
+        in_flight: &HashMap<String, (CaseRecord, u64)>,
         stats: &mut CycleStats,
-    ) -> Result<bool, PipelineError> {
+    ) -> Result<PageBatch, PipelineError> {
         let now = self.clock.now();
         let widget = page.widget_id;
         stats.pages += 1;
@@ -432,9 +529,15 @@ impl Pipeline {
         }
 
         let ids: Vec<String> = cases.iter().map(|c| c.id().to_owned()).collect();
-        let known = self
+        let mut known = self
             .state(move |s| s.lookup(&ids.iter().map(String::as_str).collect::<Vec<_>>()))
             .await?;
+        // Pages still in flight are not committed yet; what they decided comes first.
+        for case in &cases {
+            if let Some((record, _)) = in_flight.get(case.id()) {
+                known.insert(case.id().to_owned(), record.clone());
+            }
+        }
 
         let mut changed = Vec::new();
         for case in &cases {
@@ -467,19 +570,7 @@ impl Pipeline {
             }
         }
 
-        if !outgoing.is_empty() && !self.publish_until_acked(&outgoing, shutdown).await {
-            return Ok(false);
-        }
-        for record in &outgoing {
-            if let Outgoing::Event(event) = record {
-                metrics::counter!("casestream_events_published_total", "type" => event.event_type)
-                    .increment(1);
-            }
-        }
-        if !changed.is_empty() {
-            self.state(move |s| s.commit_cases(&changed)).await?;
-        }
-        Ok(true)
+        Ok(PageBatch { outgoing, changed })
     }
 
     /// Publishes until Kafka acknowledged everything, retrying with backoff while it is down.
@@ -489,12 +580,7 @@ impl Pipeline {
         records: &[Outgoing],
         shutdown: &CancellationToken,
     ) -> bool {
-        let mut delays = ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(Duration::from_millis(500))
-            .with_max_delay(Duration::from_secs(30))
-            .without_max_times()
-            .build();
+        let mut delays = crate::sink::kafka_retry_delays();
         loop {
             let result: Result<(), SinkError> = self.sink.publish(records).await;
             match result {
@@ -519,6 +605,27 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// What one page decided: records for Kafka, then state to commit.
+struct PageBatch {
+    outgoing: Vec<Outgoing>,
+    changed: Vec<StoredCase>,
+}
+
+struct InFlightPage {
+    seq: u64,
+    batch: PageBatch,
+    delivery: PendingDelivery,
+}
+
+/// The pages of a window handed to Kafka but not yet committed, oldest first, and the
+/// records they decided (with the page that decided each).
+#[derive(Default)]
+struct Flight {
+    pages: std::collections::VecDeque<InFlightPage>,
+    records: HashMap<String, (CaseRecord, u64)>,
+    seq: u64,
 }
 
 enum WindowFailure {

@@ -45,6 +45,50 @@ pub enum SinkError {
     TopicMissing { topic: String },
 }
 
+/// Delays between attempts while Kafka is unreachable or not acknowledging: jittered,
+/// growing from 0.5 s to 30 s, never giving up (the caller stops at shutdown).
+pub fn kafka_retry_delays() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(30))
+        .without_max_times()
+        .build()
+}
+
+/// How long to wait before offering a record again to a full producer queue.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
+
+/// Records handed to the producer whose acknowledgements are still to come.
+pub struct PendingDelivery {
+    producer: Arc<FutureProducer>,
+    deliveries: Vec<(String, rdkafka::producer::DeliveryFuture)>,
+    failed: Option<SinkError>,
+}
+
+impl PendingDelivery {
+    /// Waits for every acknowledgement; the first failure, if any.
+    pub async fn wait(self, sink: &KafkaSink) -> Result<(), SinkError> {
+        let mut first_error = self.failed;
+        for (topic, delivery) in self.deliveries {
+            let error = match delivery.await {
+                Ok(Ok(_)) => continue,
+                Ok(Err((error, _))) => error,
+                Err(_) => KafkaError::Canceled,
+            };
+            first_error.get_or_insert(SinkError::Delivery { topic, error });
+        }
+        match first_error {
+            None => Ok(()),
+            Some(error) => {
+                sink.replace_producer_if_fatal(&self.producer);
+                Err(error)
+            }
+        }
+    }
+}
+
 /// A record for the sink.
 #[derive(Clone, Debug)]
 pub enum Outgoing {
@@ -240,32 +284,49 @@ impl KafkaSink {
     /// Publishes every record and waits until Kafka acknowledged all of them. On error some
     /// may have been written; the caller sends the whole batch again (same event ids).
     pub async fn publish(&self, records: &[Outgoing]) -> Result<(), SinkError> {
+        self.start_publish(records).await.wait(self).await
+    }
+
+    /// Hands every record to the producer and returns without waiting for Kafka, so the next
+    /// page can be prepared while these are in flight. Waits only when the producer's queue
+    /// is full.
+    pub async fn start_publish(&self, records: &[Outgoing]) -> PendingDelivery {
         let producer = self.producer();
-        let sends = records.iter().map(|record| {
-            let producer = producer.clone();
-            async move {
-                let (topic, key, payload, headers) = self.encode(record);
-                let mut future_record = FutureRecord::to(topic).payload(&payload).headers(headers);
-                if let Some(key) = key {
-                    future_record = future_record.key(key);
-                }
-                producer
-                    .send(future_record, Timeout::Never)
-                    .await
-                    .map(|_| ())
-                    .map_err(|(error, _)| SinkError::Delivery {
-                        topic: topic.to_owned(),
-                        error,
-                    })
+        let mut deliveries = Vec::with_capacity(records.len());
+        for record in records {
+            let (topic, key, payload, headers) = self.encode(record);
+            let mut future_record = FutureRecord::to(topic).payload(&payload).headers(headers);
+            if let Some(key) = key {
+                future_record = future_record.key(key);
             }
-        });
-        let results = futures::future::join_all(sends).await;
-        let first_error = results.into_iter().find_map(Result::err);
-        if let Some(error) = first_error {
-            self.replace_producer_if_fatal(&producer);
-            return Err(error);
+            loop {
+                match producer.send_result(future_record) {
+                    Ok(delivery) => {
+                        deliveries.push((topic.to_owned(), delivery));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        future_record = back;
+                        tokio::time::sleep(QUEUE_FULL_WAIT).await;
+                    }
+                    Err((error, _)) => {
+                        return PendingDelivery {
+                            producer,
+                            deliveries,
+                            failed: Some(SinkError::Delivery {
+                                topic: topic.to_owned(),
+                                error,
+                            }),
+                        };
+                    }
+                }
+            }
         }
-        Ok(())
+        PendingDelivery {
+            producer,
+            deliveries,
+            failed: None,
+        }
     }
 
     /// An idempotent producer can hit a fatal error (e.g. after a long outage); it is then
