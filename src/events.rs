@@ -1,7 +1,9 @@
 //! CloudEvents 1.0 envelopes for case events, and their stable ids.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::snapengage::{Case, Survey};
@@ -55,7 +57,56 @@ pub struct CloudEvent {
     pub source: String,
     pub subject: String,
     pub time: DateTime<Utc>,
-    pub data: Value,
+    pub data: EventData,
+}
+
+/// The event's `data`: where the case came from, the case exactly as the API returned it, and
+/// for survey events the survey that was seen.
+#[derive(Clone, Debug, Serialize)]
+pub struct EventData {
+    pub org_id: String,
+    pub widget_id: String,
+    /// The case's own text, copied through untouched.
+    pub case: Box<RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub survey: Option<SurveyData>,
+}
+
+impl PartialEq for EventData {
+    fn eq(&self, other: &Self) -> bool {
+        self.org_id == other.org_id
+            && self.widget_id == other.widget_id
+            && self.case.get() == other.case.get()
+            && self.survey == other.survey
+    }
+}
+
+/// `data.survey` of a survey event.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SurveyData {
+    pub score: Option<i64>,
+    pub comments: Option<String>,
+}
+
+/// The whole event in structured content mode, as serialized.
+#[derive(Serialize)]
+struct Structured<'a> {
+    specversion: &'static str,
+    id: String,
+    source: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'static str,
+    subject: &'a str,
+    time: String,
+    datacontenttype: &'static str,
+    data: &'a EventData,
+}
+
+/// Serializes one of our own types to JSON bytes.
+fn json_bytes(value: &impl Serialize) -> Vec<u8> {
+    // Only string-keyed structs, strings, numbers and raw JSON: nothing here can fail.
+    serde_json::to_vec(value)
+        .unwrap_or_else(|e| unreachable!("an event always serializes to JSON: {e}"))
 }
 
 impl CloudEvent {
@@ -68,19 +119,16 @@ impl CloudEvent {
         kind: &EventKind,
         observed_at: DateTime<Utc>,
     ) -> Self {
-        let mut data = Map::new();
-        data.insert("org_id".into(), org_id.into());
-        data.insert("widget_id".into(), widget_id.into());
-        data.insert("case".into(), Value::Object(case.raw().clone()));
-        let (event_type, time) = match kind {
-            EventKind::Created => (TYPE_CREATED, case.created_at().unwrap_or(observed_at)),
-            EventKind::Survey { score, comments } => {
-                data.insert(
-                    "survey".into(),
-                    json!({"score": score, "comments": comments}),
-                );
-                (TYPE_SURVEY, observed_at)
-            }
+        let (event_type, time, survey) = match kind {
+            EventKind::Created => (TYPE_CREATED, case.created_at().unwrap_or(observed_at), None),
+            EventKind::Survey { score, comments } => (
+                TYPE_SURVEY,
+                observed_at,
+                Some(SurveyData {
+                    score: *score,
+                    comments: comments.clone(),
+                }),
+            ),
         };
         Self {
             id: event_id(org_id, case.id(), kind),
@@ -88,7 +136,12 @@ impl CloudEvent {
             source: source(org_id, widget_id),
             subject: case.id().to_owned(),
             time,
-            data: Value::Object(data),
+            data: EventData {
+                org_id: org_id.to_owned(),
+                widget_id: widget_id.to_owned(),
+                case: case.raw().to_owned(),
+                survey,
+            },
         }
     }
 
@@ -96,18 +149,33 @@ impl CloudEvent {
         self.time.to_rfc3339_opts(SecondsFormat::Millis, true)
     }
 
-    /// The whole event as JSON (structured content mode).
+    fn structured(&self) -> Structured<'_> {
+        Structured {
+            specversion: SPEC_VERSION,
+            id: self.id.to_string(),
+            source: &self.source,
+            event_type: self.event_type,
+            subject: &self.subject,
+            time: self.time_text(),
+            datacontenttype: DATA_CONTENT_TYPE,
+            data: &self.data,
+        }
+    }
+
+    /// The whole event as a JSON record value (structured content mode).
+    pub fn to_structured_bytes(&self) -> Vec<u8> {
+        json_bytes(&self.structured())
+    }
+
+    /// The whole event as a JSON value (structured content mode), for tests and tools.
     pub fn to_structured_json(&self) -> Value {
-        json!({
-            "specversion": SPEC_VERSION,
-            "id": self.id.to_string(),
-            "source": self.source,
-            "type": self.event_type,
-            "subject": self.subject,
-            "time": self.time_text(),
-            "datacontenttype": DATA_CONTENT_TYPE,
-            "data": self.data,
-        })
+        serde_json::from_slice(&self.to_structured_bytes())
+            .unwrap_or_else(|e| unreachable!("an event's JSON always parses: {e}"))
+    }
+
+    /// The `data` alone as a JSON record value (binary content mode).
+    pub fn data_bytes(&self) -> Vec<u8> {
+        json_bytes(&self.data)
     }
 
     /// `ce_*` headers for binary content mode; the data goes in the record value.
@@ -177,7 +245,13 @@ mod tests {
         };
         let event = CloudEvent::for_case("org", "w1", &case(), &survey, now);
         assert_eq!(event.time, now);
-        assert_eq!(event.data["survey"], json!({"score": 80, "comments": "ok"}));
+        assert_eq!(
+            event.to_structured_json()["data"]["survey"],
+            json!({"score": 80, "comments": "ok"})
+        );
+        let data: Value = serde_json::from_slice(&event.data_bytes()).unwrap();
+        assert_eq!(data["case"], case().to_value());
+        assert_eq!(data["survey"]["score"], 80);
         let headers = event.binary_headers();
         assert!(headers.contains(&("ce_type", TYPE_SURVEY.to_owned())));
     }

@@ -55,7 +55,11 @@ fn window() -> Window {
 async fn fetch_all(client: &LogsClient, widget: &str) -> Result<Vec<Value>, ClientError> {
     let pages: Vec<_> = client.pages(widget, window()).try_collect().await?;
     assert!(pages.last().is_none_or(|p| p.is_last));
-    Ok(pages.into_iter().flat_map(|p| p.cases).collect())
+    Ok(pages
+        .into_iter()
+        .flat_map(|p| p.cases)
+        .map(|raw| serde_json::from_str(raw.get()).expect("a case is JSON"))
+        .collect())
 }
 
 fn ids(cases: &[Value]) -> Vec<String> {

@@ -27,7 +27,11 @@ async fn fetch_all(client: &LogsClient, widget: &str) -> Result<Vec<Value>, Clie
         end: today,
     };
     let pages: Vec<_> = client.pages(widget, window).try_collect().await?;
-    Ok(pages.into_iter().flat_map(|p| p.cases).collect())
+    Ok(pages
+        .into_iter()
+        .flat_map(|p| p.cases)
+        .map(|raw| serde_json::from_str(raw.get()).expect("a case is JSON"))
+        .collect())
 }
 
 async fn serve(router: Router) -> std::net::SocketAddr {

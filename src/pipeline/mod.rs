@@ -499,8 +499,8 @@ impl Pipeline {
 
         let mut cases: Vec<Case> = Vec::with_capacity(page.cases.len());
         let mut outgoing = Vec::new();
-        for value in page.cases {
-            match Case::from_value(value) {
+        for raw in page.cases {
+            match Case::from_raw(raw) {
                 // A case repeated within a page counts once: the later copy is the newer.
                 Ok(case) => {
                     if let Some(i) = cases.iter().position(|c| c.id() == case.id()) {
@@ -516,12 +516,8 @@ impl Pipeline {
                     outgoing.push(Outgoing::DeadLetter(DeadLetter {
                         org_id: self.settings.org_id.clone(),
                         widget_id: widget.clone(),
-                        key: problem
-                            .raw
-                            .get("id")
-                            .and_then(|v| v.as_str())
-                            .map(str::to_owned),
-                        raw: serde_json::to_vec(&problem.raw).unwrap_or_default(),
+                        key: problem.id_text(),
+                        raw: problem.raw.get().as_bytes().to_vec(),
                         reason: problem.reason.to_string(),
                     }));
                 }

@@ -356,7 +356,7 @@ impl KafkaSink {
                 };
                 let (payload, headers) = match self.format {
                     EventFormat::Structured => (
-                        serde_json::to_vec(&event.to_structured_json()).unwrap_or_default(),
+                        event.to_structured_bytes(),
                         OwnedHeaders::new().insert(Header {
                             key: "content-type",
                             value: Some(STRUCTURED_CONTENT_TYPE),
@@ -372,7 +372,7 @@ impl KafkaSink {
                                 })
                             },
                         );
-                        (serde_json::to_vec(&event.data).unwrap_or_default(), headers)
+                        (event.data_bytes(), headers)
                     }
                 };
                 (topic, Some(event.subject.as_str()), payload, headers)

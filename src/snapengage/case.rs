@@ -1,28 +1,56 @@
-//! A lossless chat case: the JSON object exactly as the Logs API returned it, with typed,
-//! lenient accessors for the few fields the pipeline decides on.
+//! A lossless chat case: the exact bytes the Logs API sent for it, with typed, lenient
+//! accessors for the few fields the pipeline decides on.
 //!
 //! Field types drift in the wild (numbers as strings, nulls, absent fields), so accessors
 //! tolerate them; only a missing or empty `id` makes a case unusable, and that is an error
 //! value carrying the raw case, never a panic.
+//!
+//! The case is kept as raw JSON text rather than a parsed object: a case is re-read on every
+//! poll of its window but published at most a few times, so only the fields the tracker needs
+//! are read, and the rest is copied through untouched (byte for byte) into the events.
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
-/// One case, kept verbatim. Serializing it gives back exactly the object received.
-#[derive(Clone, Debug, PartialEq)]
+/// One case, kept verbatim. Serializing it gives back exactly the text received.
+#[derive(Clone, Debug)]
 pub struct Case {
     id: String,
-    raw: Map<String, Value>,
+    raw: Box<RawValue>,
+    fields: Fields,
 }
 
-/// Why a case received from the API cannot be processed. Carries the raw value so it can go
+impl PartialEq for Case {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw.get() == other.raw.get()
+    }
+}
+
+/// Why a case received from the API cannot be processed. Carries the raw text so it can go
 /// to the dead-letter topic intact.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("unusable case: {reason}")]
 pub struct CaseError {
     pub reason: CaseProblem,
-    pub raw: Value,
+    pub raw: Box<RawValue>,
+}
+
+impl CaseError {
+    /// The unusable case as a JSON value.
+    pub fn raw_value(&self) -> Value {
+        // The text was valid JSON when the RawValue was made; Null only if that ever changed.
+        serde_json::from_str(self.raw.get()).unwrap_or(Value::Null)
+    }
+
+    /// The case id, if one can be read at all (for the dead letter's record key).
+    pub fn id_text(&self) -> Option<String> {
+        match self.raw_value().get("id")? {
+            Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +79,53 @@ impl Survey {
     }
 }
 
+/// The fields the pipeline reads, each as whatever JSON the API sent. Every other field is
+/// skipped by the parser without being built.
+#[derive(Debug, Default, Deserialize)]
+struct View {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    created_at_date: Option<Value>,
+    #[serde(default)]
+    created_at_seconds: Option<Value>,
+    #[serde(default)]
+    chat_waittime: Option<Value>,
+    #[serde(default)]
+    chat_duration: Option<Value>,
+    #[serde(default)]
+    survey_score: Option<Value>,
+    #[serde(default)]
+    survey_comments: Option<Value>,
+}
+
+/// The typed, lenient reading of a [`View`].
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Fields {
+    created_at_ms: Option<i64>,
+    chat_waittime_secs: Option<i64>,
+    chat_duration_secs: Option<i64>,
+    survey_score: Option<i64>,
+    survey_comments: Option<String>,
+}
+
+impl From<View> for Fields {
+    fn from(view: View) -> Self {
+        Self {
+            created_at_ms: lenient_i64(view.created_at_date.as_ref()).or_else(|| {
+                lenient_i64(view.created_at_seconds.as_ref()).and_then(|s| s.checked_mul(1000))
+            }),
+            chat_waittime_secs: lenient_i64(view.chat_waittime.as_ref()),
+            chat_duration_secs: lenient_i64(view.chat_duration.as_ref()),
+            survey_score: lenient_i64(view.survey_score.as_ref()),
+            survey_comments: match view.survey_comments {
+                Some(Value::String(s)) if !s.trim().is_empty() => Some(s),
+                _ => None,
+            },
+        }
+    }
+}
+
 fn kind_of(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -62,19 +137,30 @@ fn kind_of(value: &Value) -> &'static str {
     }
 }
 
+/// Reads the fields of a case. The fast path reads them straight from the text; anything
+/// it refuses (not an object, a field given twice) is parsed whole and judged from that.
+fn read_view(raw: &RawValue) -> Result<View, CaseProblem> {
+    if let Ok(view) = serde_json::from_str::<View>(raw.get()) {
+        return Ok(view);
+    }
+    match serde_json::from_str::<Value>(raw.get()) {
+        // Duplicate keys collapse to the last one here, as in any JSON object reader.
+        Ok(object @ Value::Object(_)) => Ok(serde_json::from_value(object).unwrap_or_default()),
+        Ok(other) => Err(CaseProblem::NotAnObject(kind_of(&other))),
+        // A RawValue always holds valid JSON.
+        Err(_) => Err(CaseProblem::NotAnObject("invalid JSON")),
+    }
+}
+
 impl Case {
-    /// Accepts any JSON value; returns the case or the reason it is unusable.
-    pub fn from_value(value: Value) -> Result<Self, CaseError> {
-        let raw = match value {
-            Value::Object(map) => map,
-            other => {
-                return Err(CaseError {
-                    reason: CaseProblem::NotAnObject(kind_of(&other)),
-                    raw: other,
-                });
-            }
+    /// Accepts any JSON text the API sent as a case; returns the case or the reason it is
+    /// unusable.
+    pub fn from_raw(raw: Box<RawValue>) -> Result<Self, CaseError> {
+        let view = match read_view(&raw) {
+            Ok(view) => view,
+            Err(reason) => return Err(CaseError { reason, raw }),
         };
-        let id = match raw.get("id") {
+        let id = match &view.id {
             None | Some(Value::Null) => Err(CaseProblem::MissingId),
             Some(Value::String(s)) if s.trim().is_empty() => Err(CaseProblem::EmptyId),
             Some(Value::String(s)) => Ok(s.trim().to_owned()),
@@ -83,12 +169,18 @@ impl Case {
             Some(other) => Err(CaseProblem::IdNotText(kind_of(other))),
         };
         match id {
-            Ok(id) => Ok(Self { id, raw }),
-            Err(reason) => Err(CaseError {
-                reason,
-                raw: Value::Object(raw),
+            Ok(id) => Ok(Self {
+                id,
+                raw,
+                fields: view.into(),
             }),
+            Err(reason) => Err(CaseError { reason, raw }),
         }
+    }
+
+    /// Accepts any JSON value (tests, the simulator and the demo build cases this way).
+    pub fn from_value(value: Value) -> Result<Self, CaseError> {
+        Self::from_raw(to_raw(&value))
     }
 
     pub fn id(&self) -> &str {
@@ -96,20 +188,20 @@ impl Case {
     }
 
     /// The case exactly as received.
-    pub fn raw(&self) -> &Map<String, Value> {
+    pub fn raw(&self) -> &RawValue {
         &self.raw
     }
 
-    pub fn into_raw(self) -> Map<String, Value> {
-        self.raw
+    /// The case as a JSON value (parsed anew on every call).
+    pub fn to_value(&self) -> Value {
+        // The text was valid JSON when the RawValue was made.
+        serde_json::from_str(self.raw.get()).unwrap_or(Value::Null)
     }
 
     /// Creation time in epoch milliseconds (`created_at_date`), falling back to
     /// `created_at_seconds` when only that is usable.
     pub fn created_at_ms(&self) -> Option<i64> {
-        lenient_i64(self.raw.get("created_at_date")).or_else(|| {
-            lenient_i64(self.raw.get("created_at_seconds")).and_then(|s| s.checked_mul(1000))
-        })
+        self.fields.created_at_ms
     }
 
     pub fn created_at(&self) -> Option<DateTime<Utc>> {
@@ -119,12 +211,12 @@ impl Case {
 
     /// Seconds the visitor waited before an agent answered.
     pub fn chat_waittime_secs(&self) -> Option<i64> {
-        lenient_i64(self.raw.get("chat_waittime"))
+        self.fields.chat_waittime_secs
     }
 
     /// Seconds the chat lasted.
     pub fn chat_duration_secs(&self) -> Option<i64> {
-        lenient_i64(self.raw.get("chat_duration"))
+        self.fields.chat_duration_secs
     }
 
     /// When the chat ended: creation + wait + duration. Missing wait or duration count as zero
@@ -140,15 +232,12 @@ impl Case {
     }
 
     pub fn survey_score(&self) -> Option<i64> {
-        lenient_i64(self.raw.get("survey_score"))
+        self.fields.survey_score
     }
 
     /// Survey comments, when present and not blank.
     pub fn survey_comments(&self) -> Option<&str> {
-        match self.raw.get("survey_comments") {
-            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.as_str()),
-            _ => None,
-        }
+        self.fields.survey_comments.as_deref()
     }
 
     pub fn survey(&self) -> Survey {
@@ -157,6 +246,12 @@ impl Case {
             comments: self.survey_comments().map(str::to_owned),
         }
     }
+}
+
+/// A JSON value as raw text.
+fn to_raw(value: &Value) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value)
+        .unwrap_or_else(|e| unreachable!("a serde_json::Value always serializes: {e}"))
 }
 
 impl serde::Serialize for Case {
@@ -184,11 +279,12 @@ fn lenient_i64(value: Option<&Value>) -> Option<i64> {
     }
 }
 
-/// One response of the Logs API: the cases (each still raw) and the link to the next page.
+/// One response of the Logs API: the cases (each still raw text) and the link to the next
+/// page.
 #[derive(Debug, Deserialize)]
 pub struct LogsResponse {
     #[serde(default)]
-    pub cases: Vec<Value>,
+    pub cases: Vec<Box<RawValue>>,
     #[serde(default, rename = "linkToNextSetOfResults")]
     pub link_to_next: Option<String>,
 }
@@ -213,7 +309,7 @@ mod tests {
 
     fn sample_case() -> Case {
         let response: LogsResponse = serde_json::from_str(SAMPLE).unwrap();
-        Case::from_value(response.cases.into_iter().next().unwrap()).unwrap()
+        Case::from_raw(response.cases.into_iter().next().unwrap()).unwrap()
     }
 
     #[test]
@@ -224,14 +320,17 @@ mod tests {
         let cases: Vec<Case> = response
             .cases
             .into_iter()
-            .map(|v| Case::from_value(v).unwrap())
+            .map(|v| Case::from_raw(v).unwrap())
             .collect();
         let back = serde_json::to_value(&cases).unwrap();
         assert_eq!(back, original["cases"]);
-        // Field order is kept too, so the serialized text matches the fixture's.
-        let reserialized = serde_json::to_string_pretty(&cases[0]).unwrap();
-        let fixture_case = serde_json::to_string_pretty(&original["cases"][0]).unwrap();
-        assert_eq!(reserialized, fixture_case);
+        // The case is the fixture's own text, byte for byte, whitespace and field order kept.
+        let reserialized = serde_json::to_string(&cases[0]).unwrap();
+        let start = SAMPLE
+            .find("{\n      \"id\"")
+            .expect("the fixture's first case");
+        assert!(SAMPLE[start..].starts_with(&reserialized));
+        assert_eq!(cases[0].to_value(), original["cases"][0]);
     }
 
     #[test]
@@ -266,9 +365,27 @@ mod tests {
         for (raw, problem) in cases {
             let err = Case::from_value(raw.clone()).unwrap_err();
             assert_eq!(err.reason, problem);
-            assert_eq!(err.raw, raw);
+            assert_eq!(err.raw_value(), raw);
             assert!(err.to_string().contains("unusable case"));
         }
+    }
+
+    #[test]
+    fn raw_text_passes_through_byte_for_byte() {
+        let text = r#"{"z": 1,"id":"c1", "big": 123456789012345678901234567890, "f": 1.10, "u": "\u00e9", "survey_score": "80"}"#;
+        let case = Case::from_raw(RawValue::from_string(text.into()).unwrap()).unwrap();
+        assert_eq!(serde_json::to_string(&case).unwrap(), text);
+        assert_eq!(case.raw().get(), text);
+        assert_eq!(case.survey_score(), Some(80));
+    }
+
+    #[test]
+    fn a_field_given_twice_counts_once_as_its_last_value() {
+        let text = r#"{"id": "first", "survey_score": 1, "id": "last"}"#;
+        let case = Case::from_raw(RawValue::from_string(text.into()).unwrap()).unwrap();
+        assert_eq!(case.id(), "last");
+        assert_eq!(case.survey_score(), Some(1));
+        assert_eq!(case.raw().get(), text);
     }
 
     #[test]
@@ -331,7 +448,7 @@ mod tests {
                     prop_assert!(!case.id().is_empty());
                     prop_assert_eq!(serde_json::to_value(&case).unwrap(), raw);
                 }
-                Err(err) => prop_assert_eq!(err.raw, raw),
+                Err(err) => prop_assert_eq!(err.raw_value(), raw),
             }
         }
 

@@ -12,7 +12,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use url::Url;
 
 use super::case::LogsResponse;
@@ -111,7 +111,7 @@ pub struct Page {
     pub widget_id: String,
     /// 0 for the first page of the window.
     pub index: usize,
-    pub cases: Vec<Value>,
+    pub cases: Vec<Box<RawValue>>,
     /// True when this is the window's last page.
     pub is_last: bool,
 }
