@@ -301,14 +301,6 @@ impl Drop for Forwarder {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn_forwarder(
     sim: &RunningSimulator,
     bootstrap: &str,
@@ -317,7 +309,6 @@ fn spawn_forwarder(
     prefix: &str,
     poll_secs: u64,
 ) -> Forwarder {
-    let port = free_port();
     let widget_ids: Vec<String> = (1..=widgets).map(|i| format!("w{i}")).collect();
     let child = Command::new(env!("CARGO_BIN_EXE_casestream"))
         .args(["run", "--log-format", "json"])
@@ -335,7 +326,8 @@ fn spawn_forwarder(
         .env("CASESTREAM_TOPIC_CASES", format!("{prefix}.cases"))
         .env("CASESTREAM_TOPIC_SURVEYS", format!("{prefix}.surveys"))
         .env("CASESTREAM_TOPIC_DEADLETTER", format!("{prefix}.dead"))
-        .env("CASESTREAM_ADMIN_ADDR", format!("127.0.0.1:{port}"))
+        // Any free port: nothing here reads the admin endpoints.
+        .env("CASESTREAM_ADMIN_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -484,12 +476,24 @@ async fn catch_up(
     let forwarder = spawn_forwarder(sim, bootstrap, widgets, &state, &prefix, poll_secs);
     let pid = forwarder.child.id();
     let db = state.join(casestream::state::sqlite::STATE_FILE);
+    // Checkpointed = in the state; read it as a second SQLite reader (WAL allows it), opened
+    // once the forwarder has created the file.
+    let mut reader: Option<rusqlite::Connection> = None;
     loop {
-        // Checkpointed = in the state; read it as a second SQLite reader (WAL allows it).
-        let known: i64 =
-            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .and_then(|c| c.query_row("SELECT COUNT(*) FROM cases", [], |r| r.get(0)))
-                .unwrap_or(0);
+        if reader.is_none() {
+            reader = rusqlite::Connection::open_with_flags(
+                &db,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .ok();
+        }
+        let known: i64 = reader
+            .as_ref()
+            .and_then(|c| {
+                c.query_row("SELECT COUNT(*) FROM cases", [], |r| r.get(0))
+                    .ok()
+            })
+            .unwrap_or(0);
         if known as usize >= total {
             break;
         }

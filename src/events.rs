@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
+use serde_json::json;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::snapengage::{Case, Survey};
@@ -50,7 +50,7 @@ pub fn event_id(org_id: &str, case_id: &str, kind: &EventKind) -> Uuid {
 }
 
 /// One event ready for the sink.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct CloudEvent {
     pub id: Uuid,
     pub event_type: &'static str,
@@ -70,15 +70,6 @@ pub struct EventData {
     pub case: Box<RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub survey: Option<SurveyData>,
-}
-
-impl PartialEq for EventData {
-    fn eq(&self, other: &Self) -> bool {
-        self.org_id == other.org_id
-            && self.widget_id == other.widget_id
-            && self.case.get() == other.case.get()
-            && self.survey == other.survey
-    }
 }
 
 /// `data.survey` of a survey event.
@@ -167,12 +158,6 @@ impl CloudEvent {
         json_bytes(&self.structured())
     }
 
-    /// The whole event as a JSON value (structured content mode), for tests and tools.
-    pub fn to_structured_json(&self) -> Value {
-        serde_json::from_slice(&self.to_structured_bytes())
-            .unwrap_or_else(|e| unreachable!("an event's JSON always parses: {e}"))
-    }
-
     /// The `data` alone as a JSON record value (binary content mode).
     pub fn data_bytes(&self) -> Vec<u8> {
         json_bytes(&self.data)
@@ -199,6 +184,12 @@ pub fn source(org_id: &str, widget_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
+
+    /// The whole event as a JSON value, as a consumer reads it.
+    fn structured_json(event: &CloudEvent) -> Value {
+        serde_json::from_slice(&event.to_structured_bytes()).unwrap()
+    }
 
     fn case() -> Case {
         Case::from_value(json!({"id": "c1", "created_at_date": 1_493_286_277_463i64})).unwrap()
@@ -231,7 +222,7 @@ mod tests {
     fn envelope_attributes() {
         let now = Utc::now();
         let event = CloudEvent::for_case("org", "w1", &case(), &EventKind::Created, now);
-        let json = event.to_structured_json();
+        let json = structured_json(&event);
         assert_eq!(json["type"], TYPE_CREATED);
         assert_eq!(json["source"], "/snapengage/org/widgets/w1");
         assert_eq!(json["subject"], "c1");
@@ -246,7 +237,7 @@ mod tests {
         let event = CloudEvent::for_case("org", "w1", &case(), &survey, now);
         assert_eq!(event.time, now);
         assert_eq!(
-            event.to_structured_json()["data"]["survey"],
+            structured_json(&event)["data"]["survey"],
             json!({"score": 80, "comments": "ok"})
         );
         let data: Value = serde_json::from_slice(&event.data_bytes()).unwrap();

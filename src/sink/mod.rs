@@ -214,22 +214,24 @@ impl KafkaSink {
     pub async fn missing_topics(&self, timeout: Duration) -> Result<Vec<String>, SinkError> {
         let (existing, _) = self.metadata(timeout).await?;
         Ok(self
-            .topic_names()
+            .missing_from(&existing)
             .into_iter()
-            .filter(|n| !existing.iter().any(|e| e == n))
             .map(str::to_owned)
             .collect())
+    }
+
+    /// Our topics that are not among `existing`.
+    fn missing_from(&self, existing: &[String]) -> Vec<&str> {
+        self.topic_names()
+            .into_iter()
+            .filter(|n| !existing.iter().any(|e| e == n))
+            .collect()
     }
 
     /// Creates missing topics (or, when creation is off, checks they exist).
     pub async fn ensure_topics(&self, settings: &KafkaSettings) -> Result<(), SinkError> {
         let (existing, brokers) = self.metadata(ADMIN_TIMEOUT).await?;
-        let names = self.topic_names();
-        let missing: Vec<&str> = names
-            .iter()
-            .copied()
-            .filter(|n| !existing.iter().any(|e| e == n))
-            .collect();
+        let missing = self.missing_from(&existing);
         if missing.is_empty() {
             return Ok(());
         }

@@ -22,12 +22,6 @@ pub struct Case {
     fields: Fields,
 }
 
-impl PartialEq for Case {
-    fn eq(&self, other: &Self) -> bool {
-        self.raw.get() == other.raw.get()
-    }
-}
-
 /// Why a case received from the API cannot be processed. Carries the raw text so it can go
 /// to the dead-letter topic intact.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -40,8 +34,7 @@ pub struct CaseError {
 impl CaseError {
     /// The unusable case as a JSON value.
     pub fn raw_value(&self) -> Value {
-        // The text was valid JSON when the RawValue was made; Null only if that ever changed.
-        serde_json::from_str(self.raw.get()).unwrap_or(Value::Null)
+        parse_raw(&self.raw)
     }
 
     /// The case id, if one can be read at all (for the dead letter's record key).
@@ -80,22 +73,15 @@ impl Survey {
 }
 
 /// The fields the pipeline reads, each as whatever JSON the API sent. Every other field is
-/// skipped by the parser without being built.
+/// skipped by the parser without being built; an absent field reads as `None`.
 #[derive(Debug, Default, Deserialize)]
 struct View {
-    #[serde(default)]
     id: Option<Value>,
-    #[serde(default)]
     created_at_date: Option<Value>,
-    #[serde(default)]
     created_at_seconds: Option<Value>,
-    #[serde(default)]
     chat_waittime: Option<Value>,
-    #[serde(default)]
     chat_duration: Option<Value>,
-    #[serde(default)]
     survey_score: Option<Value>,
-    #[serde(default)]
     survey_comments: Option<Value>,
 }
 
@@ -194,8 +180,7 @@ impl Case {
 
     /// The case as a JSON value (parsed anew on every call).
     pub fn to_value(&self) -> Value {
-        // The text was valid JSON when the RawValue was made.
-        serde_json::from_str(self.raw.get()).unwrap_or(Value::Null)
+        parse_raw(&self.raw)
     }
 
     /// Creation time in epoch milliseconds (`created_at_date`), falling back to
@@ -246,6 +231,11 @@ impl Case {
             comments: self.survey_comments().map(str::to_owned),
         }
     }
+}
+
+/// Raw text as a JSON value. A RawValue always holds valid JSON, so the Null is never seen.
+fn parse_raw(raw: &RawValue) -> Value {
+    serde_json::from_str(raw.get()).unwrap_or(Value::Null)
 }
 
 /// A JSON value as raw text.
