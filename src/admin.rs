@@ -77,7 +77,7 @@ fn describe_metrics() {
     );
     describe_counter!(
         "casestream_dead_letters_total",
-        "Unusable cases sent to the dead-letter topic"
+        "Records sent to the dead-letter topic, by widget and reason"
     );
     describe_gauge!(
         "casestream_pending_surveys",
@@ -97,6 +97,18 @@ fn describe_metrics() {
     describe_counter!(
         "casestream_kafka_delivery_errors_total",
         "Pages Kafka did not acknowledge"
+    );
+    describe_counter!(
+        "casestream_kafka_producer_replacements_total",
+        "Kafka producers replaced after a fatal error"
+    );
+    describe_counter!(
+        "casestream_dead_letters_refused_total",
+        "Dead letters Kafka refused even cut down (logged as errors only)"
+    );
+    describe_counter!(
+        "casestream_state_pruned_total",
+        "State entries pruned because no future decision needs them, by kind"
     );
     describe_counter!(
         "casestream_window_errors_total",
@@ -206,16 +218,18 @@ fn readiness(state: &AdminState) -> (bool, serde_json::Value) {
     let kafka_ok = health.kafka_ok.load(Ordering::Relaxed);
     let poll_age = age_ms(health.last_poll_ok_ms.load(Ordering::Relaxed));
     let polled = poll_age.is_some_and(|age| age <= state.thresholds.ready.as_millis() as u64);
-    let ready = state_ok && kafka_ok && polled;
-    (
-        ready,
-        json!({
-            "ready": ready,
-            "state": state_ok,
-            "kafka": kafka_ok,
-            "last_poll_age_ms": poll_age,
-        }),
-    )
+    let fatal = health.fatal();
+    let ready = state_ok && kafka_ok && polled && fatal.is_none();
+    let mut body = json!({
+        "ready": ready,
+        "state": state_ok,
+        "kafka": kafka_ok,
+        "last_poll_age_ms": poll_age,
+    });
+    if let Some(reason) = fatal {
+        body["error"] = json!(reason);
+    }
+    (ready, body)
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {

@@ -12,7 +12,7 @@ use crate::pipeline::tracker::TrackerSettings;
 use crate::pipeline::{Health, Pipeline, PipelineError, PipelineSettings};
 use crate::sink::{KafkaSink, SinkError};
 use crate::snapengage::{ClientConfig, ClientError, LogsClient};
-use crate::state::{SqliteStore, StateError};
+use crate::state::{SqliteStore, StateError, StateLock};
 
 /// How long shutdown waits for Kafka to take records still queued.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
@@ -42,6 +42,8 @@ pub fn client_config(config: &Config) -> ClientConfig {
     );
     client.rate_limit_per_sec = config.rate_limit;
     client.retry = config.retry.clone();
+    client.max_pages = config.max_pages;
+    client.max_body = config.max_body;
     client
 }
 
@@ -91,8 +93,10 @@ pub async fn run(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
+    // Held until this function returns: one writer per state directory.
+    let lock = StateLock::acquire(&config.state_dir)?;
     let store = Arc::new(SqliteStore::open(&config.state_dir)?);
-    tracing::info!(path = %store.path().display(), "state opened");
+    tracing::info!(path = %store.path().display(), lock = %lock.path().display(), "state opened");
     let client = LogsClient::with_observer(
         client_config(&config),
         Arc::new(crate::admin::ClientMetrics),

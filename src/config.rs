@@ -11,7 +11,9 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
-use crate::snapengage::client::{DEFAULT_API_URL, DEFAULT_RATE_LIMIT_PER_SEC, RetryPolicy};
+use crate::snapengage::client::{
+    DEFAULT_API_URL, DEFAULT_MAX_BODY, DEFAULT_MAX_PAGES, DEFAULT_RATE_LIMIT_PER_SEC, RetryPolicy,
+};
 
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(5 * 60);
@@ -105,6 +107,10 @@ pub struct Config {
     pub widget_ids: Vec<String>,
     pub rate_limit: f64,
     pub retry: RetryPolicy,
+    /// Pages one window may take before it is given up (CASESTREAM_MAX_PAGES).
+    pub max_pages: usize,
+    /// The largest Logs API body read, in bytes (CASESTREAM_MAX_BODY).
+    pub max_body: usize,
     pub window_mode: WindowMode,
     pub kafka: KafkaSettings,
     pub state_dir: PathBuf,
@@ -188,6 +194,8 @@ pub struct Layer {
     api_retry_min_delay: Option<Scalar>,
     api_retry_max_delay: Option<Scalar>,
     api_max_attempts: Option<Scalar>,
+    max_pages: Option<Scalar>,
+    max_body: Option<Scalar>,
     window_mode: Option<Scalar>,
     state_dir: Option<Scalar>,
     poll_interval: Option<Scalar>,
@@ -234,6 +242,12 @@ const ENV_SETTINGS: &[(&str, Setter)] = &[
     }),
     ("CASESTREAM_API_MAX_ATTEMPTS", |l, v| {
         l.api_max_attempts = Some(Scalar::Text(v))
+    }),
+    ("CASESTREAM_MAX_PAGES", |l, v| {
+        l.max_pages = Some(Scalar::Text(v))
+    }),
+    ("CASESTREAM_MAX_BODY", |l, v| {
+        l.max_body = Some(Scalar::Text(v))
     }),
     ("CASESTREAM_WINDOW_MODE", |l, v| {
         l.window_mode = Some(Scalar::Text(v))
@@ -386,6 +400,8 @@ impl Layer {
             api_retry_min_delay: self.api_retry_min_delay.or(lower.api_retry_min_delay),
             api_retry_max_delay: self.api_retry_max_delay.or(lower.api_retry_max_delay),
             api_max_attempts: self.api_max_attempts.or(lower.api_max_attempts),
+            max_pages: self.max_pages.or(lower.max_pages),
+            max_body: self.max_body.or(lower.max_body),
             window_mode: self.window_mode.or(lower.window_mode),
             state_dir: self.state_dir.or(lower.state_dir),
             poll_interval: self.poll_interval.or(lower.poll_interval),
@@ -492,6 +508,30 @@ impl Layer {
                 "must not be shorter than CASESTREAM_API_RETRY_MIN_DELAY",
             ));
         }
+        let max_pages = usize::try_from(positive(
+            &self.max_pages,
+            "CASESTREAM_MAX_PAGES",
+            i32::try_from(DEFAULT_MAX_PAGES).unwrap_or(i32::MAX),
+        )?)
+        .unwrap_or(DEFAULT_MAX_PAGES);
+        let max_body = match &self.max_body {
+            None => DEFAULT_MAX_BODY,
+            Some(v) => {
+                let text = v.text();
+                match text.trim().parse::<bytesize::ByteSize>() {
+                    Ok(size) if size.as_u64() >= 1024 => {
+                        usize::try_from(size.as_u64()).unwrap_or(usize::MAX)
+                    }
+                    _ => {
+                        return Err(invalid(
+                            "CASESTREAM_MAX_BODY",
+                            &text,
+                            "must be a size of at least 1 KiB, in bytes or with a unit (`32MiB`)",
+                        ));
+                    }
+                }
+            }
+        };
         let window_mode = match text_or(&self.window_mode, "dates").as_str() {
             "dates" => WindowMode::Dates,
             "datetimes" => WindowMode::Datetimes,
@@ -622,6 +662,8 @@ impl Layer {
             widget_ids,
             rate_limit,
             retry,
+            max_pages,
+            max_body,
             window_mode,
             kafka: KafkaSettings {
                 properties,

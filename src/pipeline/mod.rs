@@ -3,11 +3,12 @@
 //! A page's state commits only after Kafka acknowledged every event derived from it, so a
 //! crash loses nothing; at worst the last page's events go out again with the same ids.
 
+mod delivery;
+mod progress;
 pub mod scheduler;
 pub mod tracker;
 
-use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::collections::{HashMap, HashSet};
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -20,9 +21,11 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::WindowMode;
 use crate::events::{CloudEvent, EventKind};
-use crate::sink::{DeadLetter, KafkaSink, Outgoing, PendingDelivery, SinkError};
+use crate::sink::dead_letter::sha256_hex;
+use crate::sink::{DeadLetter, KafkaSink, Outgoing, PendingDelivery};
 use crate::snapengage::{Case, ClientError, LogsClient, Page};
-use crate::state::{StateError, StateStore, StoredCase, WidgetProgress};
+use crate::state::{DeadLetterMark, StateError, StateStore, StoredCase, WidgetProgress};
+use progress::CatchUpProgress;
 use scheduler::Task;
 use tracker::{CaseRecord, TrackerSettings};
 
@@ -35,8 +38,13 @@ const PREFETCH_PAGES: usize = 2;
 const MAX_PAGES_IN_FLIGHT: usize = 4;
 /// Re-check days read per widget per cycle, so old surveys never crowd out fresh cases.
 const RECHECK_DAYS_PER_CYCLE: usize = 4;
-/// Without a terminal, catch-up progress is logged this often.
-const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How often (on the pipeline's clock) state that no decision needs any more is pruned.
+const PRUNE_EVERY: chrono::Duration = chrono::Duration::minutes(15);
+/// Days pruned per widget per turn; each is one small transaction.
+const PRUNE_DAYS_PER_TURN: usize = 64;
+/// Dead-letter marks are kept this long beyond lookback and horizon: a bad case's day is not
+/// read again after that.
+const DEAD_LETTER_MARGIN: chrono::Duration = chrono::Duration::days(1);
 
 #[derive(Clone, Debug)]
 pub struct PipelineSettings {
@@ -55,6 +63,11 @@ pub enum PipelineError {
     State(#[from] StateError),
     #[error("state task failed: {0}")]
     Join(String),
+    #[error(
+        "Kafka refuses every record for topic {topic}: {error}; an operator must fix the topic \
+         or the client's rights (nothing after the last acknowledged page was committed)"
+    )]
+    KafkaRefused { topic: String, error: String },
 }
 
 /// What the admin endpoints report; written by the pipeline, read by probes.
@@ -70,6 +83,8 @@ pub struct Health {
     fresh_polls: std::sync::Mutex<HashMap<String, i64>>,
     /// Where the admin endpoints listen, once they do.
     pub admin_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Why the pipeline stopped for good, if it did: readiness names it.
+    fatal: std::sync::OnceLock<String>,
 }
 
 impl Health {
@@ -83,6 +98,16 @@ impl Health {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(widget.to_owned(), Utc::now().timestamp_millis());
+    }
+
+    /// Records why the pipeline stopped for good.
+    pub fn set_fatal(&self, reason: String) {
+        let _ = self.fatal.set(reason);
+    }
+
+    /// Why the pipeline stopped for good, if it did.
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.get().map(String::as_str)
     }
 
     /// (widget, epoch ms of its last complete fresh poll).
@@ -106,6 +131,7 @@ pub struct CycleStats {
     pub surveys: u64,
     pub dead_letters: u64,
     pub window_errors: u64,
+    pub pruned: u64,
 }
 
 enum WindowEnd {
@@ -186,6 +212,7 @@ impl Pipeline {
             progress.insert(widget.clone(), p);
         }
         let mut catch_up = CatchUpProgress::new(&progress, self.fresh_start());
+        let mut last_prune: Option<DateTime<Utc>> = None;
 
         while !shutdown.is_cancelled() {
             self.health.beat();
@@ -222,6 +249,7 @@ impl Pipeline {
                     self.settings.window_mode,
                 );
                 let started = Instant::now();
+                let window_started = self.clock.now();
                 match self
                     .read_window(&widget, task, window, &shutdown, &mut stats)
                     .await
@@ -236,7 +264,8 @@ impl Pipeline {
                         let p = progress
                             .get_mut(&widget)
                             .unwrap_or_else(|| unreachable!("every planned widget has progress"));
-                        self.window_done(&widget, task, now, p).await?;
+                        self.window_done(&widget, task, now, window_started, p)
+                            .await?;
                         if let Task::CatchUp(_) = task {
                             catch_up.day_done();
                         }
@@ -254,6 +283,12 @@ impl Pipeline {
                     }
                     Err(WindowFailure::Pipeline(e)) => return Err(e),
                 }
+            }
+            if !shutdown.is_cancelled()
+                && last_prune.is_none_or(|at| self.clock.now() - at >= PRUNE_EVERY)
+            {
+                stats.pruned = self.prune(&widgets).await?;
+                last_prune = Some(self.clock.now());
             }
             self.report_cycle(&stats, cycle_started.elapsed(), &progress, fresh_start)
                 .await;
@@ -302,7 +337,7 @@ impl Pipeline {
             metrics::gauge!("casestream_pending_surveys").set(state.pending_surveys as f64);
             metrics::gauge!("casestream_state_size_bytes").set(state.size_bytes as f64);
         }
-        if stats.windows + stats.window_errors > 0 {
+        if stats.windows + stats.window_errors + stats.pruned > 0 {
             tracing::info!(
                 windows = stats.windows,
                 pages = stats.pages,
@@ -311,6 +346,7 @@ impl Pipeline {
                 surveys = stats.surveys,
                 dead_letters = stats.dead_letters,
                 window_errors = stats.window_errors,
+                pruned = stats.pruned,
                 catch_up_days_left = behind,
                 known_cases = state.map(|s| s.known_cases),
                 pending_surveys = state.map(|s| s.pending_surveys),
@@ -340,6 +376,7 @@ impl Pipeline {
         widget: &str,
         task: Task,
         cycle_started: DateTime<Utc>,
+        window_started: DateTime<Utc>,
         progress: &mut WidgetProgress,
     ) -> Result<(), PipelineError> {
         match task {
@@ -350,12 +387,14 @@ impl Pipeline {
             }
             Task::Recheck(day) => {
                 // Due cases the API no longer returned: move their next check on, or they
-                // would make this day due forever.
+                // would make this day due forever. Due as of the window's start: a case that
+                // fell due while the window was read was read before it was due, and its
+                // check (the horizon's last, say) must still happen.
                 let (w, now, settings) =
                     (widget.to_owned(), self.clock.now(), self.settings.tracker);
                 self.state(move |s| {
                     let unseen: Vec<StoredCase> = s
-                        .due_cases(&w, day, now)?
+                        .due_cases(&w, day, window_started)?
                         .into_iter()
                         .map(|mut c| {
                             c.record.next_check =
@@ -404,7 +443,9 @@ impl Pipeline {
                 None => break Ok(WindowEnd::Complete),
                 Some(Err(e)) => break Err(WindowFailure::Client(e)),
                 Some(Ok(page)) => {
-                    let batch = self.decide(page, &flight.records, stats).await?;
+                    let batch = self
+                        .decide(page, &flight.records, &mut flight.dead_letters, stats)
+                        .await?;
                     flight.seq += 1;
                     for case in &batch.changed {
                         flight
@@ -437,57 +478,13 @@ impl Pipeline {
         end
     }
 
-    /// Waits for the oldest page in flight to be acknowledged (publishing it again until it
-    /// is, if it failed), then commits its state. Pages commit in order. Returns false when
-    /// shutdown came while Kafka could not take the page: nothing of it is committed, and it
-    /// will be read again.
-    async fn settle_oldest(
-        &self,
-        flight: &mut Flight,
-        shutdown: &CancellationToken,
-    ) -> Result<bool, PipelineError> {
-        let Some(page) = flight.pages.pop_front() else {
-            return Ok(true);
-        };
-        let InFlightPage {
-            seq,
-            batch,
-            delivery,
-        } = page;
-        if let Err(e) = delivery.wait(&self.sink).await {
-            self.health.kafka_ok.store(false, Ordering::Relaxed);
-            metrics::counter!("casestream_kafka_delivery_errors_total").increment(1);
-            tracing::warn!(error = %e, "Kafka did not take a page; sending it again");
-            if !self.publish_until_acked(&batch.outgoing, shutdown).await {
-                return Ok(false);
-            }
-        }
-        for record in &batch.outgoing {
-            if let Outgoing::Event(event) = record {
-                metrics::counter!("casestream_events_published_total", "type" => event.event_type)
-                    .increment(1);
-            }
-        }
-        let changed = batch.changed;
-        let ids: Vec<String> = changed.iter().map(|c| c.id.clone()).collect();
-        if !changed.is_empty() {
-            self.state(move |s| s.commit_cases(&changed)).await?;
-        }
-        // Committed now; a later page in flight may hold a newer record for the same id.
-        for id in ids {
-            if flight.records.get(&id).is_some_and(|(_, s)| *s == seq) {
-                flight.records.remove(&id);
-            }
-        }
-        Ok(true)
-    }
-
     /// The tracker's decisions for one page: the records to publish and the state to commit
     /// once Kafka has them. `in_flight` holds what pages not yet committed decided.
     async fn decide(
         &self,
         page: Page,
         in_flight: &HashMap<String, (CaseRecord, u64)>,
+        dead_in_window: &mut HashSet<String>,
         stats: &mut CycleStats,
     ) -> Result<PageBatch, PipelineError> {
         let now = self.clock.now();
@@ -498,30 +495,63 @@ impl Pipeline {
             .increment(page.cases.len() as u64);
 
         let mut cases: Vec<Case> = Vec::with_capacity(page.cases.len());
-        let mut outgoing = Vec::new();
+        let mut position: HashMap<String, usize> = HashMap::with_capacity(page.cases.len());
+        let mut unusable = Vec::new();
         for raw in page.cases {
             match Case::from_raw(raw) {
                 // A case repeated within a page counts once: the later copy is the newer.
-                Ok(case) => {
-                    if let Some(i) = cases.iter().position(|c| c.id() == case.id()) {
-                        cases.remove(i);
+                Ok(case) => match position.get(case.id()) {
+                    Some(&i) => cases[i] = case,
+                    None => {
+                        position.insert(case.id().to_owned(), cases.len());
+                        cases.push(case);
                     }
-                    cases.push(case);
-                }
+                },
                 Err(problem) => {
-                    tracing::warn!(widget = %widget, reason = %problem.reason, "case sent to the dead-letter topic");
-                    stats.dead_letters += 1;
-                    metrics::counter!("casestream_dead_letters_total", "widget" => widget.clone())
-                        .increment(1);
-                    outgoing.push(Outgoing::DeadLetter(DeadLetter {
-                        org_id: self.settings.org_id.clone(),
-                        widget_id: widget.clone(),
-                        key: problem.id_text(),
-                        raw: problem.raw.get().as_bytes().to_vec(),
-                        reason: problem.reason.to_string(),
-                    }));
+                    let digest = sha256_hex(problem.raw.get().as_bytes());
+                    if dead_in_window.insert(digest.clone()) {
+                        unusable.push((digest, problem));
+                    }
                 }
             }
+        }
+
+        // A bad input goes to the dead-letter topic once, not on every read of its day; a
+        // changed one (other bytes) is a new input.
+        let digests: Vec<String> = unusable.iter().map(|(d, _)| d.clone()).collect();
+        let sent_before = self
+            .state(move |s| {
+                s.known_dead_letters(&digests.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+            .await?;
+        let mut outgoing = Vec::new();
+        let mut dead_letters = Vec::new();
+        for (digest, problem) in unusable {
+            if sent_before.contains(&digest) {
+                continue;
+            }
+            tracing::warn!(widget = %widget, reason = %problem.reason, "case sent to the dead-letter topic");
+            stats.dead_letters += 1;
+            let code = problem.reason.code();
+            metrics::counter!("casestream_dead_letters_total", "widget" => widget.clone(), "reason" => code)
+                .increment(1);
+            let case_id = problem.id_text();
+            dead_letters.push(DeadLetterMark {
+                digest,
+                widget: widget.clone(),
+                case_id: case_id.clone(),
+                reason_code: code.to_owned(),
+                at: now,
+            });
+            outgoing.push(Outgoing::DeadLetter(DeadLetter::unusable_case(
+                &self.settings.org_id,
+                &widget,
+                case_id,
+                code,
+                problem.reason.to_string(),
+                problem.raw.get().as_bytes(),
+                self.sink.max_record_bytes(),
+            )));
         }
 
         let ids: Vec<String> = cases.iter().map(|c| c.id().to_owned()).collect();
@@ -566,40 +596,11 @@ impl Pipeline {
             }
         }
 
-        Ok(PageBatch { outgoing, changed })
-    }
-
-    /// Publishes until Kafka acknowledged everything, retrying with backoff while it is down.
-    /// Returns false if shutdown came first.
-    async fn publish_until_acked(
-        &self,
-        records: &[Outgoing],
-        shutdown: &CancellationToken,
-    ) -> bool {
-        let mut delays = crate::sink::kafka_retry_delays();
-        loop {
-            let result: Result<(), SinkError> = self.sink.publish(records).await;
-            match result {
-                Ok(()) => {
-                    self.health.kafka_ok.store(true, Ordering::Relaxed);
-                    return true;
-                }
-                Err(e) => {
-                    self.health.beat();
-                    self.health.kafka_ok.store(false, Ordering::Relaxed);
-                    metrics::counter!("casestream_kafka_delivery_errors_total").increment(1);
-                    let delay = delays.next().unwrap_or(Duration::from_secs(30));
-                    tracing::warn!(error = %e, retry_in = ?delay, records = records.len(), "Kafka did not take the page; state stays where it is");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => {
-                            tracing::warn!("shutting down with a page Kafka did not acknowledge; it will be read again on restart");
-                            return false;
-                        }
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
+        Ok(PageBatch {
+            outgoing,
+            changed,
+            dead_letters,
+        })
     }
 }
 
@@ -607,6 +608,7 @@ impl Pipeline {
 struct PageBatch {
     outgoing: Vec<Outgoing>,
     changed: Vec<StoredCase>,
+    dead_letters: Vec<DeadLetterMark>,
 }
 
 struct InFlightPage {
@@ -622,6 +624,8 @@ struct Flight {
     pages: std::collections::VecDeque<InFlightPage>,
     records: HashMap<String, (CaseRecord, u64)>,
     seq: u64,
+    /// Digests of bad inputs dead-lettered by pages of this window (committed or not).
+    dead_letters: HashSet<String>,
 }
 
 enum WindowFailure {
@@ -632,67 +636,5 @@ enum WindowFailure {
 impl From<PipelineError> for WindowFailure {
     fn from(e: PipelineError) -> Self {
         WindowFailure::Pipeline(e)
-    }
-}
-
-/// Catch-up progress: a bar on a terminal, a log line every few seconds otherwise.
-struct CatchUpProgress {
-    total: u64,
-    done: u64,
-    bar: Option<indicatif::ProgressBar>,
-    last_log: Instant,
-}
-
-impl CatchUpProgress {
-    fn new(progress: &HashMap<String, WidgetProgress>, fresh_start: NaiveDate) -> Self {
-        let total: u64 = progress
-            .values()
-            .map(|p| scheduler::catch_up_remaining(p, fresh_start))
-            .sum();
-        let bar = (total > 0 && std::io::stderr().is_terminal()).then(|| {
-            let bar = indicatif::ProgressBar::new(total);
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "catching up {bar:30} {pos}/{len} days ({eta} left)",
-            ) {
-                bar.set_style(style);
-            }
-            bar
-        });
-        if total > 0 {
-            tracing::info!(days = total, "catching up on past days");
-        }
-        Self {
-            total,
-            done: 0,
-            bar,
-            last_log: Instant::now(),
-        }
-    }
-
-    fn day_done(&mut self) {
-        self.done += 1;
-        if let Some(bar) = &self.bar {
-            bar.inc(1);
-        }
-    }
-
-    fn show(&mut self, progress: &HashMap<String, WidgetProgress>, fresh_start: NaiveDate) {
-        if self.total == 0 || self.bar.is_some() || self.last_log.elapsed() < PROGRESS_LOG_EVERY {
-            return;
-        }
-        self.last_log = Instant::now();
-        let left: u64 = progress
-            .values()
-            .map(|p| scheduler::catch_up_remaining(p, fresh_start))
-            .sum();
-        if left > 0 {
-            tracing::info!(done = self.done, left, "catching up");
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
     }
 }

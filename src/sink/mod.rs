@@ -1,6 +1,10 @@
 //! The Kafka sink: an idempotent producer (`acks=all`) that publishes CloudEvents keyed by
 //! case id, dead letters with the raw case and the reason, and the topics they go to.
 
+pub mod dead_letter;
+pub mod encode;
+
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -8,12 +12,12 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
 use crate::config::{EventFormat, KafkaSettings, Topics, is_secret_property};
-use crate::events::{CloudEvent, STRUCTURED_CONTENT_TYPE, TYPE_CREATED};
+use crate::events::CloudEvent;
+pub use dead_letter::{DeadLetter, ErrorClass, classify};
 
 /// How long a metadata or admin request may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -59,33 +63,47 @@ pub fn kafka_retry_delays() -> impl Iterator<Item = Duration> {
 
 /// How long to wait before offering a record again to a full producer queue.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
+/// librdkafka's default `message.max.bytes`: the largest record the producer accepts.
+const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
+
+/// One record's delivery: acknowledged, or the error Kafka (or the producer) gave.
+#[derive(Debug)]
+pub struct RecordResult {
+    /// Size of the record's value in bytes.
+    pub size: usize,
+    pub result: Result<(), KafkaError>,
+}
+
+enum Slot {
+    Sent(rdkafka::producer::DeliveryFuture),
+    Refused(KafkaError),
+}
 
 /// Records handed to the producer whose acknowledgements are still to come.
 pub struct PendingDelivery {
     producer: Arc<FutureProducer>,
-    deliveries: Vec<(String, rdkafka::producer::DeliveryFuture)>,
-    failed: Option<SinkError>,
+    slots: Vec<(usize, Slot)>,
 }
 
 impl PendingDelivery {
-    /// Waits for every acknowledgement; the first failure, if any.
-    pub async fn wait(self, sink: &KafkaSink) -> Result<(), SinkError> {
-        let mut first_error = self.failed;
-        for (topic, delivery) in self.deliveries {
-            let error = match delivery.await {
-                Ok(Ok(_)) => continue,
-                Ok(Err((error, _))) => error,
-                Err(_) => KafkaError::Canceled,
+    /// Waits for every acknowledgement: one result per record, in the order given.
+    pub async fn wait(self, sink: &KafkaSink) -> Vec<RecordResult> {
+        let mut results = Vec::with_capacity(self.slots.len());
+        for (size, slot) in self.slots {
+            let result = match slot {
+                Slot::Refused(error) => Err(error),
+                Slot::Sent(delivery) => match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((error, _))) => Err(error),
+                    Err(_) => Err(KafkaError::Canceled),
+                },
             };
-            first_error.get_or_insert(SinkError::Delivery { topic, error });
+            results.push(RecordResult { size, result });
         }
-        match first_error {
-            None => Ok(()),
-            Some(error) => {
-                sink.replace_producer_if_fatal(&self.producer);
-                Err(error)
-            }
+        if results.iter().any(|r| r.result.is_err()) {
+            sink.replace_producer_if_fatal(&self.producer);
         }
+        results
     }
 }
 
@@ -96,23 +114,13 @@ pub enum Outgoing {
     DeadLetter(DeadLetter),
 }
 
-/// A case that could not be processed, kept with the reason.
-#[derive(Clone, Debug)]
-pub struct DeadLetter {
-    pub org_id: String,
-    pub widget_id: String,
-    /// The case id, when one could be read.
-    pub key: Option<String>,
-    /// The case as received.
-    pub raw: Vec<u8>,
-    pub reason: String,
-}
-
 pub struct KafkaSink {
     config: ClientConfig,
     producer: Mutex<Arc<FutureProducer>>,
     topics: Topics,
     format: EventFormat,
+    max_record_bytes: usize,
+    replacements: AtomicU64,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -164,11 +172,18 @@ impl KafkaSink {
     pub fn new(settings: &KafkaSettings) -> Result<Self, SinkError> {
         let config = client_config(settings);
         let producer: FutureProducer = config.create().map_err(SinkError::Setup)?;
+        let max_record_bytes = settings
+            .properties
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MAX_RECORD_BYTES);
         Ok(Self {
             config,
             producer: Mutex::new(Arc::new(producer)),
             topics: settings.topics.clone(),
             format: settings.event_format,
+            max_record_bytes,
+            replacements: AtomicU64::new(0),
         })
     }
 
@@ -283,28 +298,43 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Publishes every record and waits until Kafka acknowledged all of them. On error some
-    /// may have been written; the caller sends the whole batch again (same event ids).
+    /// Publishes every record and waits until Kafka acknowledged all of them; the first
+    /// error otherwise (some records may have been written).
     pub async fn publish(&self, records: &[Outgoing]) -> Result<(), SinkError> {
-        self.start_publish(records).await.wait(self).await
+        let results = self.start_publish(records).await.wait(self).await;
+        for (record, outcome) in records.iter().zip(results) {
+            if let Err(error) = outcome.result {
+                let topic = encode::topic(record, &self.topics);
+                return Err(SinkError::Delivery {
+                    topic: topic.to_owned(),
+                    error,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Hands every record to the producer and returns without waiting for Kafka, so the next
     /// page can be prepared while these are in flight. Waits only when the producer's queue
-    /// is full.
+    /// is full. A record the producer refuses at once (too large, say) gets its error in its
+    /// own slot; the others are still sent.
     pub async fn start_publish(&self, records: &[Outgoing]) -> PendingDelivery {
         let producer = self.producer();
-        let mut deliveries = Vec::with_capacity(records.len());
+        let mut slots = Vec::with_capacity(records.len());
         for record in records {
-            let (topic, key, payload, headers) = self.encode(record);
-            let mut future_record = FutureRecord::to(topic).payload(&payload).headers(headers);
-            if let Some(key) = key {
+            let encoded = encode::record(record, &self.topics, self.format);
+            let size = encoded.payload.len();
+            let headers = encoded.kafka_headers();
+            let mut future_record = FutureRecord::to(encoded.topic)
+                .payload(&encoded.payload)
+                .headers(headers);
+            if let Some(key) = encoded.key {
                 future_record = future_record.key(key);
             }
             loop {
                 match producer.send_result(future_record) {
                     Ok(delivery) => {
-                        deliveries.push((topic.to_owned(), delivery));
+                        slots.push((size, Slot::Sent(delivery)));
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -312,94 +342,62 @@ impl KafkaSink {
                         tokio::time::sleep(QUEUE_FULL_WAIT).await;
                     }
                     Err((error, _)) => {
-                        return PendingDelivery {
-                            producer,
-                            deliveries,
-                            failed: Some(SinkError::Delivery {
-                                topic: topic.to_owned(),
-                                error,
-                            }),
-                        };
+                        slots.push((size, Slot::Refused(error)));
+                        break;
                     }
                 }
             }
         }
-        PendingDelivery {
-            producer,
-            deliveries,
-            failed: None,
-        }
+        PendingDelivery { producer, slots }
+    }
+
+    /// The largest record value the producer takes (`message.max.bytes`).
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes
+    }
+
+    /// How many times a producer with a fatal error was replaced.
+    pub fn producer_replacements(&self) -> u64 {
+        self.replacements.load(Ordering::Relaxed)
     }
 
     /// An idempotent producer can hit a fatal error (e.g. after a long outage); it is then
-    /// unusable and a new one takes its place. The batch is re-sent by the caller.
+    /// unusable and a new one takes its place. Every page in flight on the dead producer
+    /// reports it, so only the first report replaces it: the others find it already gone.
+    /// The records are re-sent by the caller, with the same event ids.
     fn replace_producer_if_fatal(&self, failed: &Arc<FutureProducer>) {
-        if let Some((code, reason)) = failed.client().fatal_error() {
-            tracing::warn!(%code, %reason, "Kafka producer hit a fatal error; creating a new one");
-            match self.config.create::<FutureProducer>() {
-                Ok(fresh) => {
-                    *self.producer.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh)
-                }
-                Err(e) => tracing::error!(error = %e, "cannot create a new Kafka producer"),
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return;
+        };
+        let mut current = self.producer.lock().unwrap_or_else(|p| p.into_inner());
+        if !Arc::ptr_eq(&current, failed) {
+            return;
+        }
+        tracing::warn!(%code, %reason, "Kafka producer hit a fatal error; creating a new one");
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                *current = Arc::new(fresh);
+                self.replacements.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("casestream_kafka_producer_replacements_total").increment(1);
             }
+            Err(e) => tracing::error!(error = %e, "cannot create a new Kafka producer"),
         }
     }
 
-    fn encode<'a>(
-        &'a self,
-        record: &'a Outgoing,
-    ) -> (&'a str, Option<&'a str>, Vec<u8>, OwnedHeaders) {
-        match record {
-            Outgoing::Event(event) => {
-                let topic = if event.event_type == TYPE_CREATED {
-                    self.topics.cases.as_str()
-                } else {
-                    self.topics.surveys.as_str()
-                };
-                let (payload, headers) = match self.format {
-                    EventFormat::Structured => (
-                        event.to_structured_bytes(),
-                        OwnedHeaders::new().insert(Header {
-                            key: "content-type",
-                            value: Some(STRUCTURED_CONTENT_TYPE),
-                        }),
-                    ),
-                    EventFormat::Binary => {
-                        let headers = event.binary_headers().into_iter().fold(
-                            OwnedHeaders::new(),
-                            |h, (key, value)| {
-                                h.insert(Header {
-                                    key,
-                                    value: Some(value.as_str()),
-                                })
-                            },
-                        );
-                        (event.data_bytes(), headers)
-                    }
-                };
-                (topic, Some(event.subject.as_str()), payload, headers)
-            }
-            Outgoing::DeadLetter(dead) => {
-                let headers = OwnedHeaders::new()
-                    .insert(Header {
-                        key: "casestream_reason",
-                        value: Some(dead.reason.as_str()),
-                    })
-                    .insert(Header {
-                        key: "casestream_org_id",
-                        value: Some(dead.org_id.as_str()),
-                    })
-                    .insert(Header {
-                        key: "casestream_widget_id",
-                        value: Some(dead.widget_id.as_str()),
-                    });
-                (
-                    self.topics.deadletter.as_str(),
-                    dead.key.as_deref(),
-                    dead.raw.clone(),
-                    headers,
-                )
-            }
+    /// Raises a fatal error on the current producer, as librdkafka's own tests do
+    /// (`rd_kafka_test_fatal_error`), so the replacement path can be tested for real.
+    #[doc(hidden)]
+    pub fn inject_fatal_error_for_tests(&self, reason: &str) {
+        let producer = self.producer();
+        let reason = std::ffi::CString::new(reason).unwrap_or_default();
+        // SAFETY: the handle belongs to `producer`, which lives across the call; the reason
+        // is a valid C string.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                producer.client().native_ptr(),
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            );
         }
     }
 

@@ -58,6 +58,18 @@ pub enum CaseProblem {
     IdNotText(&'static str),
 }
 
+impl CaseProblem {
+    /// A stable label for the problem (dead-letter header, metrics).
+    pub fn code(&self) -> &'static str {
+        match self {
+            CaseProblem::NotAnObject(_) => "not_an_object",
+            CaseProblem::MissingId => "missing_id",
+            CaseProblem::EmptyId => "empty_id",
+            CaseProblem::IdNotText(_) => "id_not_text",
+        }
+    }
+}
+
 /// The survey fields of a case, as far as they are present.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Survey {

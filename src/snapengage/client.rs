@@ -25,6 +25,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// A server asking us to wait longer than this is capped: we would rather ask again.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
+/// Pages one window may take before it is taken for a runaway cursor.
+pub const DEFAULT_MAX_PAGES: usize = 10_000;
+/// The largest response body read; 100 cases are rarely more than a few MiB.
+pub const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
 /// How much of an unexpected response body an error message quotes.
 const SNIPPET_CHARS: usize = 240;
 
@@ -56,6 +60,10 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
+    /// Pages one window may take (CASESTREAM_MAX_PAGES).
+    pub max_pages: usize,
+    /// The largest response body read, in bytes (CASESTREAM_MAX_BODY).
+    pub max_body: usize,
 }
 
 impl ClientConfig {
@@ -68,6 +76,8 @@ impl ClientConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             retry: RetryPolicy::default(),
+            max_pages: DEFAULT_MAX_PAGES,
+            max_body: DEFAULT_MAX_BODY,
         }
     }
 }
@@ -146,6 +156,19 @@ pub enum ClientError {
     BadNextLink { link: String, error: String },
     #[error("invalid Logs API client setting: {0}")]
     Config(String),
+    #[error(
+        "the Logs API's next-page link `{link}` was already followed in this window (after {pages} pages): \
+         the cursor loops, so the window is given up"
+    )]
+    LinkLoop { link: String, pages: usize },
+    #[error(
+        "the window took more than {max} pages (CASESTREAM_MAX_PAGES); given up as a runaway cursor"
+    )]
+    TooManyPages { max: usize },
+    #[error(
+        "the Logs API sent a body of more than {limit} bytes (CASESTREAM_MAX_BODY); refused unread"
+    )]
+    BodyTooLarge { limit: usize },
 }
 
 impl ClientError {
@@ -174,6 +197,9 @@ impl ClientError {
             ClientError::ForeignNextLink { .. } => "foreign_next_link",
             ClientError::BadNextLink { .. } => "bad_next_link",
             ClientError::Config(_) => "config",
+            ClientError::LinkLoop { .. } => "link_loop",
+            ClientError::TooManyPages { .. } => "too_many_pages",
+            ClientError::BodyTooLarge { .. } => "body_too_large",
         }
     }
 }
@@ -273,27 +299,46 @@ impl LogsClient {
         let client = self.clone();
         let widget_id = widget_id.to_owned();
         let first = self.window_url(&widget_id, &window);
-        futures::stream::try_unfold(Some((first, 0usize)), move |next| {
-            let client = client.clone();
-            let widget_id = widget_id.clone();
-            async move {
-                let Some((url, index)) = next else {
-                    return Ok(None);
-                };
-                let response = client.fetch_with_retries(&widget_id, &url).await?;
-                let next = match response.next_link() {
-                    Some(link) => Some((client.trusted_next_url(link, &url)?, index + 1)),
-                    None => None,
-                };
-                let page = Page {
-                    widget_id,
-                    index,
-                    cases: response.cases,
-                    is_last: next.is_none(),
-                };
-                Ok(Some((page, next)))
-            }
-        })
+        // Links followed in this window: a cursor that comes back would never end.
+        let followed = std::collections::HashSet::from([first.to_string()]);
+        futures::stream::try_unfold(
+            (Some((first, 0usize)), followed),
+            move |(next, mut followed)| {
+                let client = client.clone();
+                let widget_id = widget_id.clone();
+                async move {
+                    let Some((url, index)) = next else {
+                        return Ok(None);
+                    };
+                    let response = client.fetch_with_retries(&widget_id, &url).await?;
+                    let next = match response.next_link() {
+                        Some(link) => {
+                            let next_url = client.trusted_next_url(link, &url)?;
+                            if index + 1 >= client.inner.config.max_pages {
+                                return Err(ClientError::TooManyPages {
+                                    max: client.inner.config.max_pages,
+                                });
+                            }
+                            if !followed.insert(next_url.to_string()) {
+                                return Err(ClientError::LinkLoop {
+                                    link: next_url.to_string(),
+                                    pages: index + 1,
+                                });
+                            }
+                            Some((next_url, index + 1))
+                        }
+                        None => None,
+                    };
+                    let page = Page {
+                        widget_id,
+                        index,
+                        cases: response.cases,
+                        is_last: next.is_none(),
+                    };
+                    Ok(Some((page, (next, followed))))
+                }
+            },
+        )
     }
 
     /// Parses a next-page link and checks it points at the configured API, never elsewhere.
@@ -394,10 +439,7 @@ impl LogsClient {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport(describe_transport(&e)))?;
+        let body = read_capped(response, self.inner.config.max_body).await?;
         let snippet = || snippet(&body, token);
         match status {
             s if s.is_success() => serde_json::from_slice::<LogsResponse>(&body).map_err(|e| {
@@ -428,6 +470,29 @@ impl LogsClient {
             }),
         }
     }
+}
+
+/// Reads a body of at most `limit` bytes; a larger one is refused without being kept, so
+/// a runaway response can never exhaust memory.
+async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, ClientError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(ClientError::BodyTooLarge { limit });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| ClientError::Transport(describe_transport(&e)))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(ClientError::BodyTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn quota_for(per_sec: f64) -> Result<Quota, ClientError> {
@@ -471,15 +536,16 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 /// The start of a response body for an error message: printable, short, and never the token
 /// (a server could echo the header back).
 fn snippet(body: &[u8], token: &str) -> String {
-    let text = String::from_utf8_lossy(body);
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    // Redact before cutting, so a token across the cut cannot leak in part.
+    if !token.is_empty() {
+        text = text.replace(token, "[REDACTED]");
+    }
     let mut short: String = text
         .chars()
         .take(SNIPPET_CHARS)
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    if !token.is_empty() {
-        short = short.replace(token, "[REDACTED]");
-    }
     if text.chars().count() > SNIPPET_CHARS {
         short.push('…');
     }

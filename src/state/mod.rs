@@ -2,14 +2,16 @@
 //! per widget how far the catch-up got. State advances only after Kafka acknowledged the
 //! events derived from it.
 
+pub mod lock;
 pub mod sqlite;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::pipeline::tracker::CaseRecord;
 
+pub use lock::StateLock;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,24 @@ pub enum StateError {
     },
     #[error("state database {path} holds a bad value: {what}")]
     Corrupt { path: String, what: String },
+    #[error(
+        "state directory {dir} is in use by another casestream process{holder} (lock file {lock}); \
+         one state directory takes one writer: stop the other process or give this one its own \
+         CASESTREAM_STATE_DIR"
+    )]
+    Locked {
+        dir: String,
+        lock: String,
+        /// ` (pid N)` when the lock file names its holder.
+        holder: String,
+    },
+    #[error("cannot lock the state directory {dir} (lock file {lock}): {source}")]
+    Lock {
+        dir: String,
+        lock: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A case as the state keeps it: the tracker's record, the widget and the day it was created
@@ -51,6 +71,18 @@ pub struct WidgetProgress {
     pub last_fresh_poll: Option<DateTime<Utc>>,
 }
 
+/// A bad input already sent to the dead-letter topic, remembered by the digest of its raw
+/// bytes so it is sent once, not on every read of its day.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetterMark {
+    /// SHA-256 (hex) of the raw bytes received.
+    pub digest: String,
+    pub widget: String,
+    pub case_id: Option<String>,
+    pub reason_code: String,
+    pub at: DateTime<Utc>,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StateStats {
     pub known_cases: u64,
@@ -64,7 +96,28 @@ pub trait StateStore: Send + Sync {
     /// What is known of these ids; unknown ids are absent from the map.
     fn lookup(&self, ids: &[&str]) -> Result<HashMap<String, CaseRecord>, StateError>;
     /// Records the cases of one page atomically.
-    fn commit_cases(&self, cases: &[StoredCase]) -> Result<(), StateError>;
+    fn commit_cases(&self, cases: &[StoredCase]) -> Result<(), StateError> {
+        self.commit_page(cases, &[])
+    }
+    /// Records the cases and the dead letters of one page atomically.
+    fn commit_page(
+        &self,
+        cases: &[StoredCase],
+        dead_letters: &[DeadLetterMark],
+    ) -> Result<(), StateError>;
+    /// Which of these raw-input digests were dead-lettered already.
+    fn known_dead_letters(&self, digests: &[&str]) -> Result<HashSet<String>, StateError>;
+    /// Forgets the cases of `widget` on days before `before` on which no case awaits a
+    /// survey re-check any more: such days are never read again, so nothing decided there
+    /// can repeat. At most `max_days` days, one transaction each. Returns the cases removed.
+    fn prune_days(
+        &self,
+        widget: &str,
+        before: NaiveDate,
+        max_days: usize,
+    ) -> Result<u64, StateError>;
+    /// Forgets dead-letter marks recorded before `before`. Returns how many.
+    fn prune_dead_letters(&self, before: DateTime<Utc>) -> Result<u64, StateError>;
     fn widget(&self, widget: &str) -> Result<Option<WidgetProgress>, StateError>;
     fn set_widget(&self, widget: &str, progress: &WidgetProgress) -> Result<(), StateError>;
     /// Days before `before` with cases of `widget` whose re-check is due at `now`, oldest first.

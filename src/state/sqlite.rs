@@ -1,20 +1,21 @@
 //! The default state: one embedded SQLite file (WAL, `synchronous=FULL`) in the state
 //! directory. Ids live on disk, not in memory; one transaction (one fsync) per page.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
-use super::{StateError, StateStats, StateStore, StoredCase, WidgetProgress};
+use super::{DeadLetterMark, StateError, StateStats, StateStore, StoredCase, WidgetProgress};
 use crate::pipeline::tracker::CaseRecord;
 
 pub const STATE_FILE: &str = "casestream.sqlite";
 
-/// Bumped when the schema changes incompatibly; an unknown version refuses to open.
-const SCHEMA_VERSION: i64 = 1;
+/// Bumped when the schema changes; an unknown (newer) version refuses to open, older ones
+/// are migrated forward.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS cases (
@@ -36,6 +37,23 @@ CREATE TABLE IF NOT EXISTS widgets (
     last_fresh_poll_ms   INTEGER
 );
 ";
+
+/// Version 2: days can be pruned whole (an index by widget and day that also answers "any
+/// case still pending?"), and dead letters are remembered by digest.
+const SCHEMA_V2: &str = "
+CREATE INDEX IF NOT EXISTS cases_by_day ON cases (widget, day, next_check_ms);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    digest       TEXT PRIMARY KEY,
+    widget       TEXT NOT NULL,
+    case_id      TEXT,
+    reason_code  TEXT NOT NULL,
+    at_ms        INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dead_letters_by_age ON dead_letters (at_ms);
+";
+
+/// Free pages handed back to the file system after a prune, at most (4 KiB each).
+const VACUUM_PAGES: i64 = 4096;
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -101,7 +119,17 @@ impl SqliteStore {
             .map_err(&err)?;
         match version {
             0 => {
+                // Only a new file can choose this: pruned pages then go back to the disk.
+                conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+                    .map_err(&err)?;
                 conn.execute_batch(SCHEMA).map_err(&err)?;
+                conn.execute_batch(SCHEMA_V2).map_err(&err)?;
+                conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(&err)?;
+            }
+            1 => {
+                // A version 1 file keeps its size; pruned pages are reused, so it stops growing.
+                conn.execute_batch(SCHEMA_V2).map_err(&err)?;
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(&err)?;
             }
@@ -118,6 +146,14 @@ impl SqliteStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Hands some free pages back to the file system (a no-op on files made before schema
+    /// version 2, which reuse them instead).
+    fn vacuum_some(&self) -> Result<(), StateError> {
+        self.conn()
+            .execute_batch(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))
+            .map_err(self.err())
     }
 
     fn parse_day(&self, text: &str) -> Result<NaiveDate, StateError> {
@@ -167,8 +203,12 @@ impl StateStore for SqliteStore {
         Ok(found)
     }
 
-    fn commit_cases(&self, cases: &[StoredCase]) -> Result<(), StateError> {
-        if cases.is_empty() {
+    fn commit_page(
+        &self,
+        cases: &[StoredCase],
+        dead_letters: &[DeadLetterMark],
+    ) -> Result<(), StateError> {
+        if cases.is_empty() && dead_letters.is_empty() {
             return Ok(());
         }
         let mut conn = self.conn();
@@ -202,8 +242,105 @@ impl StateStore for SqliteStore {
                 ])
                 .map_err(&err)?;
             }
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO dead_letters (digest, widget, case_id, reason_code, at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(&err)?;
+            for mark in dead_letters {
+                stmt.execute(params![
+                    mark.digest,
+                    mark.widget,
+                    mark.case_id,
+                    mark.reason_code,
+                    mark.at.timestamp_millis(),
+                ])
+                .map_err(&err)?;
+            }
         }
         tx.commit().map_err(&err)
+    }
+
+    fn known_dead_letters(&self, digests: &[&str]) -> Result<HashSet<String>, StateError> {
+        let mut found = HashSet::new();
+        if digests.is_empty() {
+            return Ok(found);
+        }
+        let conn = self.conn();
+        let err = self.err();
+        for chunk in digests.chunks(500) {
+            let placeholders = vec!["?"; chunk.len()].join(",");
+            let sql = format!("SELECT digest FROM dead_letters WHERE digest IN ({placeholders})");
+            let mut stmt = conn.prepare_cached(&sql).map_err(&err)?;
+            let rows = stmt
+                .query_map(params_from_iter(chunk.iter()), |row| {
+                    row.get::<_, String>(0)
+                })
+                .map_err(&err)?;
+            for row in rows {
+                found.insert(row.map_err(&err)?);
+            }
+        }
+        Ok(found)
+    }
+
+    fn prune_days(
+        &self,
+        widget: &str,
+        before: NaiveDate,
+        max_days: usize,
+    ) -> Result<u64, StateError> {
+        let err = self.err();
+        let days: Vec<String> = {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT day FROM cases WHERE widget = ?1 AND day < ?2
+                     GROUP BY day HAVING COUNT(next_check_ms) = 0 ORDER BY day LIMIT ?3",
+                )
+                .map_err(&err)?;
+            stmt.query_map(
+                params![
+                    widget,
+                    before.to_string(),
+                    i64::try_from(max_days).unwrap_or(i64::MAX)
+                ],
+                |r| r.get(0),
+            )
+            .map_err(&err)?
+            .collect::<Result<_, _>>()
+            .map_err(&err)?
+        };
+        let mut removed = 0u64;
+        for day in days {
+            // One small transaction per day, so the pipeline's page commits never wait long.
+            let conn = self.conn();
+            let n = conn
+                .execute(
+                    "DELETE FROM cases WHERE widget = ?1 AND day = ?2 AND NOT EXISTS (
+                         SELECT 1 FROM cases WHERE widget = ?1 AND day = ?2
+                             AND next_check_ms IS NOT NULL)",
+                    params![widget, day],
+                )
+                .map_err(&err)?;
+            removed += n as u64;
+        }
+        if removed > 0 {
+            self.vacuum_some()?;
+        }
+        Ok(removed)
+    }
+
+    fn prune_dead_letters(&self, before: DateTime<Utc>) -> Result<u64, StateError> {
+        let n = self
+            .conn()
+            .execute(
+                "DELETE FROM dead_letters WHERE at_ms < ?1",
+                [before.timestamp_millis()],
+            )
+            .map_err(self.err())?;
+        Ok(n as u64)
     }
 
     fn widget(&self, widget: &str) -> Result<Option<WidgetProgress>, StateError> {

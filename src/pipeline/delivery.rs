@@ -1,0 +1,211 @@
+//! Settling pages with Kafka: per-record verdicts, dead letters for records Kafka refuses for
+//! good, retries for the rest, then the page's state commit; and pruning the state.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use super::{Flight, InFlightPage, Pipeline, PipelineError};
+use crate::sink::{DeadLetter, ErrorClass, Outgoing, RecordResult, classify, encode};
+
+/// How a page's delivery ended.
+enum Delivered {
+    /// Every record is acknowledged or dead-lettered.
+    Settled,
+    /// Shutdown came while Kafka could not take the page.
+    Interrupted,
+}
+
+impl Pipeline {
+    /// Waits for the oldest page in flight to be settled with Kafka (sending again what failed
+    /// for a passing reason, dead-lettering what Kafka refuses for good), then commits its
+    /// state. Pages commit in order. Returns false when shutdown came while Kafka could not
+    /// take the page: nothing of it is committed, and it will be read again.
+    pub(super) async fn settle_oldest(
+        &self,
+        flight: &mut Flight,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, PipelineError> {
+        let Some(page) = flight.pages.pop_front() else {
+            return Ok(true);
+        };
+        let InFlightPage {
+            seq,
+            batch,
+            delivery,
+        } = page;
+        let results = delivery.wait(&self.sink).await;
+        if let Delivered::Interrupted = self.deliver(batch.outgoing, results, shutdown).await? {
+            return Ok(false);
+        }
+        let (changed, dead) = (batch.changed, batch.dead_letters);
+        let ids: Vec<String> = changed.iter().map(|c| c.id.clone()).collect();
+        self.state(move |s| s.commit_page(&changed, &dead)).await?;
+        // Committed now; a later page in flight may hold a newer record for the same id.
+        for id in ids {
+            if flight.records.get(&id).is_some_and(|(_, s)| *s == seq) {
+                flight.records.remove(&id);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Takes each record's result to its verdict: acknowledged; refused for good (an event
+    /// becomes a dead letter, sent at once); refused by its topic (the pipeline stops); or
+    /// failed for a passing reason (sent again after a backoff, alone: what was acknowledged
+    /// is not sent twice).
+    async fn deliver(
+        &self,
+        records: Vec<Outgoing>,
+        results: Vec<RecordResult>,
+        shutdown: &CancellationToken,
+    ) -> Result<Delivered, PipelineError> {
+        let mut delays = crate::sink::kafka_retry_delays();
+        let mut round: Vec<(Outgoing, RecordResult)> = records.into_iter().zip(results).collect();
+        loop {
+            let mut again = Vec::new();
+            let mut passing = None;
+            for (record, outcome) in round {
+                let error = match outcome.result {
+                    Ok(()) => {
+                        if let Outgoing::Event(event) = &record {
+                            metrics::counter!("casestream_events_published_total", "type" => event.event_type)
+                                .increment(1);
+                        }
+                        continue;
+                    }
+                    Err(error) => error,
+                };
+                match classify(&error) {
+                    ErrorClass::Transient => {
+                        passing.get_or_insert(error);
+                        again.push(record);
+                    }
+                    ErrorClass::Topic => {
+                        let failure = PipelineError::KafkaRefused {
+                            topic: encode::topic(&record, self.sink.topics()).to_owned(),
+                            error: error.to_string(),
+                        };
+                        self.health.kafka_ok.store(false, Ordering::Relaxed);
+                        self.health.set_fatal(failure.to_string());
+                        return Err(failure);
+                    }
+                    ErrorClass::Record => {
+                        if let Some(dead) = self.dead_letter_for(record, &error, outcome.size) {
+                            again.push(Outgoing::DeadLetter(dead));
+                        }
+                    }
+                }
+            }
+            if again.is_empty() {
+                self.health.kafka_ok.store(true, Ordering::Relaxed);
+                return Ok(Delivered::Settled);
+            }
+            if let Some(error) = passing {
+                self.health.beat();
+                self.health.kafka_ok.store(false, Ordering::Relaxed);
+                metrics::counter!("casestream_kafka_delivery_errors_total").increment(1);
+                let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(error = %error, retry_in = ?delay, records = again.len(), "Kafka did not take records of a page; sending them again, state stays where it is");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        tracing::warn!("shutting down with a page Kafka did not acknowledge; it will be read again on restart");
+                        return Ok(Delivered::Interrupted);
+                    }
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            let results = self.sink.start_publish(&again).await.wait(&self.sink).await;
+            round = again.into_iter().zip(results).collect();
+        }
+    }
+
+    /// The dead letter that replaces a record Kafka refused for good; `None` when even a cut
+    /// dead letter was refused (then it is logged as an error, with the case id and digest).
+    fn dead_letter_for(
+        &self,
+        record: Outgoing,
+        error: &rdkafka::error::KafkaError,
+        size: usize,
+    ) -> Option<DeadLetter> {
+        match record {
+            Outgoing::Event(event) => {
+                let dead =
+                    DeadLetter::refused_event(&event, error, size, self.sink.max_record_bytes());
+                tracing::warn!(
+                    case = %event.subject,
+                    widget = %event.data.widget_id,
+                    event_type = event.event_type,
+                    size,
+                    error = %error,
+                    "Kafka refused an event for good; it goes to the dead-letter topic"
+                );
+                metrics::counter!(
+                    "casestream_dead_letters_total",
+                    "widget" => event.data.widget_id.clone(),
+                    "reason" => dead.reason_code
+                )
+                .increment(1);
+                Some(dead)
+            }
+            Outgoing::DeadLetter(dead) => match dead.shrunk() {
+                Some(smaller) => Some(smaller),
+                None => {
+                    tracing::error!(
+                        case = dead.case_id.as_deref().unwrap_or("(none)"),
+                        widget = %dead.widget_id,
+                        sha256 = %dead.sha256,
+                        reason = %dead.reason,
+                        error = %error,
+                        "Kafka refused the dead letter too; it is recorded only in this log"
+                    );
+                    metrics::counter!("casestream_dead_letters_refused_total").increment(1);
+                    None
+                }
+            },
+        }
+    }
+
+    /// Forgets what no future decision needs: per widget, the days before the fresh window
+    /// whose cases are all past their survey horizon (such a day is never read again), and
+    /// dead-letter marks older than any day still read. Returns the cases removed.
+    pub(super) async fn prune(&self, widgets: &[String]) -> Result<u64, PipelineError> {
+        let before = self.fresh_start();
+        let mut removed = 0;
+        for widget in widgets {
+            loop {
+                self.health.beat();
+                let w = widget.clone();
+                let n = self
+                    .state(move |s| s.prune_days(&w, before, super::PRUNE_DAYS_PER_TURN))
+                    .await?;
+                removed += n;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        let keep =
+            chrono::Duration::from_std(self.settings.lookback + self.settings.tracker.horizon)
+                .unwrap_or(chrono::Duration::MAX)
+                + super::DEAD_LETTER_MARGIN;
+        let marks_before: DateTime<Utc> = self
+            .clock
+            .now()
+            .checked_sub_signed(keep)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let marks = self
+            .state(move |s| s.prune_dead_letters(marks_before))
+            .await?;
+        if removed + marks > 0 {
+            metrics::counter!("casestream_state_pruned_total", "kind" => "cases")
+                .increment(removed);
+            metrics::counter!("casestream_state_pruned_total", "kind" => "dead_letters")
+                .increment(marks);
+            tracing::info!(cases = removed, dead_letters = marks, before = %before, "pruned state no decision needs");
+        }
+        Ok(removed)
+    }
+}
