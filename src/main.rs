@@ -166,6 +166,8 @@ impl SimulateArgs {
                 slow_ms: u64::try_from(self.fault_slow_delay.as_millis()).unwrap_or(u64::MAX),
                 rate_truncate: self.fault_truncate_rate,
                 rate_repeat: self.fault_repeat_rate,
+                // Scripted through the control API (`PUT /_sim/faults`), not flags.
+                ..Faults::default()
             },
         }
     }

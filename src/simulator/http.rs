@@ -123,10 +123,20 @@ async fn logs(
         Ok(q) => q,
         Err(message) => return text(StatusCode::BAD_REQUEST, message),
     };
+    let slow_cursor_ms = sim.faults().slow_cursor_ms;
+    if query.cursor.is_some() && slow_cursor_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(slow_cursor_ms)).await;
+    }
     let page = sim.logs(&query);
-    let link = match page.next {
-        Some(cursor) => next_link(&headers, &org, &params, cursor),
-        None => String::new(),
+    let looping = query
+        .widgets
+        .iter()
+        .any(|w| sim.faults().loop_links.contains(w));
+    let link = match (page.next, query.cursor) {
+        // A broken cursor: the page links to itself.
+        (Some(_), Some(current)) if looping => next_link(&headers, &org, &params, current),
+        (Some(cursor), _) => next_link(&headers, &org, &params, cursor),
+        (None, _) => String::new(),
     };
     let body = json!({ "cases": page.cases, "linkToNextSetOfResults": link });
     let mut bytes = serde_json::to_vec(&body).unwrap_or_default();

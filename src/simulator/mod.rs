@@ -43,6 +43,11 @@ pub struct Faults {
     pub rate_truncate: f64,
     /// A page that starts with the last case of the previous page again.
     pub rate_repeat: f64,
+    /// Widgets whose next-page links loop: every page after the first links to itself.
+    pub loop_links: Vec<String>,
+    /// Responses to next-page requests (those with a cursor) are delayed this long, so a
+    /// window can span a chosen stretch of time.
+    pub slow_cursor_ms: u64,
 }
 
 #[derive(Clone, Debug)]

@@ -1,0 +1,436 @@
+//! Single bad inputs never stop the flow: an oversized case, cases without an id, a looping
+//! cursor, an oversized body. Each is caused for real against the simulator and a real broker.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use casestream::clock::Clock;
+use casestream::simulator::{Faults, SimConfig};
+use casestream::snapengage::Case;
+use common::*;
+
+/// The admin endpoints of an in-process forwarder.
+async fn admin(health: &casestream::pipeline::Health, path: &str) -> (u16, String) {
+    let addr = health.admin_addr.get().expect("admin endpoints listen");
+    let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    casestream::sink::dead_letter::sha256_hex(bytes)
+}
+
+/// A 1.5 MB case followed by a normal case on the same page, against a real broker: the normal
+/// case is published within 3 poll intervals, the oversized one reaches the dead-letter topic
+/// exactly once over many polls, no other case of the page is published twice, and a case
+/// without an id is dead-lettered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_case_is_dead_lettered_once_and_nothing_stalls() {
+    let bootstrap = kafka_bootstrap().await;
+    // Real time: the poll interval below is what the promise is measured in.
+    let clock = Clock::system();
+    let sim = start_simulator(
+        SimConfig {
+            widgets: vec!["w1".into(), "w2".into()],
+            cases_per_hour: 0.0,
+            history: Duration::ZERO,
+            ..SimConfig::default()
+        },
+        clock.clone(),
+    )
+    .await;
+    for i in 0..5 {
+        let mut case = sim.sim.make_case("w1");
+        case["description"] = json!(format!("ordinary case {i}"));
+        sim.sim.add_case("w1", case, None, None);
+    }
+    let no_id = json!({"type": "chat", "description": "no id at all"});
+    sim.sim.add_case("w2", no_id.clone(), None, None);
+    let prefix = unique_prefix("poison");
+    let dir = tempfile::tempdir().unwrap();
+    let poll = Duration::from_secs(2);
+    let config = forwarder_config(
+        &sim,
+        &bootstrap,
+        &prefix,
+        dir.path(),
+        &[("CASESTREAM_POLL_INTERVAL", "2s")],
+    );
+    let forwarder = RunningForwarder::start(config, clock.clone());
+    let health = forwarder.health.clone();
+    eventually(
+        Duration::from_secs(60),
+        "a first complete cycle",
+        async || health.last_poll_ok_ms.load(Ordering::Relaxed) > 0,
+    )
+    .await;
+
+    // The oversized case, then a normal one: both on today's only page of w1.
+    let mut huge = sim.sim.make_case("w1");
+    huge["transcripts"] = json!([{"id": "t1", "message": "x".repeat(1_500_000)}]);
+    let huge_id = sim.sim.add_case("w1", huge.clone(), None, None).unwrap();
+    let normal_id = sim
+        .sim
+        .add_case("w1", sim.sim.make_case("w1"), None, None)
+        .unwrap();
+    let added = Instant::now();
+    let cases_topic = format!("{prefix}.cases");
+    let mut published_after = None;
+    while added.elapsed() < Duration::from_secs(60) {
+        let records = read_topic_async(&bootstrap, &cases_topic, Duration::from_millis(300)).await;
+        if records.iter().any(|r| r.key.as_deref() == Some(&normal_id)) {
+            published_after = Some(added.elapsed());
+            break;
+        }
+    }
+    let published_after =
+        published_after.expect("the normal case after the oversized one is published");
+    assert!(
+        published_after <= poll * 3,
+        "the normal case took {published_after:?}, more than 3 poll intervals of {poll:?}"
+    );
+
+    // At least 5 more polls of both widgets.
+    let requests = sim.sim.stats().requests;
+    eventually(Duration::from_secs(60), "5 more polls", async || {
+        sim.sim.stats().requests >= requests + 10
+    })
+    .await;
+    let (ready, body) = admin(&health, "/readyz").await;
+    assert_eq!(ready, 200, "{body}");
+    forwarder.stop().await;
+
+    let dead = read_topic_async(
+        &bootstrap,
+        &format!("{prefix}.dead"),
+        Duration::from_secs(2),
+    )
+    .await;
+    let huge_letters: Vec<_> = dead
+        .iter()
+        .filter(|r| r.headers.get("casestream_case_id") == Some(&huge_id))
+        .collect();
+    assert_eq!(
+        huge_letters.len(),
+        1,
+        "the oversized case is dead-lettered exactly once"
+    );
+    let letter = huge_letters[0];
+    assert_eq!(letter.key.as_deref(), Some(huge_id.as_str()));
+    assert_eq!(letter.headers["casestream_reason_code"], "record_too_large");
+    assert_eq!(
+        letter.headers["casestream_event_type"],
+        "com.snapengage.case.created"
+    );
+    assert_eq!(letter.headers["casestream_widget_id"], "w1");
+    assert_eq!(letter.headers["casestream_body"], "truncated");
+    let raw = serde_json::to_vec(&huge).unwrap();
+    assert_eq!(letter.headers["casestream_sha256"], sha256_hex(&raw));
+    assert!(
+        letter.headers["casestream_record_size"]
+            .parse::<usize>()
+            .unwrap()
+            > 1_500_000
+    );
+    assert!(
+        raw.starts_with(&letter.payload),
+        "the body is the case's first bytes"
+    );
+    assert!(letter.payload.len() < 100_000);
+
+    let no_id_letters: Vec<_> = dead
+        .iter()
+        .filter(|r| serde_json::from_slice::<Value>(&r.payload).ok().as_ref() == Some(&no_id))
+        .collect();
+    assert_eq!(
+        no_id_letters.len(),
+        1,
+        "a case without an id is dead-lettered once"
+    );
+    assert_eq!(
+        no_id_letters[0].headers["casestream_reason_code"],
+        "missing_id"
+    );
+    assert_eq!(no_id_letters[0].headers["casestream_body"], "raw");
+    assert_eq!(dead.len(), 2, "nothing else was dead-lettered");
+
+    let mut copies: HashMap<String, usize> = HashMap::new();
+    for record in read_topic_async(&bootstrap, &cases_topic, Duration::from_secs(2)).await {
+        *copies.entry(record.key.unwrap()).or_default() += 1;
+    }
+    assert!(
+        !copies.contains_key(&huge_id),
+        "the oversized event never reached its topic"
+    );
+    let visible: Vec<String> = sim
+        .sim
+        .visible_cases("w1")
+        .into_iter()
+        .filter_map(|v| Case::from_value(v).ok())
+        .map(|c| c.id().to_owned())
+        .filter(|id| *id != huge_id)
+        .collect();
+    assert_eq!(visible.len(), 6);
+    for id in &visible {
+        assert_eq!(
+            copies.get(id),
+            Some(&1),
+            "case {id} published exactly once: {copies:?}"
+        );
+    }
+    sim.stop().await.unwrap();
+}
+
+/// A cursor that loops and a body over the cap each fail their widget's window with a clear
+/// error and a metric; the other widget's cases all arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_cursor_and_an_oversized_body_fail_only_their_widget() {
+    let bootstrap = kafka_bootstrap().await;
+    let clock = Clock::scaled("2026-03-10T08:00:00Z".parse().unwrap(), 60.0);
+    let sim = start_simulator(
+        SimConfig {
+            widgets: vec!["w1".into(), "w2".into(), "w3".into()],
+            cases_per_hour: 60.0,
+            history: Duration::from_secs(3600),
+            page_size: 5,
+            ..SimConfig::default()
+        },
+        clock.clone(),
+    )
+    .await;
+    sim.sim.set_faults(Faults {
+        loop_links: vec!["w1".into()],
+        ..Faults::default()
+    });
+    let mut huge = sim.sim.make_case("w2");
+    huge["transcripts"] = json!([{"id": "t1", "message": "y".repeat(1_500_000)}]);
+    let huge_id = sim.sim.add_case("w2", huge, None, None).unwrap();
+    let prefix = unique_prefix("guards");
+    let dir = tempfile::tempdir().unwrap();
+    let config = forwarder_config(
+        &sim,
+        &bootstrap,
+        &prefix,
+        dir.path(),
+        &[("CASESTREAM_MAX_BODY", "1MiB")],
+    );
+    let forwarder = RunningForwarder::start(config, clock.clone());
+    let health = forwarder.health.clone();
+    let mut metrics = String::new();
+    eventually(
+        Duration::from_secs(60),
+        "both window errors counted",
+        async || {
+            if health.admin_addr.get().is_none() {
+                return false;
+            }
+            metrics = admin(&health, "/metrics").await.1;
+            metrics.contains(r#"casestream_window_errors_total{widget="w1",kind="link_loop"}"#)
+                && metrics.contains(
+                    r#"casestream_window_errors_total{widget="w2",kind="body_too_large"}"#,
+                )
+        },
+    )
+    .await;
+    // Several cycles: the loop is caught every time, never followed forever.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    forwarder.stop().await;
+    let end = clock.now();
+
+    let mut created: HashMap<String, usize> = HashMap::new();
+    for record in read_topic_async(
+        &bootstrap,
+        &format!("{prefix}.cases"),
+        Duration::from_secs(2),
+    )
+    .await
+    {
+        *created.entry(record.key.unwrap()).or_default() += 1;
+    }
+    let w3: Vec<String> = sim
+        .sim
+        .visible_cases("w3")
+        .into_iter()
+        .map(|v| Case::from_value(v).unwrap())
+        .filter(|c| c.chat_end().unwrap() < end - chrono::Duration::minutes(2))
+        .map(|c| c.id().to_owned())
+        .collect();
+    assert!(w3.len() > 40, "{} w3 cases", w3.len());
+    let missing: Vec<&String> = w3.iter().filter(|id| !created.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} w3 cases missing",
+        missing.len(),
+        w3.len()
+    );
+    for id in &w3 {
+        assert_eq!(
+            created.get(id),
+            Some(&1),
+            "w3 case {id} arrives exactly once"
+        );
+    }
+    // w2's pages before the oversized one went through; that one never did.
+    assert!(
+        !created.contains_key(&huge_id),
+        "the page over the cap was never taken"
+    );
+    sim.stop().await.unwrap();
+}
+
+/// Events Kafka refuses at the topic level (here: authorisation, injected with librdkafka's
+/// mock cluster, which a plain broker cannot do) stop the pipeline with an error naming the
+/// topic, `/readyz` answers 503 naming it, and nothing is committed past the refused page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_that_refuses_everything_stops_the_pipeline_and_says_so() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = MockCluster::new(1).unwrap();
+    let clock = Clock::scaled("2026-03-10T08:00:00Z".parse().unwrap(), 60.0);
+    let sim = start_simulator(
+        SimConfig {
+            widgets: vec!["w1".into()],
+            cases_per_hour: 60.0,
+            history: Duration::from_secs(3600),
+            ..SimConfig::default()
+        },
+        clock.clone(),
+    )
+    .await;
+    let prefix = unique_prefix("refused");
+    for suffix in ["cases", "surveys", "dead"] {
+        cluster
+            .create_topic(&format!("{prefix}.{suffix}"), 1, 1)
+            .unwrap();
+    }
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = forwarder_config(&sim, &cluster.bootstrap_servers(), &prefix, dir.path(), &[]);
+    let health = std::sync::Arc::new(casestream::pipeline::Health::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(casestream::app::run(
+        config,
+        clock.clone(),
+        health.clone(),
+        stop.clone(),
+    ));
+    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
+        while !run.is_finished() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(outcome.is_ok(), "the pipeline stops by itself");
+    let (status, body) = admin(&health, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("refuses every record") && body.contains(&format!("{prefix}.cases")),
+        "{body}"
+    );
+    let error = run.await.unwrap().unwrap_err().to_string();
+    assert!(error.contains(&format!("topic {prefix}.cases")), "{error}");
+    assert!(error.contains("uthoriz"), "{error}");
+    stop.cancel();
+    // Nothing was acknowledged, so nothing was committed: every case is read again later.
+    let store = casestream::state::SqliteStore::open(dir.path()).unwrap();
+    use casestream::state::StateStore;
+    assert_eq!(store.stats().unwrap().known_cases, 0);
+    sim.stop().await.unwrap();
+}
+
+/// A fatal error on the idempotent producer (injected as librdkafka's tests do, on the mock
+/// cluster) with several pages in flight: exactly one replacement producer, and the records
+/// of the dead producer are sent again with the same ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_producer_error_makes_exactly_one_replacement() {
+    use casestream::events::{CloudEvent, EventKind};
+    use casestream::sink::{KafkaSink, Outgoing};
+    use rdkafka::mocking::MockCluster;
+    let cluster = MockCluster::new(1).unwrap();
+    let prefix = unique_prefix("fatal");
+    for suffix in ["cases", "surveys", "dead"] {
+        cluster
+            .create_topic(&format!("{prefix}.{suffix}"), 1, 1)
+            .unwrap();
+    }
+    let sim = start_simulator(SimConfig::default(), Clock::system()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = forwarder_config(&sim, &cluster.bootstrap_servers(), &prefix, dir.path(), &[]);
+    let sink = KafkaSink::new(&config.kafka).unwrap();
+    let page = |n: usize| -> Vec<Outgoing> {
+        (0..10)
+            .map(|i| {
+                let case = Case::from_value(json!({"id": format!("p{n}-c{i}")})).unwrap();
+                Outgoing::Event(CloudEvent::for_case(
+                    "org",
+                    "w1",
+                    &case,
+                    &EventKind::Created,
+                    chrono::Utc::now(),
+                ))
+            })
+            .collect()
+    };
+    let pages: Vec<Vec<Outgoing>> = (0..4).map(page).collect();
+    // Four pages queued (the broker is down), then the producer dies under them.
+    cluster.broker_down(1).unwrap();
+    let mut pending = Vec::new();
+    for records in &pages {
+        pending.push(sink.start_publish(records).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sink.inject_fatal_error_for_tests("injected by the test");
+    cluster.broker_up(1).unwrap();
+    let mut failed_pages = Vec::new();
+    for (records, delivery) in pages.iter().zip(pending) {
+        let results = delivery.wait(&sink).await;
+        if results.iter().any(|r| r.result.is_err()) {
+            failed_pages.push(records);
+        }
+    }
+    assert!(
+        !failed_pages.is_empty(),
+        "the fatal error failed records in flight"
+    );
+    assert_eq!(
+        sink.producer_replacements(),
+        1,
+        "one replacement, not one per page"
+    );
+    for records in &failed_pages {
+        sink.publish(records)
+            .await
+            .expect("the replacement producer takes the records");
+    }
+    assert_eq!(sink.producer_replacements(), 1);
+    let topic = format!("{prefix}.cases");
+    let read: Vec<Value> =
+        read_topic_async(&cluster.bootstrap_servers(), &topic, Duration::from_secs(2))
+            .await
+            .iter()
+            .map(|r| r.json())
+            .collect();
+    for records in &pages {
+        for record in records.iter() {
+            let Outgoing::Event(event) = record else {
+                unreachable!()
+            };
+            assert!(
+                read.iter().any(|e| e["id"] == event.id.to_string()),
+                "event {} of case {} arrived with its id",
+                event.id,
+                event.subject
+            );
+        }
+    }
+    sim.stop().await.unwrap();
+}
