@@ -4,42 +4,13 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use casestream::clock::Clock;
 use casestream::simulator::SimConfig;
 use casestream::snapengage::Case;
 use common::*;
-
-struct Forwarder(Child);
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_forwarder(env: &[(String, String)], log: &std::path::Path) -> Forwarder {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Forwarder(
-        Command::new(env!("CARGO_BIN_EXE_casestream"))
-            .args(["run", "--log-format", "json"])
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
-}
 
 /// Created events per case id: the distinct event ids, and how many records there were.
 async fn created_events(bootstrap: &str, topic: &str) -> HashMap<String, (HashSet<String>, usize)> {

@@ -7,8 +7,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -17,66 +15,9 @@ use casestream::simulator::{Faults, SimConfig};
 use casestream::snapengage::Case;
 use common::*;
 
-/// A broker of this test's own, reset (stopped, data deleted) when dropped.
-struct OwnBroker {
-    env: Vec<(String, String)>,
-}
-
-impl OwnBroker {
-    fn script(&self, action: &str) -> String {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
-        let output = Command::new("bash")
-            .arg(script)
-            .arg(action)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .expect("run scripts/kafka.sh");
-        assert!(
-            output.status.success(),
-            "scripts/kafka.sh {action} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_owned()
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let _ = self.script("reset");
-    }
-}
-
-fn free_port_pair() -> u16 {
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if port < 65000 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_is_ridden_out_without_loss() {
-    let port = free_port_pair();
-    let broker = OwnBroker {
-        env: vec![
-            ("CASESTREAM_KAFKA_PORT".into(), port.to_string()),
-            (
-                "CASESTREAM_KAFKA_INSTANCE".into(),
-                format!("outage-{}", std::process::id()),
-            ),
-        ],
-    };
-    let bootstrap = broker.script("start");
-    assert_eq!(bootstrap, format!("127.0.0.1:{port}"));
+    let (broker, bootstrap) = OwnBroker::start("outage");
 
     // 60x: one virtual minute per second; 10 cases a second across both widgets.
     let clock = Clock::scaled("2026-03-10T08:00:00Z".parse().unwrap(), 60.0);
@@ -188,7 +129,7 @@ async fn broker_outage_is_ridden_out_without_loss() {
         "casestream_rate_limit_wait_seconds_bucket",
         "casestream_cases_seen_total{widget=\"w2\"}",
         "casestream_events_published_total{type=\"com.snapengage.case.created\"}",
-        "casestream_dead_letters_total{widget=\"w1\"}",
+        "casestream_dead_letters_total{widget=\"w1\",reason=\"missing_id\"}",
         "casestream_pending_surveys",
         "casestream_known_cases",
         "casestream_state_size_bytes",

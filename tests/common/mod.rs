@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -315,4 +316,135 @@ pub fn without_survey(case: &Value) -> Value {
         map.remove("survey_comments");
     }
     case
+}
+
+/// A broker of this test's own, reset (stopped, data deleted) when dropped.
+pub struct OwnBroker {
+    env: Vec<(String, String)>,
+}
+
+impl OwnBroker {
+    pub fn script(&self, action: &str) -> String {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
+        let output = Command::new("bash")
+            .arg(script)
+            .arg(action)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run scripts/kafka.sh");
+        assert!(
+            output.status.success(),
+            "scripts/kafka.sh {action} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.script("reset");
+    }
+}
+
+pub fn free_port_pair() -> u16 {
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if port < 65000 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl OwnBroker {
+    /// A broker of the test's own on free ports, started; its bootstrap address.
+    pub fn start(name: &str) -> (Self, String) {
+        let port = free_port_pair();
+        let broker = OwnBroker {
+            env: vec![
+                ("CASESTREAM_KAFKA_PORT".into(), port.to_string()),
+                (
+                    "CASESTREAM_KAFKA_INSTANCE".into(),
+                    format!("{name}-{}", std::process::id()),
+                ),
+            ],
+        };
+        let bootstrap = broker.script("start");
+        assert_eq!(bootstrap, format!("127.0.0.1:{port}"));
+        (broker, bootstrap)
+    }
+}
+
+/// The real `casestream run` process, killed when dropped.
+pub struct Forwarder(pub Child);
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn spawn_forwarder(env: &[(String, String)], log: &std::path::Path) -> Forwarder {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Forwarder(
+        Command::new(env!("CARGO_BIN_EXE_casestream"))
+            .args(["run", "--log-format", "json"])
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The environment of a `casestream run` process against the simulator and a broker.
+pub fn process_env(
+    sim: &RunningSimulator,
+    bootstrap: &str,
+    prefix: &str,
+    state_dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("SNAPENGAGE_API_URL", sim.base_url().to_string()),
+        ("SNAPENGAGE_ORG_ID", sim.sim.config().org.clone()),
+        ("SNAPENGAGE_API_TOKEN", sim.sim.config().token.clone()),
+        ("SNAPENGAGE_WIDGET_IDS", sim.sim.config().widgets.join(",")),
+        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.to_owned()),
+        ("CASESTREAM_STATE_DIR", state_dir.display().to_string()),
+        ("CASESTREAM_TOPIC_CASES", format!("{prefix}.cases")),
+        ("CASESTREAM_TOPIC_SURVEYS", format!("{prefix}.surveys")),
+        ("CASESTREAM_TOPIC_DEADLETTER", format!("{prefix}.dead")),
+        ("CASESTREAM_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+/// A free port on loopback (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
