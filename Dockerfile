@@ -8,6 +8,11 @@ WORKDIR /src
 # librdkafka builds with its own configure script; cmake is not needed.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Cargo.toml declares `[[bench]] pipeline`, and cargo refuses a manifest whose declared targets
+# are missing, even for `--bin casestream`: benches/ must be here although nothing in it is
+# built. (Without it: "can't find `pipeline` bench", issue 9.) tests/ needs no copy: tests are
+# found by directory listing, not declared. scripts/check-image-build.sh checks this stage.
+COPY benches ./benches
 RUN cargo build --release --locked --bin casestream \
  && strip target/release/casestream \
  && mkdir -p /state
