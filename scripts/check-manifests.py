@@ -2,7 +2,10 @@
 """Checks the rendered Kubernetes objects (`kubectl kustomize deploy/overlays/example`) against
 what the project promises an operator: valid object shapes for the kinds used, one replica with
 a state volume, probes on the admin port, resources, a restricted security context, the token
-from a Secret, a grace period longer than the shutdown needs, Prometheus scrape annotations.
+from a Secret, a grace period longer than the shutdown needs, exactly one Prometheus scrape path
+(the Pod's annotations, not also the Service's), Parallel pod management (a rollout replaces an
+unready pod), a ReadWriteOncePod state claim (one writer), no service-link variables, and no
+PodDisruptionBudget (for one replica it either blocks node drains or does nothing).
 
 Reads the multi-document YAML on stdin; exits 1 naming every problem it finds."""
 import sys
@@ -15,6 +18,7 @@ API_VERSIONS = {
     "ConfigMap": "v1",
     "Service": "v1",
     "StatefulSet": "apps/v1",
+    "PodDisruptionBudget": "policy/v1",  # recognised, to be refused with a reason below
 }
 problems = []
 
@@ -44,6 +48,9 @@ for doc in docs:
     need(doc.get("apiVersion") == API_VERSIONS.get(kind), f"{kind}/{name}: apiVersion {doc.get('apiVersion')!r}")
     need(isinstance(name, str) and name and len(name) <= 63 and name == name.lower(), f"{kind}: bad metadata.name {name!r}")
     by_kind.setdefault(kind, []).append(doc)
+    if kind == "PodDisruptionBudget":
+        problems.append("PodDisruptionBudget: with one replica it blocks node drains or does nothing (see deploy/base/kustomization.yaml)")
+        continue
     for value in (dig(doc, "metadata", "labels", default={}) or {}).values():
         need(isinstance(value, str), f"{kind}/{name}: label values must be strings")
     if kind == "ConfigMap":
@@ -66,11 +73,15 @@ pod = dig(spec, "template", "spec")
 labels = dig(spec, "template", "metadata", "labels", default={})
 need(spec.get("replicas") == 1, "StatefulSet: exactly one replica per org")
 need(spec.get("serviceName") == svc["metadata"]["name"], "StatefulSet: serviceName must name the Service")
+need(spec.get("podManagementPolicy") == "Parallel", "StatefulSet: podManagementPolicy Parallel (with OrderedReady a rollout never replaces an unready pod)")
+need(pod.get("enableServiceLinks") is False, "pod enableServiceLinks false (service-link variables such as KAFKA_UI_SERVICE_HOST reach casestream's KAFKA_* settings)")
 selector = dig(spec, "selector", "matchLabels", default={})
 need(selector and all(labels.get(k) == v for k, v in selector.items()), "StatefulSet: selector must match the pod labels")
 need(all(labels.get(k) == v for k, v in (dig(svc, "spec", "selector", default={}) or {}).items()) and dig(svc, "spec", "selector"), "Service: selector must match the pods")
 claims = spec.get("volumeClaimTemplates") or []
 need(any(dig(c, "spec", "resources", "requests", "storage") for c in claims), "StatefulSet: a volume claim for the state")
+for claim in claims:
+    need(dig(claim, "spec", "accessModes") == ["ReadWriteOncePod"], f"volume claim {dig(claim, 'metadata', 'name')}: accessModes [ReadWriteOncePod] (one writer)")
 need(int(pod.get("terminationGracePeriodSeconds", 30)) >= 30, "terminationGracePeriodSeconds must leave time to finish a page and flush")
 psc = pod.get("securityContext") or {}
 need(psc.get("runAsNonRoot") is True, "pod securityContext.runAsNonRoot")
@@ -100,9 +111,14 @@ secret_mount = mounts.get("api-token", "")
 need(token_file.startswith(secret_mount + "/") and dig(volumes, "api-token", "secret", "secretName"), "the API token comes from a Secret volume")
 need(dig(env, "KAFKA_SASL_PASSWORD", "valueFrom", "secretKeyRef", "name"), "the SASL password comes from a Secret")
 need(any(dig(e, "configMapRef", "name") == cm["metadata"]["name"] for e in c.get("envFrom") or []), "settings come from the ConfigMap")
-for obj in (svc, sts["spec"]["template"]):
-    ann = dig(obj, "metadata", "annotations", default={}) or {}
-    need(ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port") == "8080", "Prometheus scrape annotations")
+# Exactly one scrape path: the Pod's annotations. With the Service's too, Prometheus' usual
+# kubernetes-pods and kubernetes-service-endpoints jobs would both scrape the pod.
+pod_ann = dig(sts, "spec", "template", "metadata", "annotations", default={}) or {}
+need(pod_ann.get("prometheus.io/scrape") == "true" and pod_ann.get("prometheus.io/port") == "8080"
+     and pod_ann.get("prometheus.io/path", "/metrics") == "/metrics", "Prometheus scrape annotations on the Pod template (port 8080, /metrics)")
+for doc in docs:
+    ann = dig(doc, "metadata", "annotations", default={}) or {}
+    need(not any(k.startswith("prometheus.io/") for k in ann), f"{doc['kind']}/{dig(doc, 'metadata', 'name')}: prometheus.io annotations (the Pod's are the one scrape path; both would scrape twice)")
 need(any(p.get("port") == 8080 for p in dig(svc, "spec", "ports", default=[])), "Service exposes the admin port")
 
 if problems:
