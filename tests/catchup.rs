@@ -1,0 +1,317 @@
+//! Catch-up, re-checks and midnight end to end on the simulator's virtual clock, against a
+//! real broker: days back from `CASESTREAM_SINCE`, a survey on a day older than the lookback
+//! found by a re-check after midnight, pruning that bounds the state without re-announcing,
+//! and the last check of a survey horizon that falls due while its window is read.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::{Value, json};
+
+use casestream::clock::Clock;
+use casestream::pipeline::tracker::CaseRecord;
+use casestream::simulator::generator::SurveyPlan;
+use casestream::simulator::{Faults, SimConfig};
+use casestream::snapengage::Case;
+use casestream::state::{SqliteStore, StateStore, StoredCase, WidgetProgress};
+use common::*;
+
+fn at(text: &str) -> DateTime<Utc> {
+    text.parse().unwrap()
+}
+
+fn ms(text: &str) -> i64 {
+    at(text).timestamp_millis()
+}
+
+/// A case of `widget` created at `created`, ending 5 minutes later.
+fn case_at(
+    sim: &casestream::simulator::http::RunningSimulator,
+    widget: &str,
+    id: &str,
+    created: &str,
+) -> Value {
+    let mut case = sim.sim.make_case(widget);
+    case["id"] = json!(id);
+    case["created_at_date"] = json!(ms(created));
+    case["chat_waittime"] = json!(0);
+    case["chat_duration"] = json!(300);
+    case
+}
+
+/// Events per case id (subject) in a topic.
+async fn events_by_case(bootstrap: &str, topic: &str) -> HashMap<String, Vec<Value>> {
+    let mut by_case: HashMap<String, Vec<Value>> = HashMap::new();
+    for record in read_topic_async(bootstrap, topic, Duration::from_secs(2)).await {
+        let event = record.json();
+        by_case
+            .entry(event["subject"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(event);
+    }
+    by_case
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_across_midnight_with_a_late_survey_and_pruning() {
+    let bootstrap = kafka_bootstrap().await;
+    // 600x: ten virtual minutes a second; the run starts ten minutes before midnight.
+    let clock = Clock::scaled(at("2026-03-10T23:50:00Z"), 600.0);
+    let sim = start_simulator(
+        SimConfig {
+            widgets: vec!["w1".into(), "w2".into()],
+            cases_per_hour: 20.0,
+            history: Duration::from_secs(5 * 86_400),
+            survey_delay: Duration::from_secs(300),
+            survey_spread: Duration::from_secs(600),
+            survey_late_max: Duration::from_secs(3600),
+            ..SimConfig::default()
+        },
+        clock.clone(),
+    )
+    .await;
+    // Ends 2026-03-08T15:45, older than the lookback; its survey lands after midnight and a
+    // re-check (due 2026-03-11T00:30 on the back-off schedule) finds it.
+    let late = case_at(&sim, "w1", "late-survey", "2026-03-08T15:40:00Z");
+    sim.sim.add_case(
+        "w1",
+        late,
+        None,
+        Some(SurveyPlan {
+            at_ms: ms("2026-03-11T00:20:00Z"),
+            score: Some(90),
+            comments: Some("found late".into()),
+        }),
+    );
+    let prefix = unique_prefix("catchup");
+    let dir = tempfile::tempdir().unwrap();
+    let extra = [
+        ("CASESTREAM_SINCE", "2026-03-05"),
+        ("CASESTREAM_SURVEY_HORIZON", "3d"),
+    ];
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), &extra);
+    let forwarder = RunningForwarder::start(config, clock.clone());
+    let surveys_topic = format!("{prefix}.surveys");
+    eventually(
+        Duration::from_secs(60),
+        "the late survey and an hour past midnight",
+        async || {
+            clock.now() > at("2026-03-11T01:00:00Z")
+                && events_by_case(&bootstrap, &surveys_topic)
+                    .await
+                    .contains_key("late-survey")
+        },
+    )
+    .await;
+    let addr = *forwarder.health.admin_addr.get().unwrap();
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    forwarder.stop().await;
+    let end = clock.now();
+
+    let created = events_by_case(&bootstrap, &format!("{prefix}.cases")).await;
+    let mut after_midnight = 0;
+    let mut total = 0;
+    for widget in ["w1", "w2"] {
+        for value in sim.sim.visible_cases(widget) {
+            let case = Case::from_value(value).unwrap();
+            let created_at = case.created_at().unwrap();
+            if created_at < at("2026-03-05T00:00:00Z")
+                || case.chat_end().unwrap() > end - chrono::Duration::minutes(10)
+            {
+                continue;
+            }
+            total += 1;
+            if created_at >= at("2026-03-11T00:00:00Z") {
+                after_midnight += 1;
+            }
+            let events = created.get(case.id()).unwrap_or_else(|| {
+                panic!("case {} created {created_at} never announced", case.id())
+            });
+            assert_eq!(events.len(), 1, "case {} announced once", case.id());
+        }
+    }
+    assert!(total > 2000, "{total} cases over five days");
+    assert!(
+        after_midnight >= 5,
+        "{after_midnight} cases after midnight announced"
+    );
+    let surveys = events_by_case(&bootstrap, &surveys_topic).await;
+    let late = &surveys["late-survey"];
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0]["data"]["survey"]["comments"], "found late");
+    assert!(at(late[0]["time"].as_str().unwrap()) >= at("2026-03-11T00:20:00Z"));
+    for (id, events) in &surveys {
+        let mut ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+        ids.dedup();
+        assert_eq!(
+            ids.len(),
+            events.len(),
+            "case {id}: a survey event repeated"
+        );
+    }
+
+    // Days whose cases are past the horizon were pruned: the state holds the recent days.
+    let pruned = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"casestream_state_pruned_total{kind="cases"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(pruned > 500.0, "pruned {pruned}:\n{metrics}");
+    let known = SqliteStore::open(dir.path())
+        .unwrap()
+        .stats()
+        .unwrap()
+        .known_cases;
+    assert!(
+        (known as f64) < total as f64 - pruned + 100.0,
+        "{known} known of {total}"
+    );
+
+    // A restart re-reads nothing it pruned: no case is announced twice.
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), &extra);
+    let again = RunningForwarder::start(config, clock.clone());
+    let before = clock.now();
+    eventually(
+        Duration::from_secs(30),
+        "a while after restarting",
+        async || {
+            again
+                .health
+                .last_poll_ok_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+                && clock.now() - before > chrono::Duration::minutes(30)
+        },
+    )
+    .await;
+    again.stop().await;
+    for (id, events) in events_by_case(&bootstrap, &format!("{prefix}.cases")).await {
+        assert_eq!(
+            events.len(),
+            1,
+            "case {id} announced again after the restart"
+        );
+    }
+    sim.stop().await.unwrap();
+}
+
+/// The horizon's last check falls due while its day's re-check window is being read (the
+/// window's second page is slow): it is not skipped, and the survey that landed just before
+/// it is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_check_of_the_horizon_is_never_skipped() {
+    let bootstrap = kafka_bootstrap().await;
+    let start = at("2026-03-10T08:00:00Z");
+    let clock = Clock::scaled(start, 60.0);
+    let sim = start_simulator(
+        SimConfig {
+            widgets: vec!["w1".into()],
+            cases_per_hour: 0.0,
+            history: Duration::ZERO,
+            page_size: 1,
+            ..SimConfig::default()
+        },
+        clock.clone(),
+    )
+    .await;
+    // B's horizon (chat end + 1 day) is start + 5 min; its survey lands at start + 4.5 min.
+    let b = case_at(&sim, "w1", "case-b", "2026-03-09T08:00:00Z");
+    sim.sim.add_case(
+        "w1",
+        b,
+        None,
+        Some(SurveyPlan {
+            at_ms: (start + chrono::Duration::seconds(270)).timestamp_millis(),
+            score: Some(70),
+            comments: None,
+        }),
+    );
+    // A, on the same day, is due at start: it makes the day due. It comes second, on a slow
+    // page, so the window spans B's last check.
+    let a = case_at(&sim, "w1", "case-a", "2026-03-09T12:00:00Z");
+    sim.sim.add_case("w1", a, None, None);
+    sim.sim.set_faults(Faults {
+        slow_cursor_ms: 20_000,
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let day = NaiveDate::from_ymd_opt(2026, 3, 9).unwrap();
+        store
+            .set_widget(
+                "w1",
+                &WidgetProgress {
+                    since: day,
+                    caught_up_through: Some(day),
+                    last_fresh_poll: None,
+                },
+            )
+            .unwrap();
+        let seeded = |id: &str, chat_end: &str, next: DateTime<Utc>| StoredCase {
+            id: id.into(),
+            widget: "w1".into(),
+            day,
+            record: CaseRecord {
+                first_seen: at(chat_end),
+                chat_end: at(chat_end),
+                created_emitted: true,
+                survey_digest: None,
+                next_check: Some(next),
+            },
+        };
+        store
+            .commit_cases(&[
+                seeded(
+                    "case-b",
+                    "2026-03-09T08:05:00Z",
+                    start + chrono::Duration::minutes(5),
+                ),
+                seeded(
+                    "case-a",
+                    "2026-03-09T12:05:00Z",
+                    start - chrono::Duration::minutes(1),
+                ),
+            ])
+            .unwrap();
+    }
+    let prefix = unique_prefix("horizon");
+    let config = forwarder_config(
+        &sim,
+        &bootstrap,
+        &prefix,
+        dir.path(),
+        &[
+            ("CASESTREAM_LOOKBACK", "0s"),
+            ("CASESTREAM_SURVEY_HORIZON", "1d"),
+        ],
+    );
+    let forwarder = RunningForwarder::start(config, clock.clone());
+    let surveys_topic = format!("{prefix}.surveys");
+    eventually(
+        Duration::from_secs(90),
+        "B's survey, found by its last check",
+        async || {
+            events_by_case(&bootstrap, &surveys_topic)
+                .await
+                .contains_key("case-b")
+        },
+    )
+    .await;
+    forwarder.stop().await;
+    let surveys = events_by_case(&bootstrap, &surveys_topic).await;
+    let event = &surveys["case-b"][0];
+    assert!(
+        at(event["time"].as_str().unwrap()) >= start + chrono::Duration::minutes(5),
+        "seen at the last check, not earlier: {event}"
+    );
+    sim.stop().await.unwrap();
+}
