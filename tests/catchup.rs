@@ -235,8 +235,9 @@ async fn the_last_check_of_the_horizon_is_never_skipped() {
         }),
     );
     // A, on the same day, is due at start: it makes the day due. It comes second, on a slow
-    // page, so the window spans B's last check.
-    let a = case_at(&sim, "w1", "case-a", "2026-03-09T12:00:00Z");
+    // page, so the window spans B's last check. Its own horizon passes during the window, so
+    // nothing but B's pending check can make the day be read again.
+    let a = case_at(&sim, "w1", "case-a", "2026-03-09T08:01:00Z");
     sim.sim.add_case("w1", a, None, None);
     sim.sim.set_faults(Faults {
         slow_cursor_ms: 20_000,
@@ -277,7 +278,7 @@ async fn the_last_check_of_the_horizon_is_never_skipped() {
                 ),
                 seeded(
                     "case-a",
-                    "2026-03-09T12:05:00Z",
+                    "2026-03-09T08:06:00Z",
                     start - chrono::Duration::minutes(1),
                 ),
             ])
