@@ -218,6 +218,36 @@ mod tests {
         assert_eq!(created.get_version_num(), 5);
     }
 
+    /// Event ids are a contract with consumers that dedupe: these values were computed
+    /// independently (Python's `uuid.uuid5` over the same namespace and names) and must never
+    /// change between releases.
+    #[test]
+    fn golden_event_ids() {
+        assert_eq!(
+            event_id("acme", "12345", &EventKind::Created).to_string(),
+            "fe5cb8a0-67ec-55cf-a885-b482ddebd5da"
+        );
+        let survey = |score, comments: &str| EventKind::Survey {
+            score,
+            comments: Some(comments.to_owned()),
+        };
+        assert_eq!(
+            survey_digest(&Survey {
+                score: Some(100),
+                comments: Some("great".into())
+            }),
+            "a0d465ed-bfbd-5cb9-a700-1a07242f75da"
+        );
+        assert_eq!(
+            event_id("acme", "12345", &survey(Some(100), "great")).to_string(),
+            "67dd4056-bc95-5f1a-93e8-424def4a64b7"
+        );
+        assert_eq!(
+            event_id("acme", "12345", &survey(None, "ok")).to_string(),
+            "4a3c387f-e9dc-52b1-b50a-a1ff3866ea69"
+        );
+    }
+
     #[test]
     fn envelope_attributes() {
         let now = Utc::now();

@@ -119,24 +119,149 @@ async fn repeated_cases_across_pages_keep_the_set_intact() {
     sim.stop().await.unwrap();
 }
 
+/// The server's own request timestamps show the client waited the Retry-After it was given,
+/// though its own backoff (10 ms) would have asked again at once.
 #[tokio::test]
 async fn retry_after_is_honoured() {
-    let sim = simulator(1, Faults::default()).await;
-    sim.sim.set_faults(Faults {
-        rate_429: 1.0,
-        retry_after_secs: 1,
-        ..Faults::default()
-    });
+    let seen: Arc<std::sync::Mutex<Vec<std::time::Instant>>> = Arc::default();
+    let log = seen.clone();
+    let addr = serve(Router::new().route(
+        "/api/v2/{org}/logs",
+        get(move || {
+            let log = log.clone();
+            async move {
+                let mut times = log.lock().unwrap();
+                times.push(std::time::Instant::now());
+                if times.len() == 1 {
+                    (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", "1")],
+                        String::new(),
+                    )
+                } else {
+                    (
+                        StatusCode::OK,
+                        [("content-type", "application/json")],
+                        r#"{"cases": [], "linkToNextSetOfResults": ""}"#.to_owned(),
+                    )
+                }
+            }
+        }),
+    ))
+    .await;
+    let client = client_for(format!("http://{addr}").parse().unwrap(), "demo", TOKEN);
+    let fetched = fetch_all(&client, "w1").await.unwrap();
+    assert!(fetched.is_empty());
+    let times = seen.lock().unwrap().clone();
+    assert_eq!(times.len(), 2, "one 429, then one request after waiting");
+    let gap = times[1] - times[0];
+    assert!(
+        gap >= Duration::from_secs(1),
+        "asked again after {gap:?}, before Retry-After: 1"
+    );
+}
+
+/// A cursor that comes back, and a window longer than `max_pages`, end the window with a
+/// clear error after a bounded number of requests.
+#[tokio::test]
+async fn looping_cursors_and_runaway_windows_are_given_up() {
+    let sim = simulator(
+        10,
+        Faults {
+            loop_links: vec!["w1".into()],
+            ..Faults::default()
+        },
+    )
+    .await;
     let client = client_for(sim.base_url(), "demo", TOKEN);
-    let fetch = tokio::spawn(async move { fetch_all(&client, "w1").await });
-    // Our own backoff starts at 10 ms: without Retry-After the client would ask ~20 more
-    // times in the next 400 ms. Honouring it, it asks once.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    sim.sim.set_faults(Faults::default());
-    let fetched = fetch.await.unwrap().unwrap();
-    assert_eq!(sim.sim.stats().faults_429, 1);
-    assert_eq!(fetched, sim.sim.visible_cases("w1"));
+    let err = fetch_all(&client, "w1").await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::LinkLoop { pages: 2, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("already followed"), "{err}");
+    assert_eq!(
+        sim.sim.stats().requests,
+        2,
+        "the loop is noticed on its first repeat"
+    );
+
+    let mut config = ClientConfig::new(sim.base_url(), "demo", SecretString::from(TOKEN));
+    config.rate_limit_per_sec = 1000.0;
+    config.max_pages = 3;
+    let err = fetch_all(&LogsClient::new(config).unwrap(), "w2")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::TooManyPages { max: 3 }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("CASESTREAM_MAX_PAGES"), "{err}");
+    assert_eq!(sim.sim.stats().requests, 2 + 3);
     sim.stop().await.unwrap();
+}
+
+/// A body over the cap is refused without being held: by its Content-Length, or while it
+/// streams in when the server does not say.
+#[tokio::test]
+async fn bodies_over_the_cap_are_refused() {
+    let big = format!(
+        r#"{{"cases": [{{"id": "x", "t": "{}"}}], "linkToNextSetOfResults": ""}}"#,
+        "a".repeat(3 << 20)
+    );
+    let sized = big.clone();
+    let addr = serve(Router::new().route(
+        "/api/v2/{org}/logs",
+        get(move || {
+            let body = sized.clone();
+            async move { ([("content-type", "application/json")], body) }
+        }),
+    ))
+    .await;
+    let mut config = ClientConfig::new(
+        format!("http://{addr}").parse().unwrap(),
+        "demo",
+        SecretString::from(TOKEN),
+    );
+    config.max_body = 1 << 20;
+    let err = fetch_all(&LogsClient::new(config.clone()).unwrap(), "w1")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::BodyTooLarge { limit } if limit == 1 << 20),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("CASESTREAM_MAX_BODY"), "{err}");
+    assert!(!err.is_transient());
+
+    // Chunked, with no length given.
+    let streamed = big.clone();
+    let addr = serve(Router::new().route(
+        "/api/v2/{org}/logs",
+        get(move || {
+            let chunks: Vec<Result<String, std::io::Error>> = streamed
+                .as_bytes()
+                .chunks(64 << 10)
+                .map(|c| Ok(String::from_utf8(c.to_vec()).unwrap()))
+                .collect();
+            async move { axum::body::Body::from_stream(futures::stream::iter(chunks)) }
+        }),
+    ))
+    .await;
+    config.base_url = format!("http://{addr}").parse().unwrap();
+    let err = fetch_all(&LogsClient::new(config.clone()).unwrap(), "w1")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::BodyTooLarge { .. }), "{err:?}");
+    // Under the cap it reads fine.
+    config.max_body = 8 << 20;
+    assert_eq!(
+        fetch_all(&LogsClient::new(config).unwrap(), "w1")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]

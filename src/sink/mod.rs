@@ -408,3 +408,60 @@ impl KafkaSink {
             .map_err(SinkError::Unreachable)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{EventFormat, Topics};
+
+    fn settings(properties: &[(&str, &str)]) -> KafkaSettings {
+        KafkaSettings {
+            properties: properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            topics: Topics {
+                cases: "c".into(),
+                surveys: "s".into(),
+                deadletter: "d".into(),
+            },
+            event_format: EventFormat::Structured,
+            create_topics: true,
+            topic_partitions: 1,
+            topic_replication: None,
+        }
+    }
+
+    /// The delivery guarantee rests on these: an operator's setting cannot weaken them, while
+    /// our other defaults give way to the operator's.
+    #[test]
+    fn producer_requirements_override_the_operator_and_defaults_do_not() {
+        let config = client_config(&settings(&[
+            ("bootstrap.servers", "k:9092"),
+            ("enable.idempotence", "false"),
+            ("acks", "1"),
+            ("linger.ms", "50"),
+        ]));
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        assert_eq!(config.get("acks"), Some("all"));
+        assert_eq!(config.get("linger.ms"), Some("50"));
+        assert_eq!(config.get("compression.type"), Some("lz4"));
+        assert_eq!(config.get("bootstrap.servers"), Some("k:9092"));
+        let plain = client_config(&settings(&[("bootstrap.servers", "k:9092")]));
+        assert_eq!(plain.get("enable.idempotence"), Some("true"));
+        assert_eq!(plain.get("acks"), Some("all"));
+        assert_eq!(plain.get("message.timeout.ms"), Some("120000"));
+    }
+
+    #[test]
+    fn the_largest_record_follows_message_max_bytes() {
+        let sink = KafkaSink::new(&settings(&[("bootstrap.servers", "127.0.0.1:1")])).unwrap();
+        assert_eq!(sink.max_record_bytes(), DEFAULT_MAX_RECORD_BYTES);
+        let sink = KafkaSink::new(&settings(&[
+            ("bootstrap.servers", "127.0.0.1:1"),
+            ("message.max.bytes", "5000000"),
+        ]))
+        .unwrap();
+        assert_eq!(sink.max_record_bytes(), 5_000_000);
+    }
+}

@@ -96,7 +96,9 @@ impl Record {
     }
 }
 
-/// Reads a topic from the beginning until no record arrived for `idle`.
+/// Reads a topic from the beginning up to its end as of the call (the high watermarks then),
+/// or until no record arrived for `idle`. A topic still being written to is read as a
+/// snapshot, never followed forever.
 pub fn read_topic(bootstrap: &str, topic: &str, idle: Duration) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -109,20 +111,33 @@ pub fn read_topic(bootstrap: &str, topic: &str, idle: Duration) -> Vec<Record> {
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .expect("topic metadata");
     let mut assignment = TopicPartitionList::new();
+    let mut ends: HashMap<i32, i64> = HashMap::new();
     for t in metadata.topics() {
         for p in t.partitions() {
             assignment
                 .add_partition_offset(topic, p.id(), Offset::Beginning)
                 .expect("partition offset");
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .expect("watermarks");
+            if high > low {
+                ends.insert(p.id(), high);
+            }
         }
     }
     consumer.assign(&assignment).expect("assign partitions");
     let mut records = Vec::new();
     let mut last = Instant::now();
-    while last.elapsed() < idle {
+    while !ends.is_empty() && last.elapsed() < idle {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(message)) => {
                 last = Instant::now();
+                if ends
+                    .get(&message.partition())
+                    .is_some_and(|end| message.offset() + 1 >= *end)
+                {
+                    ends.remove(&message.partition());
+                }
                 let headers = message
                     .headers()
                     .map(|h| {
