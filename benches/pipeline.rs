@@ -47,6 +47,10 @@ struct Args {
     state_sizes: Vec<u64>,
     latency_samples: usize,
     idle_secs: u64,
+    /// Days of history for the pruning measurement (0: skip it).
+    history_days: u64,
+    /// Only the state measurements: no broker, no pipeline.
+    only_state: bool,
 }
 
 fn parse_args() -> Args {
@@ -56,6 +60,8 @@ fn parse_args() -> Args {
         state_sizes: vec![1_000_000, 10_000_000],
         latency_samples: 60,
         idle_secs: 30,
+        history_days: 365,
+        only_state: false,
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let mut it = raw.iter();
@@ -73,6 +79,8 @@ fn parse_args() -> Args {
             }
             "--latency-samples" => args.latency_samples = value().parse().expect("N"),
             "--idle-secs" => args.idle_secs = value().parse().expect("N"),
+            "--history-days" => args.history_days = value().parse().expect("N"),
+            "--only-state" => args.only_state = true,
             // cargo bench passes --bench; a probe child gets --probe-state.
             _ => {}
         }
@@ -93,6 +101,10 @@ fn main() {
         return;
     }
     let args = parse_args();
+    if args.only_state {
+        println!("Machine: {}\n{}", machine(), state_sections(&args));
+        return;
+    }
     let bootstrap = std::env::var("BENCH_KAFKA_BOOTSTRAP")
         .or_else(|_| std::env::var("TEST_KAFKA_BOOTSTRAP"))
         .expect("set BENCH_KAFKA_BOOTSTRAP to a broker (scripts/bench.sh starts one)");
@@ -676,14 +688,107 @@ async fn run(args: &Args, bootstrap: &str) -> String {
         idle_cpu * 100.0
     ));
 
+    out.push_str(&state_sections(args));
+    let _ = sim.stop().await;
+    out
+}
+
+/// The state measurements: scaling with known ids, and pruning a long history.
+fn state_sections(args: &Args) -> String {
+    let mut out = String::new();
     if !args.state_sizes.is_empty() {
         out.push_str("\n## State scaling\n\n| known ids | file | fill | start-up (open + first queries) | RSS after start-up | dedupe per page (100 ids) | stats query |\n|---|---|---|---|---|---|---|\n");
         for &size in &args.state_sizes {
             out.push_str(&state_scaling(size));
         }
     }
-    let _ = sim.stop().await;
+    if args.history_days > 0 {
+        out.push_str(&format!(
+            "\n## State pruning\n\n{PRUNE_WIDGETS} widgets x {PRUNE_PER_DAY} cases a day, {} days of history; \
+             pruned as the forwarder does (1-day lookback, 7-day survey horizon, 64 days per turn).\n\n\
+             | cases before | file before | cases after | file after | pruned | prune time |\n|---|---|---|---|---|---|\n",
+            args.history_days
+        ));
+        out.push_str(&state_pruning(args.history_days));
+    }
     out
+}
+
+const PRUNE_WIDGETS: u64 = 4;
+const PRUNE_PER_DAY: u64 = 2_400;
+
+/// Bytes of the state on disk: the database and its write-ahead log.
+fn state_bytes(dir: &Path) -> u64 {
+    let file = casestream::state::sqlite::STATE_FILE;
+    [file.to_owned(), format!("{file}-wal")]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// A state holding `days` of history, then pruned as the forwarder prunes it.
+fn state_pruning(days: u64) -> String {
+    let dir: PathBuf = tempfile::tempdir().unwrap().keep();
+    let today = Utc::now().date_naive();
+    let horizon = chrono::Duration::days(7);
+    let now = Utc::now();
+    let store = SqliteStore::open(&dir).unwrap();
+    let mut n = 0u64;
+    for back in (0..days).rev() {
+        let day = today - chrono::Days::new(back);
+        let midnight = day.and_hms_opt(0, 0, 0).unwrap().and_utc();
+        for w in 1..=PRUNE_WIDGETS {
+            let cases: Vec<StoredCase> = (0..PRUNE_PER_DAY)
+                .map(|k| {
+                    n += 1;
+                    let t =
+                        midnight + chrono::Duration::seconds((k * 86_400 / PRUNE_PER_DAY) as i64);
+                    StoredCase {
+                        id: uuid::Uuid::from_u128(n as u128 * 0x9E37_79B9_7F4A_7C15).to_string(),
+                        widget: format!("w{w}"),
+                        day,
+                        record: CaseRecord {
+                            first_seen: t,
+                            chat_end: t,
+                            created_emitted: true,
+                            survey_digest: None,
+                            // Watched for a survey until the horizon.
+                            next_check: (t + horizon > now).then_some(t + horizon),
+                        },
+                    }
+                })
+                .collect();
+            store.commit_cases(&cases).unwrap();
+        }
+    }
+    let before_cases = store.stats().unwrap().known_cases;
+    let before_bytes = state_bytes(&dir);
+    let fresh_start = today - chrono::Days::new(1);
+    let started = Instant::now();
+    let mut pruned = 0;
+    for w in 1..=PRUNE_WIDGETS {
+        loop {
+            let removed = store.prune_days(&format!("w{w}"), fresh_start, 64).unwrap();
+            pruned += removed;
+            if removed == 0 {
+                break;
+            }
+        }
+    }
+    let took = started.elapsed();
+    let after_cases = store.stats().unwrap().known_cases;
+    drop(store);
+    // Reopened, so the write-ahead log is checkpointed into the file.
+    drop(SqliteStore::open(&dir).unwrap());
+    let after_bytes = state_bytes(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    format!(
+        "| {before_cases} | {:.0} MB | {after_cases} | {:.1} MB | {pruned} | {:.1} s |\n",
+        before_bytes as f64 / 1e6,
+        after_bytes as f64 / 1e6,
+        took.as_secs_f64()
+    )
 }
 
 fn machine() -> String {

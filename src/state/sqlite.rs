@@ -52,8 +52,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE INDEX IF NOT EXISTS dead_letters_by_age ON dead_letters (at_ms);
 ";
 
-/// Free pages handed back to the file system after a prune, at most (4 KiB each).
-const VACUUM_PAGES: i64 = 4096;
+/// Free pages handed back to the file system after a prune turn, at most (4 KiB each).
+const VACUUM_PAGES: i64 = 16_384;
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -108,6 +108,10 @@ impl SqliteStore {
     fn init(&self) -> Result<(), StateError> {
         let conn = self.conn();
         let err = self.err();
+        // Takes effect only on a new, empty file, and only before WAL mode writes its header:
+        // pruned pages then go back to the disk. Older files reuse them instead.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(&err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(&err)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -119,9 +123,6 @@ impl SqliteStore {
             .map_err(&err)?;
         match version {
             0 => {
-                // Only a new file can choose this: pruned pages then go back to the disk.
-                conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
-                    .map_err(&err)?;
                 conn.execute_batch(SCHEMA).map_err(&err)?;
                 conn.execute_batch(SCHEMA_V2).map_err(&err)?;
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -151,9 +152,15 @@ impl SqliteStore {
     /// Hands some free pages back to the file system (a no-op on files made before schema
     /// version 2, which reuse them instead).
     fn vacuum_some(&self) -> Result<(), StateError> {
-        self.conn()
-            .execute_batch(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))
-            .map_err(self.err())
+        let conn = self.conn();
+        let err = self.err();
+        let mut stmt = conn
+            .prepare(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))
+            .map_err(&err)?;
+        // Each step of this pragma frees one page: step it to the end.
+        let mut rows = stmt.query([]).map_err(&err)?;
+        while rows.next().map_err(&err)?.is_some() {}
+        Ok(())
     }
 
     fn parse_day(&self, text: &str) -> Result<NaiveDate, StateError> {
@@ -569,6 +576,61 @@ mod tests {
         let due = store.due_cases("w1", day("2026-01-01"), t(6_000)).unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].id, "a");
+    }
+
+    #[test]
+    fn pruning_removes_whole_days_no_case_awaits_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store
+            .commit_cases(&[
+                stored("a", "2026-01-01", None),
+                stored("b", "2026-01-01", None),
+                // Day 2 still has a case awaiting a survey: the whole day stays, or its
+                // re-check would announce its other cases again.
+                stored("c", "2026-01-02", None),
+                stored("d", "2026-01-02", Some(5_000)),
+                // Day 3 is not before the cut.
+                stored("e", "2026-01-03", None),
+            ])
+            .unwrap();
+        store
+            .commit_page(
+                &[],
+                &[DeadLetterMark {
+                    digest: "x".into(),
+                    widget: "w1".into(),
+                    case_id: None,
+                    reason_code: "missing_id".into(),
+                    at: t(1_000),
+                }],
+            )
+            .unwrap();
+        assert_eq!(store.prune_days("w2", day("2026-01-03"), 10).unwrap(), 0);
+        assert_eq!(store.prune_days("w1", day("2026-01-03"), 10).unwrap(), 2);
+        let left = store.lookup(&["a", "b", "c", "d", "e"]).unwrap();
+        let mut ids: Vec<&str> = left.keys().map(String::as_str).collect();
+        ids.sort();
+        assert_eq!(ids, ["c", "d", "e"]);
+        assert_eq!(store.known_dead_letters(&["x", "y"]).unwrap().len(), 1);
+        assert_eq!(store.prune_dead_letters(t(500)).unwrap(), 0);
+        assert_eq!(store.prune_dead_letters(t(2_000)).unwrap(), 1);
+        assert!(store.known_dead_letters(&["x"]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_version_1_file_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(STATE_FILE)).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store
+            .commit_cases(&[stored("a", "2026-01-01", None)])
+            .unwrap();
+        assert_eq!(store.prune_days("w1", day("2026-01-02"), 10).unwrap(), 1);
     }
 
     #[test]
