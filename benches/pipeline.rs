@@ -3,9 +3,11 @@
 //! broker and writes BENCHMARKS.md; see that file for how to read the numbers.
 //!
 //!   cargo bench --bench pipeline -- [--cases N] [--widgets N] [--state-sizes 1000000,10000000]
-//!                                   [--latency-samples N] [--idle-secs N]
+//!                                   [--latency-samples N] [--idle-secs N] [--history-days N]
+//!   cargo bench --bench pipeline -- --only-state     the state measurements alone, no broker
 //!
-//! Needs BENCH_KAFKA_BOOTSTRAP (or TEST_KAFKA_BOOTSTRAP). Timings are printed, never asserted.
+//! Needs BENCH_KAFKA_BOOTSTRAP (or TEST_KAFKA_BOOTSTRAP), except with --only-state. Timings are
+//! printed, never asserted.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

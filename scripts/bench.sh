@@ -12,7 +12,7 @@ args=()
 for a in "$@"; do
   case "$a" in
     --write) write=1 ;;
-    --small) args+=(--cases 5000 --widgets 2 --state-sizes 20000 --latency-samples 10 --idle-secs 3) ;;
+    --small) args+=(--cases 5000 --widgets 2 --state-sizes 20000 --history-days 10 --latency-samples 10 --idle-secs 3) ;;
     *) args+=("$a") ;;
   esac
 done

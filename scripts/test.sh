@@ -35,5 +35,5 @@ cargo test --locked --all-targets 2>&1 | tee "$log"
 passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
 echo "== benchmark harness, small size (proves it works; the numbers mean nothing in a debug build)"
 BENCH_KAFKA_BOOTSTRAP=$TEST_KAFKA_BOOTSTRAP cargo test --locked --bench pipeline -- --bench \
-  --cases 3000 --widgets 2 --state-sizes 20000 --latency-samples 5 --idle-secs 2
+  --cases 3000 --widgets 2 --state-sizes 20000 --history-days 10 --latency-samples 5 --idle-secs 2
 echo "tests: $passed passed, 0 failed"
