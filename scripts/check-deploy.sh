@@ -13,34 +13,18 @@
 # environment under .cache/ (not committed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo=$PWD
 
 # The Kubernetes versions to validate against: the first with ReadWriteOncePod GA (1.29 made it
 # GA; 1.30 is the oldest still in common support) and the newest kubernetes-validate bundles.
 KUBE_VERSIONS=${CASESTREAM_KUBE_VERSIONS:-"1.30.0 1.37.0"}
 
-apt_install() {
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get install -y -q "$@" >/dev/null 2>&1 \
-    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q "$@" >/dev/null; }
-}
+# shellcheck source=scripts/lib/tools.sh
+. "$repo/scripts/lib/tools.sh"
 
 command -v docker-compose >/dev/null 2>&1 || apt_install docker-compose
 python3 -c 'import yaml' 2>/dev/null || apt_install python3-yaml
 
-# Tools from PyPI go to a virtual environment of the project: no clash with a system Python
-# that refuses `pip install` (PEP 668).
-tools_venv=$PWD/.cache/deploy-tools
-pip_tool() { # pip_tool <command> <pip requirement>
-  if ! command -v "$1" >/dev/null 2>&1 && [ ! -x "$tools_venv/bin/$1" ]; then
-    if [ ! -x "$tools_venv/bin/pip" ]; then
-      python3 -m venv "$tools_venv" 2>/dev/null || { apt_install python3-venv && rm -rf "$tools_venv" && python3 -m venv "$tools_venv"; }
-    fi
-    echo "installing $2 from PyPI into $tools_venv" >&2
-    "$tools_venv/bin/pip" install -q --disable-pip-version-check "$2" >&2
-  fi
-  case ":$PATH:" in *":$tools_venv/bin:"*) ;; *) PATH=$PATH:$tools_venv/bin ;; esac
-}
 pip_tool kubernetes-validate kubernetes-validate==1.37.0
 
 kustomize() {

@@ -27,6 +27,20 @@ async fn metric(admin: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Waits until the process counted a delivery error (its counter restarts with it).
+async fn delivery_errors_counted(admin: &str) {
+    eventually(
+        Duration::from_secs(60),
+        "delivery errors counted",
+        async || {
+            metric(admin, "casestream_kafka_delivery_errors_total")
+                .await
+                .is_some_and(|n| n > 0.0)
+        },
+    )
+    .await;
+}
+
 /// Case ids per topic, as read back.
 async fn keys(bootstrap: &str, topic: &str) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
@@ -131,17 +145,7 @@ async fn nothing_commits_before_kafka_acknowledges() {
 
     // 2. The broker stops until delivery errors are counted; SIGKILL; broker back; restart.
     broker.script("stop");
-    eventually(
-        Duration::from_secs(60),
-        "delivery errors counted",
-        async || {
-            metric(&admin, "casestream_kafka_delivery_errors_total")
-                .await
-                .unwrap_or(0.0)
-                > 0.0
-        },
-    )
-    .await;
+    delivery_errors_counted(&admin).await;
     let outage_cases = sim.sim.stats().cases_served;
     forwarder.0.kill().unwrap();
     forwarder.0.wait().unwrap();
@@ -152,17 +156,7 @@ async fn nothing_commits_before_kafka_acknowledges() {
 
     // 3. The same with SIGTERM: exit 0 within 30 s although Kafka is down, nothing lost.
     broker.script("stop");
-    eventually(
-        Duration::from_secs(60),
-        "delivery errors counted again",
-        async || {
-            metric(&admin, "casestream_kafka_delivery_errors_total")
-                .await
-                .unwrap_or(0.0)
-                > 0.0
-        },
-    )
-    .await;
+    delivery_errors_counted(&admin).await;
     let pid = forwarder.0.id().to_string();
     assert!(
         Command::new("kill")

@@ -104,6 +104,16 @@ async fn an_oversized_case_is_dead_lettered_once_and_nothing_stalls() {
     .await;
     let (ready, body) = admin(&health, "/readyz").await;
     assert_eq!(ready, 200, "{body}");
+    // The bad case changes (other bytes): it is a new input, dead-lettered again, once.
+    let edited = json!({"type": "chat", "description": "no id at all, edited"});
+    sim.sim.add_case("w2", edited.clone(), None, None);
+    let requests = sim.sim.stats().requests;
+    eventually(
+        Duration::from_secs(60),
+        "5 polls after the edit",
+        async || sim.sim.stats().requests >= requests + 10,
+    )
+    .await;
     forwarder.stop().await;
 
     let dead = read_topic_async(
@@ -158,7 +168,15 @@ async fn an_oversized_case_is_dead_lettered_once_and_nothing_stalls() {
         "missing_id"
     );
     assert_eq!(no_id_letters[0].headers["casestream_body"], "raw");
-    assert_eq!(dead.len(), 2, "nothing else was dead-lettered");
+    let edited_letters = dead
+        .iter()
+        .filter(|r| serde_json::from_slice::<Value>(&r.payload).ok().as_ref() == Some(&edited))
+        .count();
+    assert_eq!(
+        edited_letters, 1,
+        "the changed bad case is dead-lettered once more"
+    );
+    assert_eq!(dead.len(), 3, "nothing else was dead-lettered");
 
     let mut copies: HashMap<String, usize> = HashMap::new();
     for record in read_topic_async(&bootstrap, &cases_topic, Duration::from_secs(2)).await {

@@ -21,10 +21,7 @@ impl StateLock {
     /// Takes the lock of `dir` (creating the directory if needed), or fails at once with
     /// [`StateError::Locked`] when another process holds it.
     pub fn acquire(dir: &Path) -> Result<Self, StateError> {
-        std::fs::create_dir_all(dir).map_err(|source| StateError::Dir {
-            path: dir.display().to_string(),
-            source,
-        })?;
+        super::ensure_dir(dir)?;
         let path = dir.join(LOCK_FILE);
         let io_error = |source| StateError::Lock {
             dir: dir.display().to_string(),

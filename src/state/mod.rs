@@ -50,6 +50,14 @@ pub enum StateError {
     },
 }
 
+/// Creates the state directory if it is missing.
+fn ensure_dir(dir: &std::path::Path) -> Result<(), StateError> {
+    std::fs::create_dir_all(dir).map_err(|source| StateError::Dir {
+        path: dir.display().to_string(),
+        source,
+    })
+}
+
 /// A case as the state keeps it: the tracker's record, the widget and the day it was created
 /// on (the API is asked by day, so re-checks are asked by day too).
 #[derive(Clone, Debug, PartialEq)]

@@ -75,10 +75,7 @@ fn ms_to_time(ms: i64) -> DateTime<Utc> {
 impl SqliteStore {
     /// Opens (creating if needed) the state file in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
-        std::fs::create_dir_all(dir).map_err(|source| StateError::Dir {
-            path: dir.display().to_string(),
-            source,
-        })?;
+        super::ensure_dir(dir)?;
         let path = dir.join(STATE_FILE);
         let store = Self {
             conn: Mutex::new(

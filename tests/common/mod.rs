@@ -117,9 +117,18 @@ pub fn read_topic(bootstrap: &str, topic: &str, idle: Duration) -> Vec<Record> {
             assignment
                 .add_partition_offset(topic, p.id(), Offset::Beginning)
                 .expect("partition offset");
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                .expect("watermarks");
+            // Right after a broker restart the leader may not be known yet: ask again.
+            let mut attempts = 0;
+            let (low, high) = loop {
+                match consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)) {
+                    Ok(marks) => break marks,
+                    Err(_) if attempts < 40 => {
+                        attempts += 1;
+                        std::thread::sleep(Duration::from_millis(250));
+                    }
+                    Err(e) => panic!("watermarks of {topic}: {e}"),
+                }
+            };
             if high > low {
                 ends.insert(p.id(), high);
             }
