@@ -215,7 +215,10 @@ async fn livez(State(state): State<AdminState>) -> Response {
 fn readiness(state: &AdminState) -> (bool, serde_json::Value) {
     let health = &state.health;
     let state_ok = health.state_ok.load(Ordering::Relaxed);
-    let kafka_ok = health.kafka_ok.load(Ordering::Relaxed);
+    // Both must hold: the probe's answer never hides deliveries that are failing.
+    let deliveries_ok = health.kafka_ok.load(Ordering::Relaxed);
+    let reachable = health.kafka_reachable.load(Ordering::Relaxed);
+    let kafka_ok = deliveries_ok && reachable;
     let poll_age = age_ms(health.last_poll_ok_ms.load(Ordering::Relaxed));
     let polled = poll_age.is_some_and(|age| age <= state.thresholds.ready.as_millis() as u64);
     let fatal = health.fatal();
@@ -224,6 +227,8 @@ fn readiness(state: &AdminState) -> (bool, serde_json::Value) {
         "ready": ready,
         "state": state_ok,
         "kafka": kafka_ok,
+        "kafka_deliveries": deliveries_ok,
+        "kafka_reachable": reachable,
         "last_poll_age_ms": poll_age,
     });
     if let Some(reason) = fatal {
@@ -275,7 +280,7 @@ pub async fn serve(
     tokio::spawn(async move {
         loop {
             let reachable = sink.ping(KAFKA_PROBE_TIMEOUT).await.is_ok();
-            health.kafka_ok.store(reachable, Ordering::Relaxed);
+            health.kafka_reachable.store(reachable, Ordering::Relaxed);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(KAFKA_PROBE_EVERY) => {}

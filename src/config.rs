@@ -293,7 +293,7 @@ const ENV_SETTINGS: &[(&str, Setter)] = &[
 ];
 
 /// `KAFKA_*` variables that are not librdkafka properties: the JVM tools' own settings, and
-/// the service links Kubernetes injects for a Service named `kafka` (`KAFKA_PORT=tcp://...`).
+/// the service links Kubernetes injects for every Service whose name starts with `kafka`.
 fn is_kafka_property_env(name: &str) -> bool {
     const NOT_PROPERTIES: &[&str] = &[
         "KAFKA_HOME",
@@ -302,11 +302,35 @@ fn is_kafka_property_env(name: &str) -> bool {
         "KAFKA_JVM_PERFORMANCE_OPTS",
         "KAFKA_LOG4J_OPTS",
         "KAFKA_JMX_OPTS",
-        "KAFKA_PORT",
     ];
-    !NOT_PROPERTIES.contains(&name)
-        && !name.starts_with("KAFKA_PORT_")
-        && !name.starts_with("KAFKA_SERVICE_")
+    !NOT_PROPERTIES.contains(&name) && !is_service_link(name)
+}
+
+/// A Kubernetes service-link variable, by its shape: for a Service `kafka-ui` Kubernetes sets
+/// `KAFKA_UI_SERVICE_HOST`, `KAFKA_UI_SERVICE_PORT[_<NAME>]`, `KAFKA_UI_PORT` and
+/// `KAFKA_UI_PORT_<n>_<PROTO>[_ADDR|_PORT|_PROTO]`. No librdkafka property has these shapes.
+fn is_service_link(name: &str) -> bool {
+    if name.ends_with("_SERVICE_HOST") || name.contains("_SERVICE_PORT") || name.ends_with("_PORT")
+    {
+        return true;
+    }
+    // `..._PORT_<n>_<PROTO>...`
+    name.match_indices("_PORT_").any(|(i, m)| {
+        let rest = &name[i + m.len()..];
+        let mut parts = rest.split('_');
+        let number = parts
+            .next()
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        let proto = parts
+            .next()
+            .is_some_and(|p| matches!(p, "TCP" | "UDP" | "SCTP"));
+        number && proto
+    })
+}
+
+/// The environment variable that sets a librdkafka property.
+pub fn property_env_name(property: &str) -> String {
+    format!("KAFKA_{}", property.to_ascii_uppercase().replace('.', "_"))
 }
 
 impl Layer {
@@ -568,6 +592,18 @@ impl Layer {
             }
         }
         properties.retain(|_, v| !v.is_empty());
+        // The Java client's one-line JAAS setting carries the password; librdkafka has no such
+        // property. Refuse it by name, never quoting it.
+        if properties.contains_key("sasl.jaas.config") {
+            return Err(ConfigError::Invalid {
+                setting: "KAFKA_SASL_JAAS_CONFIG",
+                value: "[redacted]".into(),
+                reason: "the Java client's JAAS line is not a librdkafka setting; set \
+                         KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD (with KAFKA_SASL_MECHANISMS) \
+                         instead"
+                    .into(),
+            });
+        }
         let poll_interval = duration(
             &self.poll_interval,
             "CASESTREAM_POLL_INTERVAL",
@@ -854,6 +890,49 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn service_links_are_recognised_by_their_shape() {
+        for name in [
+            "KAFKA_PORT",
+            "KAFKA_SERVICE_HOST",
+            "KAFKA_SERVICE_PORT",
+            "KAFKA_PORT_9092_TCP",
+            "KAFKA_PORT_9092_TCP_ADDR",
+            "KAFKA_UI_SERVICE_HOST",
+            "KAFKA_UI_SERVICE_PORT",
+            "KAFKA_UI_SERVICE_PORT_HTTP",
+            "KAFKA_UI_PORT",
+            "KAFKA_UI_PORT_8080_TCP_PROTO",
+            "KAFKA_CONNECT_PORT_8083_UDP",
+            "KAFKA_HEAP_OPTS",
+        ] {
+            assert!(!is_kafka_property_env(name), "{name} is not a property");
+        }
+        for name in [
+            "KAFKA_BOOTSTRAP_SERVERS",
+            "KAFKA_SASL_PASSWORD",
+            "KAFKA_SSL_KEY_PASSWORD",
+            "KAFKA_SOCKET_KEEPALIVE_ENABLE",
+            "KAFKA_TOPIC_METADATA_REFRESH_INTERVAL_MS",
+        ] {
+            assert!(is_kafka_property_env(name), "{name} is a property");
+        }
+        assert_eq!(property_env_name("linger.ms"), "KAFKA_LINGER_MS");
+    }
+
+    #[test]
+    fn a_jaas_line_is_refused_without_quoting_it() {
+        let mut vars = minimal();
+        vars.push((
+            "KAFKA_SASL_JAAS_CONFIG".into(),
+            r#"PlainLoginModule required username="u" password="pw-3141";"#.into(),
+        ));
+        let err = Flags::default().load(vars).unwrap_err().to_string();
+        assert!(err.contains("KAFKA_SASL_JAAS_CONFIG"), "{err}");
+        assert!(err.contains("KAFKA_SASL_PASSWORD"), "{err}");
+        assert!(!err.contains("pw-3141"), "{err}");
     }
 
     fn minimal() -> Vec<(String, String)> {

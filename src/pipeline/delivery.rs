@@ -10,6 +10,11 @@ use tokio_util::sync::CancellationToken;
 use super::{Flight, InFlightPage, Pipeline, PipelineError};
 use crate::sink::{DeadLetter, ErrorClass, Outgoing, RecordResult, classify, encode};
 
+/// A page waiting this long for acknowledgements makes readiness say Kafka is not taking it.
+const ACK_SLOW: Duration = Duration::from_secs(10);
+/// At shutdown, how long a page in flight may still wait for Kafka's acknowledgements.
+const SHUTDOWN_ACK_GRACE: Duration = Duration::from_secs(5);
+
 /// How a page's delivery ended.
 enum Delivered {
     /// Every record is acknowledged or dead-lettered.
@@ -36,7 +41,31 @@ impl Pipeline {
             batch,
             delivery,
         } = page;
-        let results = delivery.wait(&self.sink).await;
+        let wait = delivery.wait(&self.sink);
+        tokio::pin!(wait);
+        let mut slow = false;
+        let results = loop {
+            tokio::select! {
+                results = &mut wait => break results,
+                // librdkafka retries a page for up to `message.timeout.ms` before it reports;
+                // readiness says so long before that.
+                _ = tokio::time::sleep(ACK_SLOW), if !slow => {
+                    slow = true;
+                    self.health.beat();
+                    self.health.kafka_ok.store(false, Ordering::Relaxed);
+                    tracing::warn!(after = ?ACK_SLOW, "Kafka has not acknowledged a page yet; still waiting");
+                }
+                // Shutdown waits a little for acknowledgements on their way, never for Kafka
+                // to come back: a page not acknowledged is not committed and is read again.
+                _ = shutdown.cancelled() => match tokio::time::timeout(SHUTDOWN_ACK_GRACE, &mut wait).await {
+                    Ok(results) => break results,
+                    Err(_) => {
+                        tracing::warn!("shutting down with a page Kafka did not acknowledge; it will be read again on restart");
+                        return Ok(false);
+                    }
+                },
+            }
+        };
         if let Delivered::Interrupted = self.deliver(batch.outgoing, results, shutdown).await? {
             return Ok(false);
         }

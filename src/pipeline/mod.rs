@@ -74,7 +74,10 @@ pub enum PipelineError {
 #[derive(Debug, Default)]
 pub struct Health {
     pub state_ok: AtomicBool,
+    /// Written by the pipeline only: false while a page's records are not acknowledged.
     pub kafka_ok: AtomicBool,
+    /// Written by the admin probe only: a broker answered a metadata request for our topic.
+    pub kafka_reachable: AtomicBool,
     /// Epoch ms of the last completed poll window (any widget).
     pub last_poll_ok_ms: AtomicI64,
     /// Epoch ms of the last turn of the poll loop.
@@ -159,6 +162,8 @@ impl Pipeline {
         health: Arc<Health>,
     ) -> Self {
         health.state_ok.store(true, Ordering::Relaxed);
+        // No delivery has failed yet; the first that does says so.
+        health.kafka_ok.store(true, Ordering::Relaxed);
         Self {
             settings,
             client,
@@ -212,7 +217,9 @@ impl Pipeline {
             progress.insert(widget.clone(), p);
         }
         let mut catch_up = CatchUpProgress::new(&progress, self.fresh_start());
-        let mut last_prune: Option<DateTime<Utc>> = None;
+        // The first prune comes one period after start, not at once: a start is busy enough
+        // (a catch-up's first days, a migrated state's first prune would both land together).
+        let mut last_prune = self.clock.now();
 
         while !shutdown.is_cancelled() {
             self.health.beat();
@@ -284,11 +291,9 @@ impl Pipeline {
                     Err(WindowFailure::Pipeline(e)) => return Err(e),
                 }
             }
-            if !shutdown.is_cancelled()
-                && last_prune.is_none_or(|at| self.clock.now() - at >= PRUNE_EVERY)
-            {
+            if !shutdown.is_cancelled() && self.clock.now() - last_prune >= PRUNE_EVERY {
                 stats.pruned = self.prune(&widgets).await?;
-                last_prune = Some(self.clock.now());
+                last_prune = self.clock.now();
             }
             self.report_cycle(&stats, cycle_started.elapsed(), &progress, fresh_start)
                 .await;

@@ -39,6 +39,15 @@ const MAX_DEFAULT_REPLICATION: i32 = 3;
 pub enum SinkError {
     #[error("cannot set up the Kafka client: {0}")]
     Setup(KafkaError),
+    #[error(
+        "the Kafka client refuses the librdkafka property `{property}` (set by {env} or the \
+         config file's [kafka] table): {reason}"
+    )]
+    Property {
+        property: String,
+        env: String,
+        reason: String,
+    },
     #[error("Kafka did not acknowledge a record for topic {topic}: {error}")]
     Delivery { topic: String, error: KafkaError },
     #[error("Kafka is unreachable: {0}")]
@@ -132,6 +141,26 @@ impl std::fmt::Debug for KafkaSink {
     }
 }
 
+/// A client set-up error that names the property and where it came from, and never quotes the
+/// value (librdkafka's own message does: it could be a password).
+fn setup_error(error: KafkaError) -> SinkError {
+    match error {
+        KafkaError::ClientConfig(_, description, property, value) => {
+            let reason = if value.is_empty() {
+                description
+            } else {
+                description.replace(&value, "[redacted]")
+            };
+            SinkError::Property {
+                env: crate::config::property_env_name(&property),
+                property,
+                reason,
+            }
+        }
+        other => SinkError::Setup(other),
+    }
+}
+
 /// The librdkafka configuration: our defaults, the operator's properties, our requirements.
 pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
@@ -171,7 +200,7 @@ pub fn describe_config(settings: &KafkaSettings) -> String {
 impl KafkaSink {
     pub fn new(settings: &KafkaSettings) -> Result<Self, SinkError> {
         let config = client_config(settings);
-        let producer: FutureProducer = config.create().map_err(SinkError::Setup)?;
+        let producer: FutureProducer = config.create().map_err(setup_error)?;
         let max_record_bytes = settings
             .properties
             .get("message.max.bytes")
@@ -212,9 +241,20 @@ impl KafkaSink {
         .map_err(SinkError::Unreachable)
     }
 
-    /// Asks the cluster for its metadata: the number of brokers, when one answers in time.
+    /// Asks the cluster for the metadata of our cases topic only (never every topic of the
+    /// cluster): the number of brokers, when one answers in time.
     pub async fn ping(&self, timeout: Duration) -> Result<usize, SinkError> {
-        self.metadata(timeout).await.map(|(_, brokers)| brokers)
+        let producer = self.producer();
+        let topic = self.topics.cases.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), timeout)
+                .map(|m| m.brokers().len())
+        })
+        .await
+        .map_err(|_| SinkError::Unreachable(KafkaError::Canceled))?
+        .map_err(SinkError::Unreachable)
     }
 
     fn topic_names(&self) -> [&str; 3] {
@@ -261,8 +301,7 @@ impl KafkaSink {
                 .unwrap_or(MAX_DEFAULT_REPLICATION)
                 .clamp(1, MAX_DEFAULT_REPLICATION)
         });
-        let admin: AdminClient<DefaultClientContext> =
-            self.config.create().map_err(SinkError::Setup)?;
+        let admin: AdminClient<DefaultClientContext> = self.config.create().map_err(setup_error)?;
         let new_topics: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|name| {

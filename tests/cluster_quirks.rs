@@ -1,0 +1,187 @@
+//! Ordinary cluster facts that used to break casestream, caused for real with the real process:
+//! a JAAS line holding a password, Kubernetes service links of a Service named `kafka-...`, a
+//! misspelt librdkafka property, and deliveries failing while the brokers answer metadata.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use casestream::clock::Clock;
+use casestream::simulator::SimConfig;
+use common::*;
+
+/// Runs `casestream <command>` with `env`; (exit success, stdout + stderr). `run` is stopped
+/// with SIGTERM after `run_for` if it is still running.
+fn casestream(command: &str, env: &[(String, String)], run_for: Duration) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_casestream"))
+        .arg(command)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() && started.elapsed() < run_for {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if child.try_wait().unwrap().is_none() {
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+fn with(env: &[(String, String)], extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = env.to_vec();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jaas_lines_service_links_and_bad_properties_get_clear_errors() {
+    let bootstrap = kafka_bootstrap().await;
+    let sim = start_simulator(SimConfig::default(), Clock::system()).await;
+    let prefix = unique_prefix("quirks");
+    let dir = tempfile::tempdir().unwrap();
+    let env = process_env(&sim, &bootstrap, &prefix, &dir.path().join("state"), &[]);
+
+    // The Java client's JAAS line: refused by name, the password never printed.
+    let jaas = r#"org.apache.kafka.common.security.plain.PlainLoginModule required username="svc" password="jaas-pw-8812";"#;
+    for command in ["check", "run"] {
+        let (ok, text) = casestream(
+            command,
+            &with(&env, &[("KAFKA_SASL_JAAS_CONFIG", jaas)]),
+            Duration::from_secs(20),
+        );
+        assert!(!ok, "{command} with a JAAS line must fail: {text}");
+        assert!(text.contains("KAFKA_SASL_JAAS_CONFIG"), "{command}: {text}");
+        assert!(
+            text.contains("KAFKA_SASL_USERNAME") && text.contains("KAFKA_SASL_PASSWORD"),
+            "{command} says what to use instead: {text}"
+        );
+        assert!(
+            !text.contains("jaas-pw-8812"),
+            "{command} printed the password: {text}"
+        );
+    }
+
+    // What Kubernetes injects for a Service named `kafka-ui`: ignored, not read as properties.
+    let links = [
+        ("KAFKA_UI_SERVICE_HOST", "10.0.0.1"),
+        ("KAFKA_UI_SERVICE_PORT", "8080"),
+        ("KAFKA_UI_SERVICE_PORT_HTTP", "8080"),
+        ("KAFKA_UI_PORT", "tcp://10.0.0.1:8080"),
+        ("KAFKA_UI_PORT_8080_TCP", "tcp://10.0.0.1:8080"),
+        ("KAFKA_UI_PORT_8080_TCP_ADDR", "10.0.0.1"),
+        ("KAFKA_UI_PORT_8080_TCP_PORT", "8080"),
+        ("KAFKA_UI_PORT_8080_TCP_PROTO", "tcp"),
+    ];
+    let (ok, text) = casestream("check", &with(&env, &links), Duration::from_secs(60));
+    assert!(ok, "check with service links: {text}");
+    let (_, text) = casestream("run", &with(&env, &links), Duration::from_secs(8));
+    assert!(
+        text.contains("forwarding"),
+        "run starts with service links: {text}"
+    );
+    assert!(text.contains("stopped cleanly"), "{text}");
+    assert!(!text.contains("ui.service.host"), "{text}");
+
+    // A misspelt property names the variable it came from; a bad value is never quoted.
+    let (ok, text) = casestream(
+        "check",
+        &with(&env, &[("KAFKA_LINGER_MSS", "5")]),
+        Duration::from_secs(20),
+    );
+    assert!(!ok);
+    assert!(
+        text.contains("`linger.mss`") && text.contains("KAFKA_LINGER_MSS"),
+        "names the property and its variable: {text}"
+    );
+    let (ok, text) = casestream(
+        "run",
+        &with(&env, &[("KAFKA_SASL_OAUTHBEARER_METHOD", "hunter2-secret")]),
+        Duration::from_secs(20),
+    );
+    assert!(!ok);
+    assert!(text.contains("KAFKA_SASL_OAUTHBEARER_METHOD"), "{text}");
+    assert!(
+        !text.contains("hunter2-secret"),
+        "the value was quoted: {text}"
+    );
+    sim.stop().await.unwrap();
+}
+
+/// Deliveries fail for a passing reason (`NOT_ENOUGH_REPLICAS`, injected with librdkafka's mock
+/// cluster, since a one-broker cluster cannot be made to refuse records while it answers
+/// metadata) while the brokers answer metadata: `/readyz` says `"kafka": false`, whatever the
+/// probe finds, and keeps saying so across probes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_reports_failing_deliveries_though_brokers_answer() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = MockCluster::new(1).unwrap();
+    let prefix = unique_prefix("isr");
+    for suffix in ["cases", "surveys", "dead"] {
+        cluster
+            .create_topic(&format!("{prefix}.{suffix}"), 1, 1)
+            .unwrap();
+    }
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
+    );
+    let sim = start_simulator(
+        SimConfig {
+            history: Duration::from_secs(3600),
+            ..SimConfig::default()
+        },
+        Clock::system(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = forwarder_config(&sim, &cluster.bootstrap_servers(), &prefix, dir.path(), &[]);
+    let forwarder = RunningForwarder::start(config, Clock::system());
+    let health = forwarder.health.clone();
+    let readyz = async || {
+        let addr = health.admin_addr.get()?;
+        let response = reqwest::get(format!("http://{addr}/readyz")).await.ok()?;
+        Some((response.status().as_u16(), response.text().await.ok()?))
+    };
+    let failing = |(status, body): &(u16, String)| {
+        *status == 503
+            && body.contains(r#""kafka":false"#)
+            && body.contains(r#""kafka_deliveries":false"#)
+            && body.contains(r#""kafka_reachable":true"#)
+    };
+    eventually(
+        Duration::from_secs(60),
+        "readyz naming failing deliveries",
+        async || readyz().await.is_some_and(|r| failing(&r)),
+    )
+    .await;
+    // It stays so across several probes (every 5 s): the probe never overwrites it.
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let answer = readyz().await.unwrap();
+        assert!(failing(&answer), "{answer:?}");
+    }
+    // Kafka takes records again: ready again.
+    cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    eventually(Duration::from_secs(120), "ready again", async || {
+        readyz().await.is_some_and(|(status, _)| status == 200)
+    })
+    .await;
+    forwarder.stop().await;
+    sim.stop().await.unwrap();
+}
