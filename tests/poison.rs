@@ -452,3 +452,98 @@ async fn a_fatal_producer_error_makes_exactly_one_replacement() {
     }
     sim.stop().await.unwrap();
 }
+
+/// A topic whose size limit is below the producer's: the broker refuses the whole batch that
+/// holds the large record. Only the large record is dead-lettered; every other case of its
+/// batch is published, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_for_one_large_record_loses_none_of_the_others() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let bootstrap = kafka_bootstrap().await;
+    let prefix = unique_prefix("batch");
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let cases_topic = format!("{prefix}.cases");
+    let topic = NewTopic::new(&cases_topic, 1, TopicReplication::Fixed(1))
+        .set("max.message.bytes", "200000");
+    for result in admin
+        .create_topics([&topic], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+    let clock = Clock::system();
+    let sim = start_simulator(
+        SimConfig {
+            widgets: vec!["w1".into()],
+            cases_per_hour: 0.0,
+            history: Duration::ZERO,
+            ..SimConfig::default()
+        },
+        clock.clone(),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let mut case = sim.sim.make_case("w1");
+        if i == 10 {
+            // Random text, so compression cannot bring it under the topic's limit.
+            let text: String = (0..15_000)
+                .map(|_| uuid::Uuid::new_v4().simple().to_string())
+                .collect();
+            case["transcripts"] = json!([{"id": "t1", "message": text}]);
+        }
+        ids.push(sim.sim.add_case("w1", case, None, None).unwrap());
+    }
+    let large = ids.remove(10);
+    let dir = tempfile::tempdir().unwrap();
+    let config = forwarder_config(
+        &sim,
+        &bootstrap,
+        &prefix,
+        dir.path(),
+        &[("CASESTREAM_POLL_INTERVAL", "2s")],
+    );
+    let forwarder = RunningForwarder::start(config, clock.clone());
+    let health = forwarder.health.clone();
+    eventually(Duration::from_secs(60), "the page settled", async || {
+        health.last_poll_ok_ms.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    let requests = sim.sim.stats().requests;
+    eventually(Duration::from_secs(60), "3 more polls", async || {
+        sim.sim.stats().requests >= requests + 3
+    })
+    .await;
+    forwarder.stop().await;
+    let mut copies: HashMap<String, usize> = HashMap::new();
+    for record in read_topic_async(&bootstrap, &cases_topic, Duration::from_secs(2)).await {
+        *copies.entry(record.key.unwrap()).or_default() += 1;
+    }
+    for id in &ids {
+        assert_eq!(
+            copies.get(id),
+            Some(&1),
+            "case {id} of the refused batch published once"
+        );
+    }
+    assert!(!copies.contains_key(&large));
+    let dead = read_topic_async(
+        &bootstrap,
+        &format!("{prefix}.dead"),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(dead.len(), 1, "only the large record is dead-lettered");
+    assert_eq!(dead[0].key.as_deref(), Some(large.as_str()));
+    assert_eq!(
+        dead[0].headers["casestream_reason_code"],
+        "record_too_large"
+    );
+    assert_eq!(dead[0].headers["casestream_body"], "raw");
+    sim.stop().await.unwrap();
+}

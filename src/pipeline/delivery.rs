@@ -7,13 +7,24 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::{Flight, InFlightPage, Pipeline, PipelineError};
+use std::collections::HashMap;
+
+use super::{Flight, InFlightPage, Pipeline, PipelineError, scheduler};
 use crate::sink::{DeadLetter, ErrorClass, Outgoing, RecordResult, classify, encode};
+use crate::state::WidgetProgress;
 
 /// A page waiting this long for acknowledgements makes readiness say Kafka is not taking it.
 const ACK_SLOW: Duration = Duration::from_secs(10);
 /// At shutdown, how long a page in flight may still wait for Kafka's acknowledgements.
 const SHUTDOWN_ACK_GRACE: Duration = Duration::from_secs(5);
+
+/// Shutdown came while Kafka had not taken a page.
+fn interrupted() -> Delivered {
+    tracing::warn!(
+        "shutting down with a page Kafka did not acknowledge; it will be read again on restart"
+    );
+    Delivered::Interrupted
+}
 
 /// How a page's delivery ended.
 enum Delivered {
@@ -57,13 +68,19 @@ impl Pipeline {
                 }
                 // Shutdown waits a little for acknowledgements on their way, never for Kafka
                 // to come back: a page not acknowledged is not committed and is read again.
-                _ = shutdown.cancelled() => match tokio::time::timeout(SHUTDOWN_ACK_GRACE, &mut wait).await {
-                    Ok(results) => break results,
-                    Err(_) => {
-                        tracing::warn!("shutting down with a page Kafka did not acknowledge; it will be read again on restart");
-                        return Ok(false);
+                _ = shutdown.cancelled() => {
+                    // One grace for the whole window, not one per page in flight.
+                    let deadline = *flight
+                        .shutdown_deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_ACK_GRACE);
+                    match tokio::time::timeout_at(deadline, &mut wait).await {
+                        Ok(results) => break results,
+                        Err(_) => {
+                            interrupted();
+                            return Ok(false);
+                        }
                     }
-                },
+                }
             }
         };
         if let Delivered::Interrupted = self.deliver(batch.outgoing, results, shutdown).await? {
@@ -81,10 +98,11 @@ impl Pipeline {
         Ok(true)
     }
 
-    /// Takes each record's result to its verdict: acknowledged; refused for good (an event
-    /// becomes a dead letter, sent at once); refused by its topic (the pipeline stops); or
-    /// failed for a passing reason (sent again after a backoff, alone: what was acknowledged
-    /// is not sent twice).
+    /// Takes each record's result to its verdict: acknowledged; refused by its topic (the
+    /// pipeline stops); failed for a passing reason (sent again after a backoff: what was
+    /// acknowledged is not sent twice); or refused for good. A broker refuses a whole batch as
+    /// too large, so a record refused for good is first sent again alone, and only what is
+    /// refused alone becomes a dead letter (sent at once).
     async fn deliver(
         &self,
         records: Vec<Outgoing>,
@@ -92,11 +110,16 @@ impl Pipeline {
         shutdown: &CancellationToken,
     ) -> Result<Delivered, PipelineError> {
         let mut delays = crate::sink::kafka_retry_delays();
-        let mut round: Vec<(Outgoing, RecordResult)> = records.into_iter().zip(results).collect();
+        // (record, sent alone, result)
+        let mut round: Vec<(Outgoing, bool, RecordResult)> = records
+            .into_iter()
+            .zip(results)
+            .map(|(record, result)| (record, false, result))
+            .collect();
         loop {
-            let mut again = Vec::new();
+            let mut again: Vec<(Outgoing, bool)> = Vec::new();
             let mut passing = None;
-            for (record, outcome) in round {
+            for (record, alone, outcome) in round {
                 let error = match outcome.result {
                     Ok(()) => {
                         if let Outgoing::Event(event) = &record {
@@ -110,7 +133,7 @@ impl Pipeline {
                 match classify(&error) {
                     ErrorClass::Transient => {
                         passing.get_or_insert(error);
-                        again.push(record);
+                        again.push((record, alone));
                     }
                     ErrorClass::Topic => {
                         let failure = PipelineError::KafkaRefused {
@@ -121,9 +144,10 @@ impl Pipeline {
                         self.health.set_fatal(failure.to_string());
                         return Err(failure);
                     }
+                    ErrorClass::Record if !alone => again.push((record, true)),
                     ErrorClass::Record => {
                         if let Some(dead) = self.dead_letter_for(record, &error, outcome.size) {
-                            again.push(Outgoing::DeadLetter(dead));
+                            again.push((Outgoing::DeadLetter(dead), false));
                         }
                     }
                 }
@@ -139,15 +163,46 @@ impl Pipeline {
                 let delay = delays.next().unwrap_or(Duration::from_secs(30));
                 tracing::warn!(error = %error, retry_in = ?delay, records = again.len(), "Kafka did not take records of a page; sending them again, state stays where it is");
                 tokio::select! {
-                    _ = shutdown.cancelled() => {
-                        tracing::warn!("shutting down with a page Kafka did not acknowledge; it will be read again on restart");
-                        return Ok(Delivered::Interrupted);
-                    }
+                    _ = shutdown.cancelled() => return Ok(interrupted()),
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
-            let results = self.sink.start_publish(&again).await.wait(&self.sink).await;
-            round = again.into_iter().zip(results).collect();
+            let resend = async {
+                let mut next = Vec::with_capacity(again.len());
+                let (solo, together): (Vec<_>, Vec<_>) =
+                    again.into_iter().partition(|(_, alone)| *alone);
+                for (record, _) in solo {
+                    let mut results = self
+                        .sink
+                        .start_publish(std::slice::from_ref(&record))
+                        .await
+                        .wait(&self.sink)
+                        .await;
+                    let result = results
+                        .pop()
+                        .unwrap_or_else(|| unreachable!("one result per record sent"));
+                    next.push((record, true, result));
+                }
+                let together: Vec<Outgoing> = together.into_iter().map(|(r, _)| r).collect();
+                let results = self
+                    .sink
+                    .start_publish(&together)
+                    .await
+                    .wait(&self.sink)
+                    .await;
+                next.extend(
+                    together
+                        .into_iter()
+                        .zip(results)
+                        .map(|(r, result)| (r, false, result)),
+                );
+                next
+            };
+            round = tokio::select! {
+                next = resend => next,
+                // Kafka is already failing here: no grace, the page is read again later.
+                _ = shutdown.cancelled() => return Ok(interrupted()),
+            };
         }
     }
 
@@ -200,11 +255,21 @@ impl Pipeline {
     /// Forgets what no future decision needs: per widget, the days before the fresh window
     /// whose cases are all past their survey horizon (such a day is never read again), and
     /// dead-letter marks older than any day still read. Returns the cases removed.
-    pub(super) async fn prune(&self, widgets: &[String]) -> Result<u64, PipelineError> {
-        let before = self.fresh_start();
+    pub(super) async fn prune(
+        &self,
+        progress: &HashMap<String, WidgetProgress>,
+        shutdown: &CancellationToken,
+    ) -> Result<u64, PipelineError> {
+        let fresh_start = self.fresh_start();
         let mut removed = 0;
-        for widget in widgets {
+        for (widget, p) in progress {
+            // Never a day the catch-up has still to read (the day that just left the fresh
+            // window at midnight is read once more by it).
+            let before = scheduler::next_catch_up(p, fresh_start).unwrap_or(fresh_start);
             loop {
+                if shutdown.is_cancelled() {
+                    return Ok(removed);
+                }
                 self.health.beat();
                 let w = widget.clone();
                 let n = self
@@ -233,7 +298,7 @@ impl Pipeline {
                 .increment(removed);
             metrics::counter!("casestream_state_pruned_total", "kind" => "dead_letters")
                 .increment(marks);
-            tracing::info!(cases = removed, dead_letters = marks, before = %before, "pruned state no decision needs");
+            tracing::info!(cases = removed, dead_letters = marks, fresh_start = %fresh_start, "pruned state no decision needs");
         }
         Ok(removed)
     }

@@ -1,7 +1,8 @@
 //! The forwarder: scheduler → source → tracker → sink → state commit.
 //!
 //! A page's state commits only after Kafka acknowledged every event derived from it, so a
-//! crash loses nothing; at worst the last page's events go out again with the same ids.
+//! crash loses nothing; at worst the events of the pages in flight (at most
+//! `MAX_PAGES_IN_FLIGHT` + 1) go out again with the same ids.
 
 mod delivery;
 mod progress;
@@ -42,8 +43,8 @@ const RECHECK_DAYS_PER_CYCLE: usize = 4;
 const PRUNE_EVERY: chrono::Duration = chrono::Duration::minutes(15);
 /// Days pruned per widget per turn; each is one small transaction.
 const PRUNE_DAYS_PER_TURN: usize = 64;
-/// Dead-letter marks are kept this long beyond lookback and horizon: a bad case's day is not
-/// read again after that.
+/// Dead-letter marks are kept this long beyond lookback and horizon, after which a bad case's
+/// day is normally not read again (a catch-up after a longer outage may dead-letter it again).
 const DEAD_LETTER_MARGIN: chrono::Duration = chrono::Duration::days(1);
 
 #[derive(Clone, Debug)]
@@ -292,7 +293,7 @@ impl Pipeline {
                 }
             }
             if !shutdown.is_cancelled() && self.clock.now() - last_prune >= PRUNE_EVERY {
-                stats.pruned = self.prune(&widgets).await?;
+                stats.pruned = self.prune(&progress, &shutdown).await?;
                 last_prune = self.clock.now();
             }
             self.report_cycle(&stats, cycle_started.elapsed(), &progress, fresh_start)
@@ -631,6 +632,8 @@ struct Flight {
     seq: u64,
     /// Digests of bad inputs dead-lettered by pages of this window (committed or not).
     dead_letters: HashSet<String>,
+    /// Once shutdown came: until when pages in flight may still be acknowledged.
+    shutdown_deadline: Option<tokio::time::Instant>,
 }
 
 enum WindowFailure {

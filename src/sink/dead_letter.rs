@@ -32,7 +32,6 @@ pub fn classify(error: &KafkaError) -> ErrorClass {
             | C::InvalidMessageSize
             | C::MessageBatchTooLarge
             | C::InvalidRecord
-            | C::InvalidTimestamp
             | C::BadMessage,
         ) => ErrorClass::Record,
         Some(
@@ -53,7 +52,7 @@ pub fn reason_code(error: &KafkaError) -> &'static str {
         Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge) => {
             "record_too_large"
         }
-        Some(C::InvalidRecord | C::InvalidTimestamp | C::BadMessage) => "invalid_record",
+        Some(C::InvalidRecord | C::BadMessage) => "invalid_record",
         _ => "kafka_refused",
     }
 }

@@ -38,7 +38,7 @@ const MAX_DEFAULT_REPLICATION: i32 = 3;
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("cannot set up the Kafka client: {0}")]
-    Setup(KafkaError),
+    Setup(String),
     #[error(
         "the Kafka client refuses the librdkafka property `{property}` (set by {env} or the \
          config file's [kafka] table): {reason}"
@@ -130,6 +130,8 @@ pub struct KafkaSink {
     format: EventFormat,
     max_record_bytes: usize,
     replacements: AtomicU64,
+    /// Secret property values, masked in any error text.
+    secrets: Vec<String>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -141,9 +143,27 @@ impl std::fmt::Debug for KafkaSink {
     }
 }
 
+/// The values of secret properties (passwords, keys), to mask in any text.
+fn secret_values(settings: &KafkaSettings) -> Vec<String> {
+    settings
+        .properties
+        .iter()
+        .filter(|(k, v)| is_secret_property(k) && !v.is_empty())
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// `text` with every secret value masked.
+fn redacted(text: &str, secrets: &[String]) -> String {
+    secrets.iter().fold(text.to_owned(), |t, secret| {
+        t.replace(secret.as_str(), "[redacted]")
+    })
+}
+
 /// A client set-up error that names the property and where it came from, and never quotes the
-/// value (librdkafka's own message does: it could be a password).
-fn setup_error(error: KafkaError) -> SinkError {
+/// value (librdkafka's own message does: it could be a password); any other set-up error with
+/// every secret value masked.
+fn setup_error(error: KafkaError, secrets: &[String]) -> SinkError {
     match error {
         KafkaError::ClientConfig(_, description, property, value) => {
             let reason = if value.is_empty() {
@@ -157,7 +177,7 @@ fn setup_error(error: KafkaError) -> SinkError {
                 reason,
             }
         }
-        other => SinkError::Setup(other),
+        other => SinkError::Setup(redacted(&other.to_string(), secrets)),
     }
 }
 
@@ -200,7 +220,8 @@ pub fn describe_config(settings: &KafkaSettings) -> String {
 impl KafkaSink {
     pub fn new(settings: &KafkaSettings) -> Result<Self, SinkError> {
         let config = client_config(settings);
-        let producer: FutureProducer = config.create().map_err(setup_error)?;
+        let secrets = secret_values(settings);
+        let producer: FutureProducer = config.create().map_err(|e| setup_error(e, &secrets))?;
         let max_record_bytes = settings
             .properties
             .get("message.max.bytes")
@@ -213,6 +234,7 @@ impl KafkaSink {
             format: settings.event_format,
             max_record_bytes,
             replacements: AtomicU64::new(0),
+            secrets,
         })
     }
 
@@ -301,7 +323,10 @@ impl KafkaSink {
                 .unwrap_or(MAX_DEFAULT_REPLICATION)
                 .clamp(1, MAX_DEFAULT_REPLICATION)
         });
-        let admin: AdminClient<DefaultClientContext> = self.config.create().map_err(setup_error)?;
+        let admin: AdminClient<DefaultClientContext> = self
+            .config
+            .create()
+            .map_err(|e| setup_error(e, &self.secrets))?;
         let new_topics: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|name| {
@@ -419,7 +444,10 @@ impl KafkaSink {
                 self.replacements.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("casestream_kafka_producer_replacements_total").increment(1);
             }
-            Err(e) => tracing::error!(error = %e, "cannot create a new Kafka producer"),
+            Err(e) => {
+                let error = setup_error(e, &self.secrets);
+                tracing::error!(error = %error, "cannot create a new Kafka producer");
+            }
         }
     }
 

@@ -439,7 +439,12 @@ impl LogsClient {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let body = read_capped(response, self.inner.config.max_body).await?;
+        let body = match read_capped(response, self.inner.config.max_body).await {
+            Ok(body) => body,
+            // An error's body only feeds a snippet: its status (429's Retry-After) decides.
+            Err(ClientError::BodyTooLarge { .. }) if !status.is_success() => Vec::new(),
+            Err(e) => return Err(e),
+        };
         let snippet = || snippet(&body, token);
         match status {
             s if s.is_success() => serde_json::from_slice::<LogsResponse>(&body).map_err(|e| {
