@@ -128,15 +128,9 @@ async fn jaas_lines_service_links_and_bad_properties_get_clear_errors() {
 /// probe finds, and keeps saying so across probes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_reports_failing_deliveries_though_brokers_answer() {
-    use rdkafka::mocking::MockCluster;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-    let cluster = MockCluster::new(1).unwrap();
     let prefix = unique_prefix("isr");
-    for suffix in ["cases", "surveys", "dead"] {
-        cluster
-            .create_topic(&format!("{prefix}.{suffix}"), 1, 1)
-            .unwrap();
-    }
+    let cluster = mock_cluster(&prefix);
     cluster.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],

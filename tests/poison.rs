@@ -307,9 +307,7 @@ async fn a_looping_cursor_and_an_oversized_body_fail_only_their_widget() {
 /// topic, `/readyz` answers 503 naming it, and nothing is committed past the refused page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_that_refuses_everything_stops_the_pipeline_and_says_so() {
-    use rdkafka::mocking::MockCluster;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-    let cluster = MockCluster::new(1).unwrap();
     let clock = Clock::scaled("2026-03-10T08:00:00Z".parse().unwrap(), 60.0);
     let sim = start_simulator(
         SimConfig {
@@ -322,11 +320,7 @@ async fn a_topic_that_refuses_everything_stops_the_pipeline_and_says_so() {
     )
     .await;
     let prefix = unique_prefix("refused");
-    for suffix in ["cases", "surveys", "dead"] {
-        cluster
-            .create_topic(&format!("{prefix}.{suffix}"), 1, 1)
-            .unwrap();
-    }
+    let cluster = mock_cluster(&prefix);
     cluster.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64],
@@ -372,14 +366,8 @@ async fn a_topic_that_refuses_everything_stops_the_pipeline_and_says_so() {
 async fn a_fatal_producer_error_makes_exactly_one_replacement() {
     use casestream::events::{CloudEvent, EventKind};
     use casestream::sink::{KafkaSink, Outgoing};
-    use rdkafka::mocking::MockCluster;
-    let cluster = MockCluster::new(1).unwrap();
     let prefix = unique_prefix("fatal");
-    for suffix in ["cases", "surveys", "dead"] {
-        cluster
-            .create_topic(&format!("{prefix}.{suffix}"), 1, 1)
-            .unwrap();
-    }
+    let cluster = mock_cluster(&prefix);
     let sim = start_simulator(SimConfig::default(), Clock::system()).await;
     let dir = tempfile::tempdir().unwrap();
     let config = forwarder_config(&sim, &cluster.bootstrap_servers(), &prefix, dir.path(), &[]);

@@ -250,13 +250,23 @@ impl KafkaSink {
     }
 
     /// The cluster's topic names and broker count; fails unless a broker answers in time.
-    async fn metadata(&self, timeout: Duration) -> Result<(Vec<String>, usize), SinkError> {
+    /// Topic names and broker count, for one topic or (`None`) the whole cluster; fails unless a
+    /// broker answers in time.
+    async fn metadata(
+        &self,
+        topic: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(Vec<String>, usize), SinkError> {
         let producer = self.producer();
+        let topic = topic.map(str::to_owned);
         tokio::task::spawn_blocking(move || {
-            producer.client().fetch_metadata(None, timeout).map(|m| {
-                let names = m.topics().iter().map(|t| t.name().to_owned()).collect();
-                (names, m.brokers().len())
-            })
+            producer
+                .client()
+                .fetch_metadata(topic.as_deref(), timeout)
+                .map(|m| {
+                    let names = m.topics().iter().map(|t| t.name().to_owned()).collect();
+                    (names, m.brokers().len())
+                })
         })
         .await
         .map_err(|_| SinkError::Unreachable(KafkaError::Canceled))?
@@ -266,17 +276,9 @@ impl KafkaSink {
     /// Asks the cluster for the metadata of our cases topic only (never every topic of the
     /// cluster): the number of brokers, when one answers in time.
     pub async fn ping(&self, timeout: Duration) -> Result<usize, SinkError> {
-        let producer = self.producer();
-        let topic = self.topics.cases.clone();
-        tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(Some(&topic), timeout)
-                .map(|m| m.brokers().len())
-        })
-        .await
-        .map_err(|_| SinkError::Unreachable(KafkaError::Canceled))?
-        .map_err(SinkError::Unreachable)
+        self.metadata(Some(&self.topics.cases), timeout)
+            .await
+            .map(|(_, brokers)| brokers)
     }
 
     fn topic_names(&self) -> [&str; 3] {
@@ -289,7 +291,7 @@ impl KafkaSink {
 
     /// Which of our topics the cluster does not have.
     pub async fn missing_topics(&self, timeout: Duration) -> Result<Vec<String>, SinkError> {
-        let (existing, _) = self.metadata(timeout).await?;
+        let (existing, _) = self.metadata(None, timeout).await?;
         Ok(self
             .missing_from(&existing)
             .into_iter()
@@ -307,7 +309,7 @@ impl KafkaSink {
 
     /// Creates missing topics (or, when creation is off, checks they exist).
     pub async fn ensure_topics(&self, settings: &KafkaSettings) -> Result<(), SinkError> {
-        let (existing, brokers) = self.metadata(ADMIN_TIMEOUT).await?;
+        let (existing, brokers) = self.metadata(None, ADMIN_TIMEOUT).await?;
         let missing = self.missing_from(&existing);
         if missing.is_empty() {
             return Ok(());

@@ -178,33 +178,35 @@ fn record_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<C
     })
 }
 
+/// Runs `select` (ending in `IN`) over `keys`, in chunks far below SQLite's parameter cap,
+/// and collects what `row` makes of each result row.
+fn query_in<T, C: FromIterator<T>>(
+    conn: &Connection,
+    select: &str,
+    keys: &[&str],
+    row: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<C> {
+    let mut found = Vec::new();
+    for chunk in keys.chunks(500) {
+        let placeholders = vec!["?"; chunk.len()].join(",");
+        let mut stmt = conn.prepare_cached(&format!("{select} ({placeholders})"))?;
+        for item in stmt.query_map(params_from_iter(chunk.iter()), &row)? {
+            found.push(item?);
+        }
+    }
+    Ok(found.into_iter().collect())
+}
+
 impl StateStore for SqliteStore {
     fn lookup(&self, ids: &[&str]) -> Result<HashMap<String, CaseRecord>, StateError> {
-        let mut found = HashMap::with_capacity(ids.len());
-        if ids.is_empty() {
-            return Ok(found);
-        }
-        let conn = self.conn();
-        let err = self.err();
-        // Pages hold at most 100 cases; chunk anyway to stay far below SQLite's parameter cap.
-        for chunk in ids.chunks(500) {
-            let placeholders = vec!["?"; chunk.len()].join(",");
-            let sql = format!(
-                "SELECT id, first_seen_ms, chat_end_ms, created_emitted, survey_digest, next_check_ms
-                 FROM cases WHERE id IN ({placeholders})"
-            );
-            let mut stmt = conn.prepare_cached(&sql).map_err(&err)?;
-            let rows = stmt
-                .query_map(params_from_iter(chunk.iter()), |row| {
-                    Ok((row.get::<_, String>(0)?, record_from_row(row, 1)?))
-                })
-                .map_err(&err)?;
-            for row in rows {
-                let (id, record) = row.map_err(&err)?;
-                found.insert(id, record);
-            }
-        }
-        Ok(found)
+        query_in(
+            &self.conn(),
+            "SELECT id, first_seen_ms, chat_end_ms, created_emitted, survey_digest, next_check_ms
+             FROM cases WHERE id IN",
+            ids,
+            |row| Ok((row.get::<_, String>(0)?, record_from_row(row, 1)?)),
+        )
+        .map_err(self.err())
     }
 
     fn commit_page(
@@ -267,26 +269,13 @@ impl StateStore for SqliteStore {
     }
 
     fn known_dead_letters(&self, digests: &[&str]) -> Result<HashSet<String>, StateError> {
-        let mut found = HashSet::new();
-        if digests.is_empty() {
-            return Ok(found);
-        }
-        let conn = self.conn();
-        let err = self.err();
-        for chunk in digests.chunks(500) {
-            let placeholders = vec!["?"; chunk.len()].join(",");
-            let sql = format!("SELECT digest FROM dead_letters WHERE digest IN ({placeholders})");
-            let mut stmt = conn.prepare_cached(&sql).map_err(&err)?;
-            let rows = stmt
-                .query_map(params_from_iter(chunk.iter()), |row| {
-                    row.get::<_, String>(0)
-                })
-                .map_err(&err)?;
-            for row in rows {
-                found.insert(row.map_err(&err)?);
-            }
-        }
-        Ok(found)
+        query_in(
+            &self.conn(),
+            "SELECT digest FROM dead_letters WHERE digest IN",
+            digests,
+            |row| row.get::<_, String>(0),
+        )
+        .map_err(self.err())
     }
 
     fn prune_days(

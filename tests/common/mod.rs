@@ -472,3 +472,17 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// librdkafka's mock cluster (for faults a real broker cannot be made to show) with the three
+/// topics of `prefix`.
+pub fn mock_cluster(
+    prefix: &str,
+) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    for suffix in ["cases", "surveys", "dead"] {
+        cluster
+            .create_topic(&format!("{prefix}.{suffix}"), 1, 1)
+            .expect("mock topic");
+    }
+    cluster
+}
