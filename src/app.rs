@@ -44,6 +44,7 @@ pub fn client_config(config: &Config) -> ClientConfig {
     client.retry = config.retry.clone();
     client.max_pages = config.max_pages;
     client.max_body = config.max_body;
+    client.token_file = config.api_token_file.clone();
     client
 }
 

@@ -83,7 +83,7 @@ impl std::fmt::Debug for KafkaSettings {
             .iter()
             .map(|(k, v)| {
                 let v = if is_secret_property(k) {
-                    "[REDACTED]"
+                    crate::redact::MARK
                 } else {
                     v.as_str()
                 };
@@ -104,6 +104,9 @@ pub struct Config {
     pub api_url: Url,
     pub org_id: String,
     pub api_token: SecretString,
+    /// Where the token was read from, if from a file: read again when the API answers 401
+    /// (a rotated Kubernetes Secret updates the mounted file in place).
+    pub api_token_file: Option<PathBuf>,
     pub widget_ids: Vec<String>,
     pub rate_limit: f64,
     pub retry: RetryPolicy,
@@ -328,6 +331,16 @@ fn is_service_link(name: &str) -> bool {
     })
 }
 
+/// The API token held in `path` (SNAPENGAGE_API_TOKEN_FILE), surrounding whitespace removed.
+pub fn read_token_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(|text| text.trim().to_owned())
+        .map_err(|e| ConfigError::TokenFile {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
 /// The environment variable that sets a librdkafka property.
 pub fn property_env_name(property: &str) -> String {
     format!("KAFKA_{}", property.to_ascii_uppercase().replace('.', "_"))
@@ -341,9 +354,25 @@ impl Layer {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::File {
-            path: path.to_owned(),
-            reason: e.to_string(),
+        // toml's own message quotes the offending line, which may hold the API token: name
+        // the line and column and say what is wrong, never show the text.
+        toml::from_str(&text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!("line {line}, column {column}: ")
+                })
+                .unwrap_or_default();
+            ConfigError::File {
+                path: path.to_owned(),
+                reason: format!(
+                    "{at}{} (the line is not shown: it may hold a secret)",
+                    e.message().trim_end()
+                ),
+            }
         })
     }
 
@@ -459,17 +488,14 @@ impl Layer {
                 )),
             })?;
         let org_id = required(&self.org_id, "SNAPENGAGE_ORG_ID")?;
+        let mut api_token_file = None;
         let api_token = match (&self.api_token, &self.api_token_file) {
             (Some(token), _) => token.text(),
             (None, Some(path)) => {
                 let path = PathBuf::from(path.text());
-                std::fs::read_to_string(&path)
-                    .map_err(|e| ConfigError::TokenFile {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?
-                    .trim()
-                    .to_owned()
+                let token = read_token_file(&path)?;
+                api_token_file = Some(path);
+                token
             }
             (None, None) => {
                 return Err(ConfigError::Missing {
@@ -477,6 +503,8 @@ impl Layer {
                 });
             }
         };
+        // From here on every log line and error masks it, whatever library wrote the text.
+        crate::redact::register(api_token.trim());
         if api_token.trim().is_empty() {
             return Err(ConfigError::Missing {
                 setting: "SNAPENGAGE_API_TOKEN (or SNAPENGAGE_API_TOKEN_FILE)",
@@ -485,7 +513,7 @@ impl Layer {
         if api_token.chars().any(char::is_control) {
             return Err(ConfigError::Invalid {
                 setting: "SNAPENGAGE_API_TOKEN",
-                value: "[REDACTED]".into(),
+                value: crate::redact::MARK.into(),
                 reason: "contains control characters".into(),
             });
         }
@@ -592,12 +620,15 @@ impl Layer {
             }
         }
         properties.retain(|_, v| !v.is_empty());
+        for (_, secret) in properties.iter().filter(|(k, _)| is_secret_property(k)) {
+            crate::redact::register(secret);
+        }
         // The Java client's one-line JAAS setting carries the password; librdkafka has no such
         // property. Refuse it by name, never quoting it.
         if properties.contains_key("sasl.jaas.config") {
             return Err(ConfigError::Invalid {
                 setting: "KAFKA_SASL_JAAS_CONFIG",
-                value: "[redacted]".into(),
+                value: crate::redact::MARK.into(),
                 reason: "the Java client's JAAS line is not a librdkafka setting; set \
                          KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD (with KAFKA_SASL_MECHANISMS) \
                          instead"
@@ -695,6 +726,7 @@ impl Layer {
             api_url,
             org_id,
             api_token: SecretString::from(api_token),
+            api_token_file,
             widget_ids,
             rate_limit,
             retry,
@@ -1079,6 +1111,19 @@ rate_limit = 2
         .load(minimal())
         .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/casestream.toml"));
+    }
+
+    #[test]
+    fn a_toml_syntax_error_names_the_line_but_never_shows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("casestream.toml");
+        // A missing closing quote on the token's line: toml's own message would print it.
+        std::fs::write(&path, "org_id = \"o\"\napi_token = \"tok-3b1f9e\n").unwrap();
+        let err = Layer::from_file(&path).err().expect("a syntax error");
+        let text = err.to_string();
+        assert!(text.contains("line 2"), "{text}");
+        assert!(text.contains(path.to_str().unwrap()), "{text}");
+        assert!(!text.contains("tok-3b1f9e"), "{text}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod events;
 pub mod pipeline;
+pub mod redact;
 pub mod simulator;
 pub mod sink;
 pub mod snapengage;

@@ -190,7 +190,7 @@ fn init_logging(format: Option<LogFormat>, default_level: &str) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(casestream::redact::stderr);
     if json {
         builder.json().flatten_event(true).init();
     } else {
@@ -253,7 +253,7 @@ async fn check(args: RunArgs) -> anyhow::Result<()> {
     let lines = casestream::check::run_checks(args.settings.load(std::env::vars())).await;
     let failed = lines.iter().filter(|l| l.result.is_err()).count();
     for line in &lines {
-        println!("{line}");
+        println!("{}", casestream::redact::redact(&line.to_string()));
     }
     if failed > 0 {
         anyhow::bail!("{failed} check(s) failed");
@@ -285,7 +285,18 @@ async fn shutdown_signal() {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run_command().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Whatever library wrote the message, registered secrets never print.
+            eprintln!("Error: {}", casestream::redact::redact(&format!("{e:#}")));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_command() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The demo's output is its events; its logs stay quiet unless asked for.
     let default_level = match cli.command {

@@ -265,6 +265,31 @@ async fn bodies_over_the_cap_are_refused() {
 }
 
 #[tokio::test]
+async fn a_rotated_token_file_is_read_again_on_401() {
+    let sim = simulator(1, Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "revoked-token-1\n").unwrap();
+    let mut config = ClientConfig::new(
+        sim.base_url(),
+        "demo",
+        SecretString::from("revoked-token-1"),
+    );
+    config.token_file = Some(token_file.clone());
+    let client = LogsClient::new(config).unwrap();
+    // The file still holds the revoked token: the 401 stands.
+    let err = fetch_all(&client, "w1").await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Unauthorized { status: 401, .. }),
+        "{err:?}"
+    );
+    // The Secret is rotated (Kubernetes swaps the mounted file): the same client goes on.
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let cases = fetch_all(&client, "w1").await.unwrap();
+    assert!(!cases.is_empty());
+}
+
+#[tokio::test]
 async fn bad_token_and_unknown_org_are_clear_permanent_errors() {
     let sim = simulator(1, Faults::default()).await;
     let wrong = "wrong-token-77";

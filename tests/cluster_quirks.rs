@@ -14,32 +14,51 @@ use common::*;
 /// Runs `casestream <command>` with `env`; (exit success, stdout + stderr). `run` is stopped
 /// with SIGTERM after `run_for` if it is still running.
 fn casestream(command: &str, env: &[(String, String)], run_for: Duration) -> (bool, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_casestream"))
-        .arg(command)
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, output) = spawn(command, env);
     let started = std::time::Instant::now();
     while child.try_wait().unwrap().is_none() && started.elapsed() < run_for {
         std::thread::sleep(Duration::from_millis(100));
     }
+    finish(child, output)
+}
+
+/// Starts `casestream <command>`; its stdout and stderr go to one file (a pipe read only at
+/// the end would fill up and block a chatty process).
+fn spawn(
+    command: &str,
+    env: &[(String, String)],
+) -> (std::process::Child, tempfile::NamedTempFile) {
+    let output = tempfile::NamedTempFile::new().unwrap();
+    // Appending, both: two handles at their own offsets would overwrite each other.
+    let append = || {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(output.path())
+            .unwrap()
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_casestream"))
+        .arg(command)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(append())
+        .stderr(append())
+        .spawn()
+        .unwrap();
+    (child, output)
+}
+
+/// Sends SIGTERM if the process still runs, waits for it; (exit success, what it printed).
+fn finish(mut child: std::process::Child, output: tempfile::NamedTempFile) -> (bool, String) {
     if child.try_wait().unwrap().is_none() {
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
             .unwrap();
     }
-    let output = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    let status = child.wait().unwrap();
+    let text = String::from_utf8_lossy(&std::fs::read(output.path()).unwrap()).into_owned();
+    (status.success(), text)
 }
 
 fn with(env: &[(String, String)], extra: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -177,5 +196,74 @@ async fn readiness_reports_failing_deliveries_though_brokers_answer() {
     })
     .await;
     forwarder.stop().await;
+    sim.stop().await.unwrap();
+}
+
+/// The README's promise: a Kafka password never reaches the logs or `/metrics`. A run with
+/// `KAFKA_SASL_PASSWORD` set, every log at debug and librdkafka's own security and broker debug
+/// output on, against a listener that does not speak SASL (so the failure paths run too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_password_never_reaches_logs_or_metrics() {
+    const PASSWORD: &str = "kafka-pw-5521-zq";
+    let bootstrap = kafka_bootstrap().await;
+    let sim = start_simulator(SimConfig::default(), Clock::system()).await;
+    let prefix = unique_prefix("kafkapw");
+    let dir = tempfile::tempdir().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let env = process_env(&sim, &bootstrap, &prefix, &dir.path().join("state"), &[]);
+    let env = with(
+        &env,
+        &[
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+            ("KAFKA_SASL_MECHANISMS", "PLAIN"),
+            ("KAFKA_SASL_USERNAME", "svc"),
+            ("KAFKA_SASL_PASSWORD", PASSWORD),
+            ("KAFKA_DEBUG", "security,broker,conf"),
+            ("CASESTREAM_ADMIN_ADDR", &admin),
+            ("RUST_LOG", "debug"),
+        ],
+    );
+
+    let (ok, text) = casestream("check", &env, Duration::from_secs(60));
+    assert!(
+        !ok,
+        "check against a listener without SASL must fail: {text}"
+    );
+    assert!(text.contains("FAIL  kafka"), "{text}");
+    assert!(
+        !text.contains(PASSWORD),
+        "check printed the password: {text}"
+    );
+
+    let (child, output) = spawn("run", &env);
+    let mut scraped = Vec::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(12) {
+        for path in ["metrics", "readyz", "livez"] {
+            if let Ok(response) = reqwest::get(format!("http://{admin}/{path}")).await
+                && let Ok(body) = response.text().await
+            {
+                scraped.push(body);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (_, logs) = finish(child, output);
+    assert!(
+        scraped.iter().any(|b| b.contains("casestream_ready")),
+        "metrics were scraped: {scraped:?}"
+    );
+    assert!(
+        scraped.iter().any(|b| b.contains(r#""kafka":false"#)),
+        "readiness shows Kafka failing: {scraped:?}"
+    );
+    assert!(
+        logs.contains("sasl") || logs.contains("SASL"),
+        "librdkafka's security debug output was logged: {logs}"
+    );
+    assert!(!logs.contains(PASSWORD), "the password reached the logs");
+    for body in &scraped {
+        assert!(!body.contains(PASSWORD), "the password reached {body}");
+    }
     sim.stop().await.unwrap();
 }

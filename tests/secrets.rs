@@ -94,7 +94,7 @@ async fn the_token_never_appears_in_debug_errors_or_logs() {
     let client = LogsClient::new(config.clone()).unwrap();
     let err = fetch_all(&client, "w").await.unwrap_err();
     assert!(
-        err.to_string().contains("busy, token was [REDACTED]"),
+        err.to_string().contains("busy, token was [redacted]"),
         "{err}"
     );
 

@@ -153,13 +153,6 @@ fn secret_values(settings: &KafkaSettings) -> Vec<String> {
         .collect()
 }
 
-/// `text` with every secret value masked.
-fn redacted(text: &str, secrets: &[String]) -> String {
-    secrets.iter().fold(text.to_owned(), |t, secret| {
-        t.replace(secret.as_str(), "[redacted]")
-    })
-}
-
 /// A client set-up error that names the property and where it came from, and never quotes the
 /// value (librdkafka's own message does: it could be a password); any other set-up error with
 /// every secret value masked.
@@ -169,7 +162,7 @@ fn setup_error(error: KafkaError, secrets: &[String]) -> SinkError {
             let reason = if value.is_empty() {
                 description
             } else {
-                description.replace(&value, "[redacted]")
+                description.replace(&value, crate::redact::MARK)
             };
             SinkError::Property {
                 env: crate::config::property_env_name(&property),
@@ -177,7 +170,10 @@ fn setup_error(error: KafkaError, secrets: &[String]) -> SinkError {
                 reason,
             }
         }
-        other => SinkError::Setup(redacted(&other.to_string(), secrets)),
+        other => SinkError::Setup(
+            crate::redact::mask(&other.to_string(), secrets.iter().map(String::as_str))
+                .into_owned(),
+        ),
     }
 }
 
@@ -208,7 +204,7 @@ pub fn describe_config(settings: &KafkaSettings) -> String {
         .iter()
         .map(|(k, v)| {
             if is_secret_property(k) {
-                format!("{k}=[REDACTED]")
+                format!("{k}={}", crate::redact::MARK)
             } else {
                 format!("{k}={v}")
             }

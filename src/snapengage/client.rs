@@ -64,6 +64,9 @@ pub struct ClientConfig {
     pub max_pages: usize,
     /// The largest response body read, in bytes (CASESTREAM_MAX_BODY).
     pub max_body: usize,
+    /// The file the token came from, read again when the API answers 401 or 403: a rotated
+    /// token is picked up without a restart.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl ClientConfig {
@@ -78,6 +81,7 @@ impl ClientConfig {
             retry: RetryPolicy::default(),
             max_pages: DEFAULT_MAX_PAGES,
             max_body: DEFAULT_MAX_BODY,
+            token_file: None,
         }
     }
 }
@@ -223,6 +227,8 @@ pub struct LogsClient {
 
 struct Inner {
     config: ClientConfig,
+    /// The token in use: the configured one until a re-read of `token_file` replaces it.
+    token: std::sync::RwLock<SecretString>,
     http: reqwest::Client,
     limiter: DefaultDirectRateLimiter,
     logs_url: Url,
@@ -267,6 +273,7 @@ impl LogsClient {
                 http,
                 logs_url,
                 observer,
+                token: std::sync::RwLock::new(config.token.clone()),
                 config,
             }),
         })
@@ -409,7 +416,10 @@ impl LogsClient {
         self.inner.observer.rate_limit_waited(waited.elapsed());
 
         let started = Instant::now();
-        let result = self.request(url).await;
+        let mut result = self.request(url).await;
+        if matches!(result, Err(ClientError::Unauthorized { .. })) && self.reload_token() {
+            result = self.request(url).await;
+        }
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.kind(),
@@ -420,8 +430,36 @@ impl LogsClient {
         result
     }
 
+    /// Reads the token file again; true when it holds a new token, now in use.
+    fn reload_token(&self) -> bool {
+        let Some(path) = &self.inner.config.token_file else {
+            return false;
+        };
+        let fresh = match std::fs::read_to_string(path) {
+            Ok(text) => text.trim().to_owned(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the API token file again");
+                return false;
+            }
+        };
+        let mut token = self.inner.token.write().unwrap_or_else(|p| p.into_inner());
+        if fresh.is_empty() || fresh == token.expose_secret() {
+            return false;
+        }
+        crate::redact::register(&fresh);
+        *token = SecretString::from(fresh);
+        tracing::info!(path = %path.display(), "the API token file holds a new token; using it");
+        true
+    }
+
     async fn request(&self, url: &Url) -> Result<LogsResponse, ClientError> {
-        let token = self.inner.config.token.expose_secret();
+        let token = self
+            .inner
+            .token
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let token = token.expose_secret();
         let mut auth = HeaderValue::from_str(token)
             .map_err(|_| ClientError::Config("the API token is not a valid header value".into()))?;
         auth.set_sensitive(true);
@@ -541,11 +579,9 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 /// The start of a response body for an error message: printable, short, and never the token
 /// (a server could echo the header back).
 fn snippet(body: &[u8], token: &str) -> String {
-    let mut text = String::from_utf8_lossy(body).into_owned();
+    let text = String::from_utf8_lossy(body);
     // Redact before cutting, so a token across the cut cannot leak in part.
-    if !token.is_empty() {
-        text = text.replace(token, "[REDACTED]");
-    }
+    let text = crate::redact::mask(&text, [token]);
     let mut short: String = text
         .chars()
         .take(SNIPPET_CHARS)
@@ -583,7 +619,7 @@ mod tests {
     #[test]
     fn snippet_is_short_printable_and_redacted() {
         let s = snippet(b"bad token sekrit\n", "sekrit");
-        assert_eq!(s, "bad token [REDACTED] ");
+        assert_eq!(s, "bad token [redacted] ");
         let long = "x".repeat(1000);
         assert_eq!(
             snippet(long.as_bytes(), "t").chars().count(),
