@@ -11,12 +11,12 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use chrono::Utc;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::monotonic_ms;
 use crate::pipeline::Health;
 use crate::sink::KafkaSink;
 use crate::snapengage::client::ClientObserver;
@@ -122,8 +122,16 @@ fn describe_metrics() {
     describe_gauge!("casestream_ready", "1 when /readyz answers 200");
 }
 
-/// Logs API client metrics.
-pub struct ClientMetrics;
+/// Logs API client metrics; a retry wait also tells liveness the loop waits on purpose.
+pub struct ClientMetrics {
+    health: Arc<Health>,
+}
+
+impl ClientMetrics {
+    pub fn new(health: Arc<Health>) -> Self {
+        Self { health }
+    }
+}
 
 impl ClientObserver for ClientMetrics {
     fn request_finished(&self, widget_id: &str, outcome: &str, elapsed: Duration) {
@@ -136,7 +144,8 @@ impl ClientObserver for ClientMetrics {
         metrics::histogram!("casestream_api_request_seconds").record(elapsed.as_secs_f64());
     }
 
-    fn retried(&self, widget_id: &str, error_kind: &str) {
+    fn retried(&self, widget_id: &str, error_kind: &str, wait: Duration) {
+        self.health.beat_for(wait);
         metrics::counter!(
             "casestream_api_retries_total",
             "widget" => widget_id.to_owned(),
@@ -176,8 +185,9 @@ struct AdminState {
     thresholds: Thresholds,
 }
 
-fn age_ms(epoch_ms: i64) -> Option<u64> {
-    (epoch_ms > 0).then(|| u64::try_from(Utc::now().timestamp_millis() - epoch_ms).unwrap_or(0))
+/// How long ago `at` ([`monotonic_ms`]) was; `None` for never, 0 for a time still ahead.
+fn age_ms(at: i64) -> Option<u64> {
+    (at > 0).then(|| u64::try_from(monotonic_ms() - at).unwrap_or(0))
 }
 
 async fn metrics_endpoint(State(state): State<AdminState>) -> Response {

@@ -100,7 +100,7 @@ pub async fn run(
     tracing::info!(path = %store.path().display(), lock = %lock.path().display(), "state opened");
     let client = LogsClient::with_observer(
         client_config(&config),
-        Arc::new(crate::admin::ClientMetrics),
+        Arc::new(crate::admin::ClientMetrics::new(health.clone())),
     )?;
     let sink = Arc::new(KafkaSink::new(&config.kafka)?);
     let admin_addr = crate::admin::serve(

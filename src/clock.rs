@@ -5,7 +5,8 @@
 //! or the demo can let a 5-minute settle window pass in seconds. Both the simulator and the
 //! pipeline must hold clones of the same `Clock` for their views of time to agree.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -22,7 +23,20 @@ enum ClockKind {
         real_origin: Instant,
         virtual_origin: DateTime<Utc>,
         speed: f64,
+        /// Microseconds added by [`Clock::step`], as an NTP step moves a wall clock.
+        stepped_us: AtomicI64,
     },
+}
+
+/// Milliseconds on a monotonic clock since this process first asked (never 0, never going
+/// back). Every wait and every age (heartbeats, poll ages) is measured on it: a wall clock
+/// stepped back would otherwise stall waits and keep ages young.
+pub fn monotonic_ms() -> i64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = ORIGIN.get_or_init(Instant::now);
+    i64::try_from(origin.elapsed().as_millis())
+        .unwrap_or(i64::MAX)
+        .saturating_add(1)
 }
 
 impl Clock {
@@ -46,6 +60,7 @@ impl Clock {
                 real_origin: Instant::now(),
                 virtual_origin: start,
                 speed,
+                stepped_us: AtomicI64::new(0),
             }),
         }
     }
@@ -57,11 +72,23 @@ impl Clock {
                 real_origin,
                 virtual_origin,
                 speed,
+                stepped_us,
             } => {
                 let real = real_origin.elapsed().as_secs_f64() * speed;
                 let elapsed = chrono::Duration::microseconds((real * 1e6) as i64);
-                *virtual_origin + elapsed
+                *virtual_origin
+                    + elapsed
+                    + chrono::Duration::microseconds(stepped_us.load(Ordering::Relaxed))
             }
+        }
+    }
+
+    /// Moves a scaled clock's wall time by `by` (back when negative), as an NTP step or an
+    /// operator's `date -s` moves the system clock; the seam for tests of a clock stepped
+    /// back. The real system clock cannot be moved from here: a no-op for it.
+    pub fn step(&self, by: chrono::Duration) {
+        if let ClockKind::Scaled { stepped_us, .. } = &*self.inner {
+            stepped_us.fetch_add(by.num_microseconds().unwrap_or(0), Ordering::Relaxed);
         }
     }
 
@@ -76,6 +103,11 @@ impl Clock {
     /// The real duration that lets `virtual_duration` pass on this clock.
     pub fn real_duration(&self, virtual_duration: Duration) -> Duration {
         virtual_duration.div_f64(self.speed())
+    }
+
+    /// The time that passes on this clock while `real` passes in real time (steps aside).
+    pub fn virtual_duration(&self, real: Duration) -> Duration {
+        real.mul_f64(self.speed())
     }
 
     /// Sleep until `virtual_duration` has passed on this clock.
@@ -101,6 +133,19 @@ mod tests {
         assert_eq!(
             clock.real_duration(Duration::from_secs(300)),
             Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn a_step_moves_wall_time_but_not_monotonic_time() {
+        let clock = Clock::scaled(Utc::now(), 1.0);
+        let (before, mono) = (clock.now(), monotonic_ms());
+        clock.step(-chrono::Duration::hours(1));
+        assert!(clock.now() < before - chrono::Duration::minutes(59));
+        assert!(monotonic_ms() >= mono);
+        assert_eq!(
+            clock.virtual_duration(Duration::from_secs(2)),
+            Duration::from_secs(2)
         );
     }
 

@@ -19,7 +19,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, monotonic_ms};
 use crate::config::WindowMode;
 use crate::events::{CloudEvent, EventKind};
 use crate::sink::dead_letter::sha256_hex;
@@ -40,7 +40,7 @@ const MAX_PAGES_IN_FLIGHT: usize = 4;
 /// Re-check days read per widget per cycle, so old surveys never crowd out fresh cases.
 const RECHECK_DAYS_PER_CYCLE: usize = 4;
 /// How often (on the pipeline's clock) state that no decision needs any more is pruned.
-const PRUNE_EVERY: chrono::Duration = chrono::Duration::minutes(15);
+const PRUNE_EVERY: Duration = Duration::from_secs(15 * 60);
 /// Days pruned per widget per turn; each is one small transaction.
 const PRUNE_DAYS_PER_TURN: usize = 64;
 /// Dead-letter marks are kept this long beyond lookback and horizon, after which a bad case's
@@ -79,11 +79,13 @@ pub struct Health {
     pub kafka_ok: AtomicBool,
     /// Written by the admin probe only: a broker answered a metadata request for our topic.
     pub kafka_reachable: AtomicBool,
-    /// Epoch ms of the last completed poll window (any widget).
+    /// [`monotonic_ms`] of the last completed poll window (any widget).
     pub last_poll_ok_ms: AtomicI64,
-    /// Epoch ms of the last turn of the poll loop.
+    /// [`monotonic_ms`] until which the poll loop is known to be alive: its last sign of
+    /// progress (a page, a cycle), or the end of a wait it chose (a Retry-After, the poll
+    /// interval), whichever is later.
     pub heartbeat_ms: AtomicI64,
-    /// Per widget, epoch ms (wall clock) when its fresh window was last read completely.
+    /// Per widget, [`monotonic_ms`] when its fresh window was last read completely.
     fresh_polls: std::sync::Mutex<HashMap<String, i64>>,
     /// Where the admin endpoints listen, once they do.
     pub admin_addr: std::sync::OnceLock<std::net::SocketAddr>,
@@ -92,16 +94,29 @@ pub struct Health {
 }
 
 impl Health {
-    fn beat(&self) {
+    /// The loop made progress now.
+    pub fn beat(&self) {
+        self.beat_for(Duration::ZERO);
+    }
+
+    /// The loop is about to wait `wait` on purpose: alive until then, however long. A later
+    /// beat never shortens a wait already announced.
+    pub fn beat_for(&self, wait: Duration) {
+        let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
         self.heartbeat_ms
-            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+            .fetch_max(monotonic_ms().saturating_add(wait_ms), Ordering::Relaxed);
+    }
+
+    fn poll_ok(&self) {
+        self.last_poll_ok_ms
+            .store(monotonic_ms(), Ordering::Relaxed);
     }
 
     fn fresh_poll_done(&self, widget: &str) {
         self.fresh_polls
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(widget.to_owned(), Utc::now().timestamp_millis());
+            .insert(widget.to_owned(), monotonic_ms());
     }
 
     /// Records why the pipeline stopped for good.
@@ -114,7 +129,7 @@ impl Health {
         self.fatal.get().map(String::as_str)
     }
 
-    /// (widget, epoch ms of its last complete fresh poll).
+    /// (widget, [`monotonic_ms`] of its last complete fresh poll).
     pub fn fresh_polls(&self) -> Vec<(String, i64)> {
         self.fresh_polls
             .lock()
@@ -220,7 +235,7 @@ impl Pipeline {
         let mut catch_up = CatchUpProgress::new(&progress, self.fresh_start());
         // The first prune comes one period after start, not at once: a start is busy enough
         // (a catch-up's first days, a migrated state's first prune would both land together).
-        let mut last_prune = self.clock.now();
+        let mut last_prune = Instant::now();
 
         while !shutdown.is_cancelled() {
             self.health.beat();
@@ -264,9 +279,7 @@ impl Pipeline {
                 {
                     Ok(WindowEnd::Complete) => {
                         stats.windows += 1;
-                        self.health
-                            .last_poll_ok_ms
-                            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+                        self.health.poll_ok();
                         metrics::histogram!("casestream_window_seconds", "kind" => task.label())
                             .record(started.elapsed().as_secs_f64());
                         let p = progress
@@ -292,9 +305,11 @@ impl Pipeline {
                     Err(WindowFailure::Pipeline(e)) => return Err(e),
                 }
             }
-            if !shutdown.is_cancelled() && self.clock.now() - last_prune >= PRUNE_EVERY {
+            if !shutdown.is_cancelled()
+                && self.clock.virtual_duration(last_prune.elapsed()) >= PRUNE_EVERY
+            {
                 stats.pruned = self.prune(&progress, &shutdown).await?;
-                last_prune = self.clock.now();
+                last_prune = Instant::now();
             }
             self.report_cycle(&stats, cycle_started.elapsed(), &progress, fresh_start)
                 .await;
@@ -305,13 +320,11 @@ impl Pipeline {
             if shutdown.is_cancelled() || (still_catching_up && stats.window_errors == 0) {
                 continue;
             }
-            // Next cycle when the poll interval has passed since this one started.
-            let elapsed = self.clock.now() - now;
-            let wait = chrono::Duration::from_std(self.settings.poll_interval)
-                .unwrap_or_default()
-                .checked_sub(&elapsed)
-                .and_then(|d| d.to_std().ok())
-                .unwrap_or_default();
+            // Next cycle when the poll interval has passed since this one started, measured on
+            // the monotonic clock: a wall clock stepped back must not stretch the wait.
+            let elapsed = self.clock.virtual_duration(cycle_started.elapsed());
+            let wait = self.settings.poll_interval.saturating_sub(elapsed);
+            self.health.beat_for(self.clock.real_duration(wait));
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = self.clock.sleep(wait) => {}
@@ -449,6 +462,8 @@ impl Pipeline {
                 None => break Ok(WindowEnd::Complete),
                 Some(Err(e)) => break Err(WindowFailure::Client(e)),
                 Some(Ok(page)) => {
+                    // A long window is progress, page by page: liveness never fails for it.
+                    self.health.beat();
                     let batch = self
                         .decide(page, &flight.records, &mut flight.dead_letters, stats)
                         .await?;

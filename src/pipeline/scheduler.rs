@@ -76,8 +76,12 @@ pub fn plan_widget(
     if let Some(day) = catch_up {
         tasks.push(Task::CatchUp(day));
     }
+    // A last poll "in the future" means the wall clock was stepped back: poll now rather
+    // than wait for the clock to catch up.
     let fresh_due = progress.last_fresh_poll.is_none_or(|last| {
-        chrono::Duration::from_std(poll_interval).is_ok_and(|interval| now - last >= interval)
+        now < last
+            || chrono::Duration::from_std(poll_interval)
+                .is_ok_and(|interval| now - last >= interval)
     });
     if fresh_due {
         tasks.push(Task::Fresh);
@@ -192,6 +196,20 @@ mod tests {
         let later = now() + chrono::Duration::seconds(20);
         assert_eq!(
             plan_widget(&progress, day("2026-03-10"), later, POLL, DAY, &[]),
+            [Task::Fresh]
+        );
+    }
+
+    #[test]
+    fn a_clock_stepped_back_makes_the_fresh_window_due() {
+        let progress = WidgetProgress {
+            since: day("2026-03-10"),
+            caught_up_through: None,
+            last_fresh_poll: Some(now()),
+        };
+        let stepped_back = now() - chrono::Duration::hours(1);
+        assert_eq!(
+            plan_widget(&progress, day("2026-03-10"), stepped_back, POLL, DAY, &[]),
             [Task::Fresh]
         );
     }

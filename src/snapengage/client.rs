@@ -211,7 +211,8 @@ impl ClientError {
 /// Observes what the client does, for metrics. The default does nothing.
 pub trait ClientObserver: Send + Sync {
     fn request_finished(&self, _widget_id: &str, _outcome: &str, _elapsed: Duration) {}
-    fn retried(&self, _widget_id: &str, _error_kind: &str) {}
+    /// A request failed and is retried after `wait`.
+    fn retried(&self, _widget_id: &str, _error_kind: &str, _wait: Duration) {}
     fn rate_limit_waited(&self, _waited: Duration) {}
 }
 
@@ -404,7 +405,7 @@ impl LogsClient {
                 (_, delay) => delay,
             })
             .notify(|err, delay| {
-                observer.retried(widget_id, err.kind());
+                observer.retried(widget_id, err.kind(), delay);
                 tracing::warn!(widget = widget_id, error = %err, retry_in = ?delay, "Logs API request failed; retrying");
             })
             .await
