@@ -111,6 +111,10 @@ fn describe_metrics() {
         "State entries pruned because no future decision needs them, by kind"
     );
     describe_counter!(
+        "casestream_windows_resumed_total",
+        "Windows that went on from a cursor saved before a restart"
+    );
+    describe_counter!(
         "casestream_window_errors_total",
         "Windows that failed after retries"
     );

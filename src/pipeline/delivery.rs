@@ -86,9 +86,10 @@ impl Pipeline {
         if let Delivered::Interrupted = self.deliver(batch.outgoing, results, shutdown).await? {
             return Ok(false);
         }
-        let (changed, dead) = (batch.changed, batch.dead_letters);
+        let (changed, dead, cursor) = (batch.changed, batch.dead_letters, batch.cursor);
         let ids: Vec<String> = changed.iter().map(|c| c.id.clone()).collect();
-        self.state(move |s| s.commit_page(&changed, &dead)).await?;
+        self.state(move |s| s.commit_page(&changed, &dead, cursor.as_ref()))
+            .await?;
         // Committed now; a later page in flight may hold a newer record for the same id.
         for id in ids {
             if flight.records.get(&id).is_some_and(|(_, s)| *s == seq) {

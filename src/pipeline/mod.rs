@@ -25,7 +25,9 @@ use crate::events::{CloudEvent, EventKind};
 use crate::sink::dead_letter::sha256_hex;
 use crate::sink::{DeadLetter, KafkaSink, Outgoing, PendingDelivery};
 use crate::snapengage::{Case, ClientError, LogsClient, Page};
-use crate::state::{DeadLetterMark, StateError, StateStore, StoredCase, WidgetProgress};
+use crate::state::{
+    DeadLetterMark, StateError, StateStore, StoredCase, WidgetProgress, WindowCursor,
+};
 use progress::CatchUpProgress;
 use scheduler::Task;
 use tracker::{CaseRecord, TrackerSettings};
@@ -427,7 +429,11 @@ impl Pipeline {
             }
         }
         let (w, p) = (widget.to_owned(), progress.clone());
-        self.state(move |s| s.set_widget(&w, &p)).await
+        self.state(move |s| {
+            s.set_widget(&w, &p)?;
+            s.clear_window_cursor(&w)
+        })
+        .await
     }
 
     async fn read_window(
@@ -439,9 +445,26 @@ impl Pipeline {
         stats: &mut CycleStats,
     ) -> Result<WindowEnd, WindowFailure> {
         tracing::debug!(widget, kind = task.label(), %window, "reading window");
+        // A window interrupted part-way (a restart, a pod killed) goes on from its saved
+        // cursor, if the cursor is for this very window.
+        let window_url = self.client.window_url(widget, &window).to_string();
+        let w = widget.to_owned();
+        let resume = self
+            .state(move |s| s.window_cursor(&w))
+            .await?
+            .filter(|c| c.window == window_url);
+        if let Some(c) = &resume {
+            tracing::info!(widget, %window, pages_done = c.pages_done, "resuming a window where it stopped");
+            metrics::counter!("casestream_windows_resumed_total", "widget" => widget.to_owned())
+                .increment(1);
+        }
         // The next page is fetched while this one is decided, published and committed.
         let (tx, mut pages) = tokio::sync::mpsc::channel(PREFETCH_PAGES);
-        let source = self.client.pages(widget, window);
+        let source = self.client.pages_from(
+            widget,
+            window,
+            resume.as_ref().map(|c| (c.next.as_str(), c.pages_done)),
+        );
         let _fetcher = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             let mut source = pin!(source);
             while let Some(page) = source.next().await {
@@ -464,9 +487,16 @@ impl Pipeline {
                 Some(Ok(page)) => {
                     // A long window is progress, page by page: liveness never fails for it.
                     self.health.beat();
-                    let batch = self
+                    let cursor = page.next.as_ref().map(|next| WindowCursor {
+                        widget: widget.to_owned(),
+                        window: window_url.clone(),
+                        next: next.to_string(),
+                        pages_done: page.index + 1,
+                    });
+                    let mut batch = self
                         .decide(page, &flight.records, &mut flight.dead_letters, stats)
                         .await?;
+                    batch.cursor = cursor;
                     flight.seq += 1;
                     for case in &batch.changed {
                         flight
@@ -495,6 +525,15 @@ impl Pipeline {
             if !self.settle_oldest(&mut flight, shutdown).await? {
                 return Ok(WindowEnd::Interrupted);
             }
+        }
+        // The API refused to go on from the saved cursor (it may have expired): the window
+        // starts over at page 1 next cycle.
+        if let (Some(_), Err(WindowFailure::Client(e))) = (&resume, &end)
+            && !e.is_transient()
+        {
+            tracing::warn!(widget, error = %e, "the saved cursor was refused; the window starts over next cycle");
+            let w = widget.to_owned();
+            self.state(move |s| s.clear_window_cursor(&w)).await?;
         }
         end
     }
@@ -621,6 +660,7 @@ impl Pipeline {
             outgoing,
             changed,
             dead_letters,
+            cursor: None,
         })
     }
 }
@@ -630,6 +670,8 @@ struct PageBatch {
     outgoing: Vec<Outgoing>,
     changed: Vec<StoredCase>,
     dead_letters: Vec<DeadLetterMark>,
+    /// Where the window goes on after this page, saved with its commit.
+    cursor: Option<WindowCursor>,
 }
 
 struct InFlightPage {

@@ -128,6 +128,9 @@ pub struct Page {
     pub cases: Vec<Box<RawValue>>,
     /// True when this is the window's last page.
     pub is_last: bool,
+    /// The link to the next page (trusted, complete), absent on the last page: kept with the
+    /// page's commit so a restart can go on from there.
+    pub next: Option<Url>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -304,14 +307,39 @@ impl LogsClient {
         widget_id: &str,
         window: Window,
     ) -> impl Stream<Item = Result<Page, ClientError>> + Send + 'static {
+        self.pages_from(widget_id, window, None)
+    }
+
+    /// Like [`pages`](Self::pages), but going on from a next-page link saved earlier for the
+    /// same window (`resume`: the link and the index of the page it leads to). The link must
+    /// point at the configured API, as any next link must.
+    pub fn pages_from(
+        &self,
+        widget_id: &str,
+        window: Window,
+        resume: Option<(&str, usize)>,
+    ) -> impl Stream<Item = Result<Page, ClientError>> + Send + 'static {
         let client = self.clone();
         let widget_id = widget_id.to_owned();
         let first = self.window_url(&widget_id, &window);
         // Links followed in this window: a cursor that comes back would never end.
-        let followed = std::collections::HashSet::from([first.to_string()]);
-        futures::stream::try_unfold(
-            (Some((first, 0usize)), followed),
-            move |(next, mut followed)| {
+        let mut followed = std::collections::HashSet::from([first.to_string()]);
+        let start = match resume.map(|(link, index)| (self.trusted_next_url(link, &first), index)) {
+            Some((Ok(url), index)) => {
+                followed.insert(url.to_string());
+                Ok((url, index))
+            }
+            Some((Err(e), _)) => Err(e),
+            None => Ok((first, 0usize)),
+        };
+        let (start, refused) = match start {
+            Ok(start) => (Some(start), None),
+            Err(e) => (None, Some(e)),
+        };
+        let refused = futures::stream::iter(refused.map(Err));
+        futures::StreamExt::chain(
+            refused,
+            futures::stream::try_unfold((start, followed), move |(next, mut followed)| {
                 let client = client.clone();
                 let widget_id = widget_id.clone();
                 async move {
@@ -342,10 +370,11 @@ impl LogsClient {
                         index,
                         cases: response.cases,
                         is_last: next.is_none(),
+                        next: next.as_ref().map(|(url, _)| url.clone()),
                     };
                     Ok(Some((page, (next, followed))))
                 }
-            },
+            }),
         )
     }
 

@@ -79,6 +79,20 @@ pub struct WidgetProgress {
     pub last_fresh_poll: Option<DateTime<Utc>>,
 }
 
+/// Where a window interrupted part-way goes on: the link to its next page, saved with the
+/// commit of the page before it. A restart that plans the same window (the same first-page
+/// URL) resumes there instead of at page 1.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WindowCursor {
+    pub widget: String,
+    /// The window's first-page URL: the cursor is only good for that window.
+    pub window: String,
+    /// The next-page link, as the API gave it.
+    pub next: String,
+    /// Pages of the window committed before `next`.
+    pub pages_done: usize,
+}
+
 /// A bad input already sent to the dead-letter topic, remembered by the digest of its raw
 /// bytes so it is sent once, not on every read of its day.
 #[derive(Clone, Debug, PartialEq)]
@@ -105,14 +119,20 @@ pub trait StateStore: Send + Sync {
     fn lookup(&self, ids: &[&str]) -> Result<HashMap<String, CaseRecord>, StateError>;
     /// Records the cases of one page atomically.
     fn commit_cases(&self, cases: &[StoredCase]) -> Result<(), StateError> {
-        self.commit_page(cases, &[])
+        self.commit_page(cases, &[], None)
     }
-    /// Records the cases and the dead letters of one page atomically.
+    /// Records the cases and the dead letters of one page atomically, with the window's
+    /// cursor past that page when there is a next one.
     fn commit_page(
         &self,
         cases: &[StoredCase],
         dead_letters: &[DeadLetterMark],
+        cursor: Option<&WindowCursor>,
     ) -> Result<(), StateError>;
+    /// The saved cursor of `widget`'s window interrupted part-way, if any.
+    fn window_cursor(&self, widget: &str) -> Result<Option<WindowCursor>, StateError>;
+    /// Forgets `widget`'s cursor: its window was read to the end, or the API refused it.
+    fn clear_window_cursor(&self, widget: &str) -> Result<(), StateError>;
     /// Which of these raw-input digests were dead-lettered already.
     fn known_dead_letters(&self, digests: &[&str]) -> Result<HashSet<String>, StateError>;
     /// Forgets the cases of `widget` on days before `before` on which no case awaits a

@@ -8,14 +8,16 @@ use std::sync::{Mutex, MutexGuard};
 use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
-use super::{DeadLetterMark, StateError, StateStats, StateStore, StoredCase, WidgetProgress};
+use super::{
+    DeadLetterMark, StateError, StateStats, StateStore, StoredCase, WidgetProgress, WindowCursor,
+};
 use crate::pipeline::tracker::CaseRecord;
 
 pub const STATE_FILE: &str = "casestream.sqlite";
 
 /// Bumped when the schema changes; an unknown (newer) version refuses to open, older ones
 /// are migrated forward.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS cases (
@@ -50,6 +52,16 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     at_ms        INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dead_letters_by_age ON dead_letters (at_ms);
+";
+
+/// Version 3: a window interrupted part-way keeps where it goes on.
+const SCHEMA_V3: &str = "
+CREATE TABLE IF NOT EXISTS window_cursors (
+    widget      TEXT PRIMARY KEY,
+    window      TEXT NOT NULL,
+    next_link   TEXT NOT NULL,
+    pages_done  INTEGER NOT NULL
+);
 ";
 
 /// Free pages handed back to the file system after a prune turn, at most (4 KiB each).
@@ -119,15 +131,14 @@ impl SqliteStore {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(&err)?;
         match version {
-            0 => {
-                conn.execute_batch(SCHEMA).map_err(&err)?;
-                conn.execute_batch(SCHEMA_V2).map_err(&err)?;
-                conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-                    .map_err(&err)?;
-            }
-            1 => {
-                // A version 1 file keeps its size; pruned pages are reused, so it stops growing.
-                conn.execute_batch(SCHEMA_V2).map_err(&err)?;
+            0..SCHEMA_VERSION => {
+                // Each step is idempotent (IF NOT EXISTS). A version 1 file keeps its size;
+                // pruned pages are reused, so it stops growing.
+                let steps = [SCHEMA, SCHEMA_V2, SCHEMA_V3];
+                let from = usize::try_from(version).unwrap_or(0).saturating_sub(1);
+                for step in &steps[from..] {
+                    conn.execute_batch(step).map_err(&err)?;
+                }
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(&err)?;
             }
@@ -213,8 +224,9 @@ impl StateStore for SqliteStore {
         &self,
         cases: &[StoredCase],
         dead_letters: &[DeadLetterMark],
+        cursor: Option<&WindowCursor>,
     ) -> Result<(), StateError> {
-        if cases.is_empty() && dead_letters.is_empty() {
+        if cases.is_empty() && dead_letters.is_empty() && cursor.is_none() {
             return Ok(());
         }
         let mut conn = self.conn();
@@ -264,8 +276,49 @@ impl StateStore for SqliteStore {
                 ])
                 .map_err(&err)?;
             }
+            if let Some(c) = cursor {
+                tx.prepare_cached(
+                    "INSERT INTO window_cursors (widget, window, next_link, pages_done)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (widget) DO UPDATE SET window = excluded.window,
+                         next_link = excluded.next_link, pages_done = excluded.pages_done",
+                )
+                .map_err(&err)?
+                .execute(params![
+                    c.widget,
+                    c.window,
+                    c.next,
+                    i64::try_from(c.pages_done).unwrap_or(i64::MAX)
+                ])
+                .map_err(&err)?;
+            }
         }
         tx.commit().map_err(&err)
+    }
+
+    fn window_cursor(&self, widget: &str) -> Result<Option<WindowCursor>, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT window, next_link, pages_done FROM window_cursors WHERE widget = ?1",
+                [widget],
+                |row| {
+                    Ok(WindowCursor {
+                        widget: widget.to_owned(),
+                        window: row.get(0)?,
+                        next: row.get(1)?,
+                        pages_done: usize::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+                    })
+                },
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    fn clear_window_cursor(&self, widget: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute("DELETE FROM window_cursors WHERE widget = ?1", [widget])
+            .map(|_| ())
+            .map_err(self.err())
     }
 
     fn known_dead_letters(&self, digests: &[&str]) -> Result<HashSet<String>, StateError> {
@@ -590,6 +643,7 @@ mod tests {
                     reason_code: "missing_id".into(),
                     at: t(1_000),
                 }],
+                None,
             )
             .unwrap();
         assert_eq!(store.prune_days("w2", day("2026-01-03"), 10).unwrap(), 0);
@@ -617,6 +671,28 @@ mod tests {
             .commit_cases(&[stored("a", "2026-01-01", None)])
             .unwrap();
         assert_eq!(store.prune_days("w1", day("2026-01-02"), 10).unwrap(), 1);
+        // Version 3's table is there too.
+        assert_eq!(store.window_cursor("w1").unwrap(), None);
+    }
+
+    #[test]
+    fn a_window_cursor_is_kept_with_its_page_and_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let cursor = |pages_done| WindowCursor {
+            widget: "w1".into(),
+            window: "https://api/logs?widgetId=w1&start=2026-01-01".into(),
+            next: format!("https://api/logs?next=p{pages_done}"),
+            pages_done,
+        };
+        store
+            .commit_page(&[stored("a", "2026-01-01", None)], &[], Some(&cursor(1)))
+            .unwrap();
+        store.commit_page(&[], &[], Some(&cursor(2))).unwrap();
+        assert_eq!(store.window_cursor("w1").unwrap(), Some(cursor(2)));
+        assert_eq!(store.window_cursor("w2").unwrap(), None);
+        store.clear_window_cursor("w1").unwrap();
+        assert_eq!(store.window_cursor("w1").unwrap(), None);
     }
 
     #[test]
