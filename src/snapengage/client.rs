@@ -656,6 +656,13 @@ mod tests {
             SNIPPET_CHARS + 1
         );
         assert_eq!(snippet(b"", "t"), "(empty body)");
+        // A token across the cut: masked whole, no prefix of it shows.
+        let body = format!(
+            "{}sekrit-token-across-the-cut",
+            "y".repeat(SNIPPET_CHARS - 4)
+        );
+        let s = snippet(body.as_bytes(), "sekrit-token-across-the-cut");
+        assert!(!s.contains("sekr"), "{s}");
     }
 
     #[test]
