@@ -9,6 +9,16 @@
 #   scripts/kafka.sh install  only fetches the artifacts
 #   scripts/kafka.sh reset    stops it and deletes its data
 #   scripts/kafka.sh consume TOPIC   prints a topic's records (key, headers, value) from the start
+#   scripts/kafka.sh start-secure    the same broker with secured listeners beside the plain one:
+#       port+2 SASL_SSL (SCRAM-SHA-512 and PLAIN, a user created at start), port+3 SSL with
+#       client certificates required (mutual TLS), port+4 SASL_SSL whose certificate names
+#       another host (for hostname-mismatch tests). A throwaway CA and certificates are made
+#       with openssl at every start (nothing downloaded); credentials are new each start. The
+#       inter-broker and controller listeners stay plain. Last line, shell-sourceable:
+#       SECURE_PLAINTEXT=... SECURE_SASL_SSL=... SECURE_SSL=... SECURE_MISMATCH=... SECURE_CA=... SECURE_OTHER_CA=...
+#       SECURE_USER=... SECURE_PASSWORD=... SECURE_CLIENT_CERT=... SECURE_CLIENT_KEY=...
+#       SECURE_CLIENT_KEY_PASSWORD=... SECURE_EXPIRED_CERT=... SECURE_EXPIRED_KEY=...
+#       (test-only credentials). `stop`, `reset`, `status` work on it with the same variables.
 #
 # Environment: CASESTREAM_KAFKA_PORT (default 9092), CASESTREAM_KAFKA_CONTROLLER_PORT (default +1),
 # CASESTREAM_KAFKA_INSTANCE (default "default": separate data and process per name),
@@ -29,6 +39,8 @@ dir="$home/instances/$instance"
 pidfile="$dir/kafka.pid"
 log="$dir/kafka.log"
 bootstrap="127.0.0.1:$port"
+tls="$dir/tls"
+secure_env="$dir/secure.env"
 
 say() { printf 'kafka.sh: %s\n' "$*" >&2; }
 
@@ -63,17 +75,113 @@ kafka_java() {
     -cp "$libs/*" "$@"
 }
 
+# A random token of letters and digits (test-only credentials).
+random_secret() {
+  head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 20
+}
+
+# A throwaway CA, the broker's certificates and the clients' (one valid, one expired), made
+# with openssl. Every start makes new ones; nothing is downloaded.
+make_certificates() {
+  need openssl "openssl makes the throwaway CA and certificates"
+  rm -rf "$tls"
+  mkdir -p "$tls"
+  local store_pw key_pw
+  store_pw=$(random_secret)
+  key_pw=$(random_secret)
+  (
+    cd "$tls"
+    ossl() { openssl "$@" >/dev/null 2>&1 || { echo "kafka.sh: openssl $1 failed" >&2; exit 1; }; }
+    ossl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3 \
+      -subj "/CN=casestream test CA"
+    ossl req -x509 -newkey rsa:2048 -nodes -keyout other-ca.key -out other-ca.pem -days 3 \
+      -subj "/CN=an untrusted CA"
+    # Broker certificates: one naming 127.0.0.1, one naming another host only.
+    for name in broker mismatch; do
+      if [ "$name" = broker ]; then san="IP:127.0.0.1,DNS:localhost"; else san="DNS:kafka.elsewhere.example"; fi
+      ossl req -newkey rsa:2048 -nodes -keyout "$name.key" -out "$name.csr" -subj "/CN=$name"
+      printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$san" >"$name.ext"
+      ossl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 3 \
+        -extfile "$name.ext" -out "$name.pem"
+      ossl pkcs12 -export -in "$name.pem" -inkey "$name.key" -certfile ca.pem -name "$name" \
+        -out "$name.p12" -passout "pass:$store_pw"
+    done
+    # The client's certificate, its key encrypted with a password.
+    ossl req -newkey rsa:2048 -keyout client.key -passout "pass:$key_pw" -out client.csr \
+      -subj "/CN=casestream-client"
+    printf 'extendedKeyUsage=clientAuth\n' >client.ext
+    ossl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3 \
+      -extfile client.ext -out client.pem
+    # An expired client certificate: `openssl ca` can set dates in the past.
+    mkdir -p ca-db
+    : >ca-db/index.txt
+    printf '1000\n' >ca-db/serial
+    cat >ca-db/ca.cnf <<CNF
+[ca]
+default_ca = test
+[test]
+database = ca-db/index.txt
+serial = ca-db/serial
+new_certs_dir = ca-db
+certificate = ca.pem
+private_key = ca.key
+default_md = sha256
+policy = any
+email_in_dn = no
+[any]
+commonName = supplied
+CNF
+    ossl req -newkey rsa:2048 -nodes -keyout expired.key -out expired.csr -subj "/CN=casestream-expired"
+    ossl ca -batch -config ca-db/ca.cnf -in expired.csr -out expired.pem -notext \
+      -startdate 20200101000000Z -enddate 20200102000000Z -extfile client.ext
+    chmod 600 ./*.key ./*.p12
+  ) || exit 1
+  printf '%s\n%s\n' "$store_pw" "$key_pw" >"$tls/passwords"
+  chmod 600 "$tls/passwords"
+}
+
+secure_properties() {
+  local store_pw
+  store_pw=$(sed -n 1p "$tls/passwords")
+  cat <<PROPS
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port,SASL_SSL://127.0.0.1:$((port + 2)),SSL://127.0.0.1:$((port + 3)),MISMATCH://127.0.0.1:$((port + 4))
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$((port + 2)),SSL://127.0.0.1:$((port + 3)),MISMATCH://127.0.0.1:$((port + 4))
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL,MISMATCH:SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.mismatch.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$(secure_user)="$(secure_password)";
+listener.name.mismatch.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$(secure_user)="$(secure_password)";
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$tls/broker.p12
+ssl.keystore.password=$store_pw
+ssl.key.password=$store_pw
+ssl.truststore.type=PEM
+ssl.truststore.location=$tls/ca.pem
+listener.name.ssl.ssl.client.auth=required
+listener.name.mismatch.ssl.keystore.type=PKCS12
+listener.name.mismatch.ssl.keystore.location=$tls/mismatch.p12
+listener.name.mismatch.ssl.keystore.password=$store_pw
+listener.name.mismatch.ssl.key.password=$store_pw
+PROPS
+}
+
+secure_user() { echo "casestream-test"; }
+secure_password() { sed -n 3p "$tls/passwords"; }
+
 write_properties() {
   mkdir -p "$dir/data"
+  local listeners="listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+  if [ "${secure:-}" = 1 ]; then listeners=$(secure_properties); fi
   cat >"$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$controller_port
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+$listeners
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 log.dirs=$dir/data
 num.partitions=1
 default.replication.factor=1
@@ -93,7 +201,12 @@ PROPS
 start() {
   if running; then
     say "already running (pid $(cat "$pidfile"))"
-    echo "$bootstrap"
+    if [ "${secure:-}" = 1 ]; then
+      [ -f "$secure_env" ] || { say "instance $instance runs without secured listeners; stop it first"; exit 1; }
+      cat "$secure_env"
+    else
+      echo "$bootstrap"
+    fi
     return
   fi
   need java "Java 17 or newer runs the broker"
@@ -101,6 +214,14 @@ start() {
   if port_open "$port" || port_open "$controller_port"; then
     say "port $port or $controller_port is taken by another process; set CASESTREAM_KAFKA_PORT"
     exit 1
+  fi
+  rm -f "$secure_env"
+  if [ "${secure:-}" = 1 ]; then
+    for p in $((port + 2)) $((port + 3)) $((port + 4)); do
+      if port_open "$p"; then say "port $p is taken; set CASESTREAM_KAFKA_PORT"; exit 1; fi
+    done
+    make_certificates
+    random_secret >>"$tls/passwords"
   fi
   write_properties
   if [ ! -f "$dir/data/meta.properties" ]; then
@@ -122,13 +243,44 @@ start() {
       exit 1
     fi
     if port_open "$port" && grep -q "Kafka Server started" "$log"; then
-      echo "$bootstrap"
+      if [ "${secure:-}" = 1 ]; then
+        create_scram_user
+        write_secure_env
+        cat "$secure_env"
+      else
+        echo "$bootstrap"
+      fi
       return
     fi
     sleep 0.5
   done
   say "broker did not become ready within 90 s; see $log"
   exit 1
+}
+
+# The SCRAM user, created through the plain listener (SCRAM credentials live in the cluster
+# metadata; PLAIN's user is in the listener's JAAS line).
+create_scram_user() {
+  kafka_java -Dorg.slf4j.simpleLogger.defaultLogLevel=warn kafka.admin.ConfigCommand \
+    --bootstrap-server "$bootstrap" --alter --entity-type users --entity-name "$(secure_user)" \
+    --add-config "SCRAM-SHA-512=[password=$(secure_password)]" >>"$log" 2>&1 \
+    || { say "creating the SCRAM user failed; see $log"; exit 1; }
+  # Credentials reach the listeners through metadata: wait until a SASL login works.
+  sleep 1
+}
+
+write_secure_env() {
+  {
+    printf 'SECURE_PLAINTEXT=%s SECURE_SASL_SSL=127.0.0.1:%s SECURE_SSL=127.0.0.1:%s ' \
+      "$bootstrap" $((port + 2)) $((port + 3))
+    printf 'SECURE_MISMATCH=127.0.0.1:%s ' $((port + 4))
+    printf 'SECURE_CA=%s SECURE_OTHER_CA=%s ' "$tls/ca.pem" "$tls/other-ca.pem"
+    printf 'SECURE_USER=%s SECURE_PASSWORD=%s ' "$(secure_user)" "$(secure_password)"
+    printf 'SECURE_CLIENT_CERT=%s SECURE_CLIENT_KEY=%s SECURE_CLIENT_KEY_PASSWORD=%s ' \
+      "$tls/client.pem" "$tls/client.key" "$(sed -n 2p "$tls/passwords")"
+    printf 'SECURE_EXPIRED_CERT=%s SECURE_EXPIRED_KEY=%s\n' "$tls/expired.pem" "$tls/expired.key"
+  } >"$secure_env"
+  chmod 600 "$secure_env"
 }
 
 stop() {
@@ -152,8 +304,12 @@ stop() {
 case "${1:-}" in
   install) install ;;
   start) start ;;
+  start-secure) secure=1 start ;;
   stop) stop ;;
-  status) if running; then echo "$bootstrap"; else exit 1; fi ;;
+  status)
+    if ! running; then exit 1; fi
+    if [ -f "$secure_env" ]; then cat "$secure_env"; else echo "$bootstrap"; fi
+    ;;
   reset) stop; rm -rf "$dir" ;;
   consume)
     [ -n "${2:-}" ] || { echo "usage: $0 consume TOPIC" >&2; exit 2; }
@@ -162,5 +318,5 @@ case "${1:-}" in
       org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server "$bootstrap" \
       --topic "$2" --from-beginning --property print.key=true --property print.headers=true
     ;;
-  *) echo "usage: $0 install|start|stop|status|reset|consume TOPIC" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|start-secure|stop|status|reset|consume TOPIC" >&2; exit 2 ;;
 esac

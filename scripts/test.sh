@@ -3,7 +3,8 @@
 # against a real Apache Kafka broker. Works on a fresh machine: the broker comes from the
 # project's own script (scripts/kafka.sh: Apache Kafka from Maven Central, run with Java 17).
 #
-# TEST_KAFKA_BOOTSTRAP set: the tests use that broker and none is started here.
+# TEST_KAFKA_BOOTSTRAP set: the tests use that broker and none is started here; the secured
+# Kafka tests then need the SECURE_* variables of `scripts/kafka.sh start-secure` too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,8 +26,13 @@ if [ -z "${TEST_KAFKA_BOOTSTRAP:-}" ]; then
       bash scripts/kafka.sh "$@"
   }
   trap 'test_broker reset || true' EXIT
-  echo "== starting a local Apache Kafka broker for the tests"
-  TEST_KAFKA_BOOTSTRAP=$(test_broker start | tail -n 1)
+  echo "== starting a local Apache Kafka broker for the tests (plain, SASL_SSL and mTLS listeners)"
+  # The last line holds the secured listeners and throwaway credentials (SECURE_*).
+  secure_line=$(test_broker start-secure | tail -n 1)
+  set -a
+  eval "$secure_line"
+  set +a
+  TEST_KAFKA_BOOTSTRAP=$SECURE_PLAINTEXT
   export TEST_KAFKA_BOOTSTRAP
 fi
 echo "== cargo test (Kafka at $TEST_KAFKA_BOOTSTRAP)"

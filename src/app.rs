@@ -74,9 +74,10 @@ pub async fn prepare_topics(
     loop {
         match sink.ensure_topics(&config.kafka).await {
             Ok(()) => return Ok(true),
-            Err(SinkError::Unreachable(e)) => {
+            Err(SinkError::Unreachable(_)) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(30));
-                tracing::warn!(error = %e, retry_in = ?delay, "Kafka unreachable; waiting for it");
+                let cause = sink.explain_unreachable().await;
+                tracing::warn!(%cause, retry_in = ?delay, "Kafka unreachable; waiting for it");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(false),
                     _ = tokio::time::sleep(delay) => {}

@@ -104,20 +104,7 @@ async fn check_kafka(config: &Config) -> (Result<String, String>, Option<Result<
     };
     let brokers = match sink.ping(KAFKA_TIMEOUT).await {
         Ok(n) => n,
-        Err(e) => {
-            return (
-                Err(format!(
-                    "{e} (bootstrap {}; check KAFKA_BOOTSTRAP_SERVERS and, with TLS or SASL, the KAFKA_SECURITY_PROTOCOL/KAFKA_SASL_* settings)",
-                    config
-                        .kafka
-                        .properties
-                        .get("bootstrap.servers")
-                        .map(String::as_str)
-                        .unwrap_or_default()
-                )),
-                None,
-            );
-        }
+        Err(_) => return (Err(sink.explain_unreachable().await), None),
     };
     let missing = match sink.missing_topics(KAFKA_TIMEOUT).await {
         Ok(m) => m,

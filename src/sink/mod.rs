@@ -2,6 +2,7 @@
 //! case id, dead letters with the raw case and the reason, and the topics they go to.
 
 pub mod dead_letter;
+pub mod diagnose;
 pub mod encode;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,12 +13,16 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 
 use crate::config::{EventFormat, KafkaSettings, Topics, is_secret_property};
 use crate::events::CloudEvent;
 pub use dead_letter::{DeadLetter, ErrorClass, classify};
+use diagnose::KafkaContext;
+
+/// Every producer shares one context: the last cause librdkafka gave survives a replacement.
+type Producer = FutureProducer<KafkaContext>;
 
 /// How long a metadata or admin request may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -90,7 +95,7 @@ enum Slot {
 
 /// Records handed to the producer whose acknowledgements are still to come.
 pub struct PendingDelivery {
-    producer: Arc<FutureProducer>,
+    producer: Arc<Producer>,
     slots: Vec<(usize, Slot)>,
 }
 
@@ -125,13 +130,14 @@ pub enum Outgoing {
 
 pub struct KafkaSink {
     config: ClientConfig,
-    producer: Mutex<Arc<FutureProducer>>,
+    producer: Mutex<Arc<Producer>>,
     topics: Topics,
     format: EventFormat,
     max_record_bytes: usize,
     replacements: AtomicU64,
     /// Secret property values, masked in any error text.
     secrets: Vec<String>,
+    context: KafkaContext,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -217,7 +223,10 @@ impl KafkaSink {
     pub fn new(settings: &KafkaSettings) -> Result<Self, SinkError> {
         let config = client_config(settings);
         let secrets = secret_values(settings);
-        let producer: FutureProducer = config.create().map_err(|e| setup_error(e, &secrets))?;
+        let context = KafkaContext::default();
+        let producer: Producer = config
+            .create_with_context(context.clone())
+            .map_err(|e| setup_error(e, &secrets))?;
         let max_record_bytes = settings
             .properties
             .get("message.max.bytes")
@@ -231,10 +240,20 @@ impl KafkaSink {
             max_record_bytes,
             replacements: AtomicU64::new(0),
             secrets,
+            context,
         })
     }
 
-    fn producer(&self) -> Arc<FutureProducer> {
+    /// Why no broker answers, in one line naming the setting to fix (it may ask the brokers
+    /// again, for a few seconds, to tell look-alike causes apart).
+    pub async fn explain_unreachable(&self) -> String {
+        let (config, cause) = (self.config.clone(), self.context.last_cause());
+        tokio::task::spawn_blocking(move || diagnose::explain(&config, cause.as_deref()))
+            .await
+            .unwrap_or_else(|e| format!("the diagnosis failed: {e}"))
+    }
+
+    fn producer(&self) -> Arc<Producer> {
         self.producer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -427,7 +446,7 @@ impl KafkaSink {
     /// unusable and a new one takes its place. Every page in flight on the dead producer
     /// reports it, so only the first report replaces it: the others find it already gone.
     /// The records are re-sent by the caller, with the same event ids.
-    fn replace_producer_if_fatal(&self, failed: &Arc<FutureProducer>) {
+    fn replace_producer_if_fatal(&self, failed: &Arc<Producer>) {
         let Some((code, reason)) = failed.client().fatal_error() else {
             return;
         };
@@ -436,7 +455,10 @@ impl KafkaSink {
             return;
         }
         tracing::warn!(%code, %reason, "Kafka producer hit a fatal error; creating a new one");
-        match self.config.create::<FutureProducer>() {
+        match self
+            .config
+            .create_with_context::<_, Producer>(self.context.clone())
+        {
             Ok(fresh) => {
                 *current = Arc::new(fresh);
                 self.replacements.fetch_add(1, Ordering::Relaxed);

@@ -486,3 +486,59 @@ pub fn mock_cluster(
     }
     cluster
 }
+
+/// Runs `casestream <command>` with `env`; (exit success, stdout + stderr). `run` is stopped
+/// with SIGTERM after `run_for` if it is still running.
+pub fn casestream(command: &str, env: &[(String, String)], run_for: Duration) -> (bool, String) {
+    let (mut child, output) = spawn(command, env);
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() && started.elapsed() < run_for {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    finish(child, output)
+}
+
+/// Starts `casestream <command>`; its stdout and stderr go to one file (a pipe read only at
+/// the end would fill up and block a chatty process).
+pub fn spawn(
+    command: &str,
+    env: &[(String, String)],
+) -> (std::process::Child, tempfile::NamedTempFile) {
+    let output = tempfile::NamedTempFile::new().unwrap();
+    // Appending, both: two handles at their own offsets would overwrite each other.
+    let append = || {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(output.path())
+            .unwrap()
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_casestream"))
+        .arg(command)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(append())
+        .stderr(append())
+        .spawn()
+        .unwrap();
+    (child, output)
+}
+
+/// Sends SIGTERM if the process still runs, waits for it; (exit success, what it printed).
+pub fn finish(mut child: std::process::Child, output: tempfile::NamedTempFile) -> (bool, String) {
+    if child.try_wait().unwrap().is_none() {
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    let status = child.wait().unwrap();
+    let text = String::from_utf8_lossy(&std::fs::read(output.path()).unwrap()).into_owned();
+    (status.success(), text)
+}
+
+pub fn with(env: &[(String, String)], extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = env.to_vec();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
