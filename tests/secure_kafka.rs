@@ -98,6 +98,21 @@ fn env_with(base: &[(String, String)], changes: &[(&str, String)]) -> Vec<(Strin
     env
 }
 
+/// A state directory, an admin address and the environment of a process using `settings`.
+fn secured_env(
+    sim: &casestream::simulator::http::RunningSimulator,
+    prefix: &str,
+    settings: &[(&'static str, String)],
+) -> (tempfile::TempDir, String, Vec<(String, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let base = process_env(sim, "unused", prefix, dir.path(), &[]);
+    let mut changes = settings.to_vec();
+    changes.push(("CASESTREAM_ADMIN_ADDR", admin.clone()));
+    let env = env_with(&base, &changes);
+    (dir, admin, env)
+}
+
 async fn readyz(admin: &str) -> Option<(u16, String)> {
     let response = reqwest::get(format!("http://{admin}/readyz")).await.ok()?;
     Some((response.status().as_u16(), response.text().await.ok()?))
@@ -138,12 +153,7 @@ async fn check_and_run_publish_through_sasl_ssl_and_mutual_tls() {
     .await;
     for (name, settings) in [("scram", secure.scram()), ("mtls", secure.mtls())] {
         let prefix = unique_prefix(&format!("secure-{name}"));
-        let dir = tempfile::tempdir().unwrap();
-        let admin = format!("127.0.0.1:{}", free_port());
-        let base = process_env(&sim, "unused", &prefix, dir.path(), &[]);
-        let mut changes = settings.clone();
-        changes.push(("CASESTREAM_ADMIN_ADDR", admin.clone()));
-        let env = env_with(&base, &changes);
+        let (dir, admin, env) = secured_env(&sim, &prefix, &settings);
 
         let (ok, text) = casestream("check", &env, Duration::from_secs(60));
         assert!(ok, "{name}: check through the secured listener: {text}");
@@ -257,13 +267,7 @@ async fn each_wrong_setting_gets_one_clear_line_and_no_secret() {
     // All cases at once: each waits seconds for the broker to refuse it.
     let mut runs = Vec::new();
     for (name, settings, expected) in &cases {
-        let prefix = unique_prefix("secure-wrong");
-        let dir = tempfile::tempdir().unwrap();
-        let admin = format!("127.0.0.1:{}", free_port());
-        let base = process_env(&sim, "unused", &prefix, dir.path(), &[]);
-        let mut changes = settings.clone();
-        changes.push(("CASESTREAM_ADMIN_ADDR", admin.clone()));
-        let env = env_with(&base, &changes);
+        let (dir, admin, env) = secured_env(&sim, &unique_prefix("secure-wrong"), settings);
         let expected = expected.to_string();
         let name = name.to_string();
         runs.push(async move {
