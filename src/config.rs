@@ -331,16 +331,6 @@ fn is_service_link(name: &str) -> bool {
     })
 }
 
-/// The API token held in `path` (SNAPENGAGE_API_TOKEN_FILE), surrounding whitespace removed.
-pub fn read_token_file(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path)
-        .map(|text| text.trim().to_owned())
-        .map_err(|e| ConfigError::TokenFile {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })
-}
-
 /// The environment variable that sets a librdkafka property.
 pub fn property_env_name(property: &str) -> String {
     format!("KAFKA_{}", property.to_ascii_uppercase().replace('.', "_"))
@@ -493,7 +483,12 @@ impl Layer {
             (Some(token), _) => token.text(),
             (None, Some(path)) => {
                 let path = PathBuf::from(path.text());
-                let token = read_token_file(&path)?;
+                let token = crate::snapengage::client::read_token_file(&path).map_err(|e| {
+                    ConfigError::TokenFile {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
                 api_token_file = Some(path);
                 token
             }
@@ -503,8 +498,6 @@ impl Layer {
                 });
             }
         };
-        // From here on every log line and error masks it, whatever library wrote the text.
-        crate::redact::register(api_token.trim());
         if api_token.trim().is_empty() {
             return Err(ConfigError::Missing {
                 setting: "SNAPENGAGE_API_TOKEN (or SNAPENGAGE_API_TOKEN_FILE)",
@@ -620,9 +613,6 @@ impl Layer {
             }
         }
         properties.retain(|_, v| !v.is_empty());
-        for (_, secret) in properties.iter().filter(|(k, _)| is_secret_property(k)) {
-            crate::redact::register(secret);
-        }
         // The Java client's one-line JAAS setting carries the password; librdkafka has no such
         // property. Refuse it by name, never quoting it.
         if properties.contains_key("sasl.jaas.config") {

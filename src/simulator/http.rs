@@ -123,15 +123,12 @@ async fn logs(
         Ok(q) => q,
         Err(message) => return text(StatusCode::BAD_REQUEST, message),
     };
-    let slow_cursor_ms = sim.faults().slow_cursor_ms;
-    if query.cursor.is_some() && slow_cursor_ms > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(slow_cursor_ms)).await;
+    let faults = sim.faults();
+    if query.cursor.is_some() && faults.slow_cursor_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(faults.slow_cursor_ms)).await;
     }
     let page = sim.logs(&query);
-    let looping = query
-        .widgets
-        .iter()
-        .any(|w| sim.faults().loop_links.contains(w));
+    let looping = query.widgets.iter().any(|w| faults.loop_links.contains(w));
     let link = match (page.next, query.cursor) {
         // A broken cursor: the page links to itself.
         (Some(_), Some(current)) if looping => next_link(&headers, &org, &params, current),

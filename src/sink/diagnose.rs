@@ -28,6 +28,13 @@ pub struct KafkaContext {
 }
 
 impl KafkaContext {
+    /// Keeps `reason` unless it is the "all brokers down" that follows every real cause.
+    fn remember(&self, error: &KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
+            *self.last_cause.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+        }
+    }
+
     /// The last cause librdkafka reported, if any.
     pub fn last_cause(&self) -> Option<String> {
         self.last_cause
@@ -40,9 +47,7 @@ impl KafkaContext {
 impl ClientContext for KafkaContext {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::error!(target: "rdkafka::client", "librdkafka: {error}: {reason}");
-        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
-            *self.last_cause.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
-        }
+        self.remember(&error, reason);
     }
 }
 
@@ -244,9 +249,7 @@ impl ClientContext for QuietContext {
     fn log(&self, _: rdkafka::config::RDKafkaLogLevel, _: &str, _: &str) {}
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
-            *self.0.last_cause.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
-        }
+        self.0.remember(&error, reason);
     }
 }
 

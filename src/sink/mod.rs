@@ -135,8 +135,6 @@ pub struct KafkaSink {
     format: EventFormat,
     max_record_bytes: usize,
     replacements: AtomicU64,
-    /// Secret property values, masked in any error text.
-    secrets: Vec<String>,
     context: KafkaContext,
 }
 
@@ -149,20 +147,10 @@ impl std::fmt::Debug for KafkaSink {
     }
 }
 
-/// The values of secret properties (passwords, keys), to mask in any text.
-fn secret_values(settings: &KafkaSettings) -> Vec<String> {
-    settings
-        .properties
-        .iter()
-        .filter(|(k, v)| is_secret_property(k) && !v.is_empty())
-        .map(|(_, v)| v.clone())
-        .collect()
-}
-
 /// A client set-up error that names the property and where it came from, and never quotes the
 /// value (librdkafka's own message does: it could be a password); any other set-up error with
-/// every secret value masked.
-fn setup_error(error: KafkaError, secrets: &[String]) -> SinkError {
+/// every registered secret masked.
+fn setup_error(error: KafkaError) -> SinkError {
     match error {
         KafkaError::ClientConfig(_, description, property, value) => {
             let reason = if value.is_empty() {
@@ -176,10 +164,7 @@ fn setup_error(error: KafkaError, secrets: &[String]) -> SinkError {
                 reason,
             }
         }
-        other => SinkError::Setup(
-            crate::redact::mask(&other.to_string(), secrets.iter().map(String::as_str))
-                .into_owned(),
-        ),
+        other => SinkError::Setup(crate::redact::redact(&other.to_string()).into_owned()),
     }
 }
 
@@ -221,12 +206,19 @@ pub fn describe_config(settings: &KafkaSettings) -> String {
 
 impl KafkaSink {
     pub fn new(settings: &KafkaSettings) -> Result<Self, SinkError> {
+        // From here on every log line and error masks the secret values, whoever wrote them.
+        for (_, secret) in settings
+            .properties
+            .iter()
+            .filter(|(k, _)| is_secret_property(k))
+        {
+            crate::redact::register(secret);
+        }
         let config = client_config(settings);
-        let secrets = secret_values(settings);
         let context = KafkaContext::default();
         let producer: Producer = config
             .create_with_context(context.clone())
-            .map_err(|e| setup_error(e, &secrets))?;
+            .map_err(setup_error)?;
         let max_record_bytes = settings
             .properties
             .get("message.max.bytes")
@@ -239,7 +231,6 @@ impl KafkaSink {
             format: settings.event_format,
             max_record_bytes,
             replacements: AtomicU64::new(0),
-            secrets,
             context,
         })
     }
@@ -264,7 +255,6 @@ impl KafkaSink {
         &self.topics
     }
 
-    /// The cluster's topic names and broker count; fails unless a broker answers in time.
     /// Topic names and broker count, for one topic or (`None`) the whole cluster; fails unless a
     /// broker answers in time.
     async fn metadata(
@@ -340,10 +330,7 @@ impl KafkaSink {
                 .unwrap_or(MAX_DEFAULT_REPLICATION)
                 .clamp(1, MAX_DEFAULT_REPLICATION)
         });
-        let admin: AdminClient<DefaultClientContext> = self
-            .config
-            .create()
-            .map_err(|e| setup_error(e, &self.secrets))?;
+        let admin: AdminClient<DefaultClientContext> = self.config.create().map_err(setup_error)?;
         let new_topics: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|name| {
@@ -465,7 +452,7 @@ impl KafkaSink {
                 metrics::counter!("casestream_kafka_producer_replacements_total").increment(1);
             }
             Err(e) => {
-                let error = setup_error(e, &self.secrets);
+                let error = setup_error(e);
                 tracing::error!(error = %error, "cannot create a new Kafka producer");
             }
         }

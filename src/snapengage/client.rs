@@ -256,6 +256,8 @@ impl LogsClient {
         config: ClientConfig,
         observer: Arc<dyn ClientObserver>,
     ) -> Result<Self, ClientError> {
+        // From here on every log line and error masks the token, whoever wrote it.
+        crate::redact::register(config.token.expose_secret().trim());
         let quota = quota_for(config.rate_limit_per_sec)?;
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
@@ -324,19 +326,19 @@ impl LogsClient {
         let first = self.window_url(&widget_id, &window);
         // Links followed in this window: a cursor that comes back would never end.
         let mut followed = std::collections::HashSet::from([first.to_string()]);
-        let start = match resume.map(|(link, index)| (self.trusted_next_url(link, &first), index)) {
-            Some((Ok(url), index)) => {
-                followed.insert(url.to_string());
-                Ok((url, index))
-            }
-            Some((Err(e), _)) => Err(e),
+        let start = match resume {
             None => Ok((first, 0usize)),
+            Some((link, index)) => self.trusted_next_url(link, &first).map(|url| (url, index)),
         };
+        // A saved link that is not trusted ends the stream at once, with its error.
         let (start, refused) = match start {
-            Ok(start) => (Some(start), None),
-            Err(e) => (None, Some(e)),
+            Ok((url, index)) => {
+                followed.insert(url.to_string());
+                (Some((url, index)), None)
+            }
+            Err(e) => (None, Some(Err(e))),
         };
-        let refused = futures::stream::iter(refused.map(Err));
+        let refused = futures::stream::iter(refused);
         futures::StreamExt::chain(
             refused,
             futures::stream::try_unfold((start, followed), move |(next, mut followed)| {
@@ -465,8 +467,8 @@ impl LogsClient {
         let Some(path) = &self.inner.config.token_file else {
             return false;
         };
-        let fresh = match std::fs::read_to_string(path) {
-            Ok(text) => text.trim().to_owned(),
+        let fresh = match read_token_file(path) {
+            Ok(token) => token,
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot read the API token file again");
                 return false;
@@ -604,6 +606,11 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         }
     };
     Some(wait.min(MAX_RETRY_AFTER))
+}
+
+/// The API token held in `path` (SNAPENGAGE_API_TOKEN_FILE), surrounding whitespace removed.
+pub fn read_token_file(path: &std::path::Path) -> std::io::Result<String> {
+    std::fs::read_to_string(path).map(|text| text.trim().to_owned())
 }
 
 /// The start of a response body for an error message: printable, short, and never the token

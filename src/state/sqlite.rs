@@ -15,9 +15,13 @@ use crate::pipeline::tracker::CaseRecord;
 
 pub const STATE_FILE: &str = "casestream.sqlite";
 
-/// Bumped when the schema changes; an unknown (newer) version refuses to open, older ones
-/// are migrated forward.
-const SCHEMA_VERSION: i64 = 3;
+/// The schema, one step per version: a file at version `v` has had the first `v` steps
+/// applied. Each step is idempotent (IF NOT EXISTS).
+const MIGRATIONS: [&str; 3] = [SCHEMA, SCHEMA_V2, SCHEMA_V3];
+
+/// The length of [`MIGRATIONS`]; an unknown (newer) version refuses to open, older ones are
+/// migrated forward.
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS cases (
@@ -132,11 +136,9 @@ impl SqliteStore {
             .map_err(&err)?;
         match version {
             0..SCHEMA_VERSION => {
-                // Each step is idempotent (IF NOT EXISTS). A version 1 file keeps its size;
-                // pruned pages are reused, so it stops growing.
-                let steps = [SCHEMA, SCHEMA_V2, SCHEMA_V3];
-                let from = usize::try_from(version).unwrap_or(0).saturating_sub(1);
-                for step in &steps[from..] {
+                // A version 1 file keeps its size; pruned pages are reused, so it stops growing.
+                let applied = usize::try_from(version).unwrap_or(0);
+                for step in &MIGRATIONS[applied..] {
                     conn.execute_batch(step).map_err(&err)?;
                 }
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)
