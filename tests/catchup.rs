@@ -182,14 +182,7 @@ async fn catch_up_across_midnight_with_a_late_survey_and_pruning() {
     eventually(
         Duration::from_secs(30),
         "a while after restarting",
-        async || {
-            again
-                .health
-                .last_poll_ok_ms
-                .load(std::sync::atomic::Ordering::Relaxed)
-                > 0
-                && clock.now() - before > chrono::Duration::minutes(30)
-        },
+        async || again.polled_ok() && clock.now() - before > chrono::Duration::minutes(30),
     )
     .await;
     again.stop().await;

@@ -109,11 +109,7 @@ async fn readiness_reports_failing_deliveries_though_brokers_answer() {
     let config = forwarder_config(&sim, &cluster.bootstrap_servers(), &prefix, dir.path(), &[]);
     let forwarder = RunningForwarder::start(config, Clock::system());
     let health = forwarder.health.clone();
-    let readyz = async || {
-        let addr = health.admin_addr.get()?;
-        let response = reqwest::get(format!("http://{addr}/readyz")).await.ok()?;
-        Some((response.status().as_u16(), response.text().await.ok()?))
-    };
+    let readyz = async || common::readyz(health.admin_addr.get()?).await;
     let failing = |(status, body): &(u16, String)| {
         *status == 503
             && body.contains(r#""kafka":false"#)

@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
-use std::process::Command;
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use casestream::clock::Clock;
@@ -39,15 +38,6 @@ async fn delivery_errors_counted(admin: &str) {
         },
     )
     .await;
-}
-
-/// Case ids per topic, as read back.
-async fn keys(bootstrap: &str, topic: &str) -> HashMap<String, usize> {
-    let mut seen = HashMap::new();
-    for record in read_topic_async(bootstrap, topic, Duration::from_secs(1)).await {
-        *seen.entry(record.key.unwrap()).or_default() += 1;
-    }
-    seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,17 +76,18 @@ async fn nothing_commits_before_kafka_acknowledges() {
         ],
     );
     let (cases_topic, surveys_topic) = (format!("{prefix}.cases"), format!("{prefix}.surveys"));
-    let everything_arrived = async |since: Instant| {
-        let mut missing = (0, 0);
+    let everything_arrived = async || {
+        let since = Instant::now();
         eventually(
             Duration::from_secs(120),
             "every case and survey",
             async || {
                 let horizon = chrono::Utc::now() - chrono::Duration::seconds(5);
-                let created = keys(&bootstrap, &cases_topic).await;
-                let surveys = keys(&bootstrap, &surveys_topic).await;
+                let created = count_by_key(&bootstrap, &cases_topic, Duration::from_secs(1)).await;
+                let surveys =
+                    count_by_key(&bootstrap, &surveys_topic, Duration::from_secs(1)).await;
                 let mut cases = 0;
-                missing = (0, 0);
+                let mut missing = (0, 0);
                 for w in ["w1", "w2"] {
                     for (value, survey_at) in sim.sim.visible_cases_with_survey_times(w) {
                         let case = Case::from_value(value).unwrap();
@@ -141,7 +132,7 @@ async fn nothing_commits_before_kafka_acknowledges() {
         "it waits rather than exiting"
     );
     broker.script("start");
-    everything_arrived(Instant::now()).await;
+    everything_arrived().await;
 
     // 2. The broker stops until delivery errors are counted; SIGKILL; broker back; restart.
     broker.script("stop");
@@ -151,7 +142,7 @@ async fn nothing_commits_before_kafka_acknowledges() {
     forwarder.0.wait().unwrap();
     broker.script("start");
     forwarder = spawn_forwarder(&env, &log);
-    everything_arrived(Instant::now()).await;
+    everything_arrived().await;
     assert!(sim.sim.stats().cases_served > outage_cases);
 
     // 3. SIGTERM while Kafka is down, with librdkafka's default 2-minute delivery timeout
@@ -164,10 +155,6 @@ async fn nothing_commits_before_kafka_acknowledges() {
         .cloned()
         .collect();
     forwarder = spawn_forwarder(&default_timeouts, &log);
-    let readyz = async |admin: &str| {
-        let response = reqwest::get(format!("http://{admin}/readyz")).await.ok()?;
-        Some((response.status().as_u16(), response.text().await.ok()?))
-    };
     eventually(Duration::from_secs(60), "ready", async || {
         readyz(&admin)
             .await
@@ -185,14 +172,7 @@ async fn nothing_commits_before_kafka_acknowledges() {
         },
     )
     .await;
-    let pid = forwarder.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(sigterm(&forwarder.0));
     let termed = Instant::now();
     let status = loop {
         if let Some(status) = forwarder.0.try_wait().unwrap() {
@@ -212,10 +192,10 @@ async fn nothing_commits_before_kafka_acknowledges() {
     );
     broker.script("start");
     let _last = spawn_forwarder(&env, &log);
-    everything_arrived(Instant::now()).await;
+    everything_arrived().await;
 
     // Repeats are bounded: only pages in flight at the kill are sent twice.
-    let created = keys(&bootstrap, &cases_topic).await;
+    let created = count_by_key(&bootstrap, &cases_topic, Duration::from_secs(1)).await;
     let repeated: usize = created.values().map(|n| n - 1).sum();
     let distinct: HashSet<&String> = created.keys().collect();
     println!("{} cases, {repeated} repeated records", distinct.len());

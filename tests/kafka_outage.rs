@@ -54,12 +54,9 @@ async fn broker_outage_is_ridden_out_without_loss() {
     let forwarder = RunningForwarder::start(config, clock.clone());
     let topic = format!("{prefix}.cases");
     let health = forwarder.health.clone();
-    eventually(
-        Duration::from_secs(60),
-        "events before the outage",
-        async || health.last_poll_ok_ms.load(Ordering::Relaxed) > 0,
-    )
-    .await;
+    forwarder
+        .wait_for_first_cycle(Duration::from_secs(60), "events before the outage")
+        .await;
 
     let admin = format!(
         "http://{}",
@@ -165,11 +162,10 @@ async fn broker_outage_is_ridden_out_without_loss() {
             if chat_end >= end - chrono::Duration::minutes(2) {
                 continue;
             }
-            assert!(
-                ids_by_case.contains_key(case.id()),
-                "case {} lost",
-                case.id()
-            );
+            let ids = ids_by_case
+                .get(case.id())
+                .unwrap_or_else(|| panic!("case {} lost", case.id()));
+            assert_eq!(ids.len(), 1, "repeats carry the same event id");
             checked += 1;
             if chat_end > during_outage - chrono::Duration::minutes(4) && chat_end < during_outage {
                 from_outage += 1;

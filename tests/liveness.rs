@@ -181,18 +181,9 @@ async fn a_restart_resumes_a_long_window_where_it_stopped() {
         .collect();
 
     let second = RunningForwarder::start(config(), Clock::system());
-    let health = second.health.clone();
-    eventually(
-        Duration::from_secs(60),
-        "the window read to its end",
-        async || {
-            health
-                .last_poll_ok_ms
-                .load(std::sync::atomic::Ordering::Relaxed)
-                > 0
-        },
-    )
-    .await;
+    second
+        .wait_for_first_cycle(Duration::from_secs(60), "the window read to its end")
+        .await;
     let served_after = sim.sim.stats().pages_served - served_before;
     second.stop().await;
     assert!(

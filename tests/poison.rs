@@ -3,14 +3,13 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use casestream::clock::Clock;
 use casestream::simulator::{Faults, SimConfig};
+use casestream::sink::dead_letter::sha256_hex;
 use casestream::snapengage::Case;
 use common::*;
 
@@ -20,10 +19,6 @@ async fn admin(health: &casestream::pipeline::Health, path: &str) -> (u16, Strin
     let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    casestream::sink::dead_letter::sha256_hex(bytes)
 }
 
 /// A 1.5 MB case followed by a normal case on the same page, against a real broker: the normal
@@ -64,12 +59,9 @@ async fn an_oversized_case_is_dead_lettered_once_and_nothing_stalls() {
     );
     let forwarder = RunningForwarder::start(config, clock.clone());
     let health = forwarder.health.clone();
-    eventually(
-        Duration::from_secs(60),
-        "a first complete cycle",
-        async || health.last_poll_ok_ms.load(Ordering::Relaxed) > 0,
-    )
-    .await;
+    forwarder
+        .wait_for_first_cycle(Duration::from_secs(60), "a first complete cycle")
+        .await;
 
     // The oversized case, then a normal one: both on today's only page of w1.
     let mut huge = sim.sim.make_case("w1");
@@ -178,10 +170,7 @@ async fn an_oversized_case_is_dead_lettered_once_and_nothing_stalls() {
     );
     assert_eq!(dead.len(), 3, "nothing else was dead-lettered");
 
-    let mut copies: HashMap<String, usize> = HashMap::new();
-    for record in read_topic_async(&bootstrap, &cases_topic, Duration::from_secs(2)).await {
-        *copies.entry(record.key.unwrap()).or_default() += 1;
-    }
+    let copies = count_by_key(&bootstrap, &cases_topic, Duration::from_secs(2)).await;
     assert!(
         !copies.contains_key(&huge_id),
         "the oversized event never reached its topic"
@@ -240,7 +229,6 @@ async fn a_looping_cursor_and_an_oversized_body_fail_only_their_widget() {
     );
     let forwarder = RunningForwarder::start(config, clock.clone());
     let health = forwarder.health.clone();
-    let mut metrics = String::new();
     eventually(
         Duration::from_secs(60),
         "both window errors counted",
@@ -248,7 +236,7 @@ async fn a_looping_cursor_and_an_oversized_body_fail_only_their_widget() {
             if health.admin_addr.get().is_none() {
                 return false;
             }
-            metrics = admin(&health, "/metrics").await.1;
+            let metrics = admin(&health, "/metrics").await.1;
             metrics.contains(r#"casestream_window_errors_total{widget="w1",kind="link_loop"}"#)
                 && metrics.contains(
                     r#"casestream_window_errors_total{widget="w2",kind="body_too_large"}"#,
@@ -261,16 +249,12 @@ async fn a_looping_cursor_and_an_oversized_body_fail_only_their_widget() {
     forwarder.stop().await;
     let end = clock.now();
 
-    let mut created: HashMap<String, usize> = HashMap::new();
-    for record in read_topic_async(
+    let created = count_by_key(
         &bootstrap,
         &format!("{prefix}.cases"),
         Duration::from_secs(2),
     )
-    .await
-    {
-        *created.entry(record.key.unwrap()).or_default() += 1;
-    }
+    .await;
     let w3: Vec<String> = sim
         .sim
         .visible_cases("w3")
@@ -327,31 +311,24 @@ async fn a_topic_that_refuses_everything_stops_the_pipeline_and_says_so() {
     );
     let dir = tempfile::tempdir().unwrap();
     let config = forwarder_config(&sim, &cluster.bootstrap_servers(), &prefix, dir.path(), &[]);
-    let health = std::sync::Arc::new(casestream::pipeline::Health::default());
-    let stop = tokio_util::sync::CancellationToken::new();
-    let run = tokio::spawn(casestream::app::run(
-        config,
-        clock.clone(),
-        health.clone(),
-        stop.clone(),
-    ));
+    let forwarder = RunningForwarder::start(config, clock.clone());
     let outcome = tokio::time::timeout(Duration::from_secs(60), async {
-        while !run.is_finished() {
+        while !forwarder.task.is_finished() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
     .await;
     assert!(outcome.is_ok(), "the pipeline stops by itself");
-    let (status, body) = admin(&health, "/readyz").await;
+    let (status, body) = admin(&forwarder.health, "/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(
         body.contains("refuses every record") && body.contains(&format!("{prefix}.cases")),
         "{body}"
     );
-    let error = run.await.unwrap().unwrap_err().to_string();
+    let error = forwarder.task.await.unwrap().unwrap_err().to_string();
     assert!(error.contains(&format!("topic {prefix}.cases")), "{error}");
     assert!(error.contains("uthoriz"), "{error}");
-    stop.cancel();
+    forwarder.stop.cancel();
     // Nothing was acknowledged, so nothing was committed: every case is read again later.
     let store = casestream::state::SqliteStore::open(dir.path()).unwrap();
     use casestream::state::StateStore;
@@ -497,21 +474,16 @@ async fn a_batch_refused_for_one_large_record_loses_none_of_the_others() {
         &[("CASESTREAM_POLL_INTERVAL", "2s")],
     );
     let forwarder = RunningForwarder::start(config, clock.clone());
-    let health = forwarder.health.clone();
-    eventually(Duration::from_secs(60), "the page settled", async || {
-        health.last_poll_ok_ms.load(Ordering::Relaxed) > 0
-    })
-    .await;
+    forwarder
+        .wait_for_first_cycle(Duration::from_secs(60), "the page settled")
+        .await;
     let requests = sim.sim.stats().requests;
     eventually(Duration::from_secs(60), "3 more polls", async || {
         sim.sim.stats().requests >= requests + 3
     })
     .await;
     forwarder.stop().await;
-    let mut copies: HashMap<String, usize> = HashMap::new();
-    for record in read_topic_async(&bootstrap, &cases_topic, Duration::from_secs(2)).await {
-        *copies.entry(record.key.unwrap()).or_default() += 1;
-    }
+    let copies = count_by_key(&bootstrap, &cases_topic, Duration::from_secs(2)).await;
     for id in &ids {
         assert_eq!(
             copies.get(id),

@@ -113,11 +113,6 @@ fn secured_env(
     (dir, admin, env)
 }
 
-async fn readyz(admin: &str) -> Option<(u16, String)> {
-    let response = reqwest::get(format!("http://{admin}/readyz")).await.ok()?;
-    Some((response.status().as_u16(), response.text().await.ok()?))
-}
-
 /// Runs `casestream run` until `until` holds (or 60 s), given the last `/readyz` answer and
 /// the output so far; (its output, the last `/readyz` answer).
 async fn run_until(

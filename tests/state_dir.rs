@@ -161,7 +161,6 @@ async fn a_full_disk_stops_the_forwarder_clearly_and_loses_nothing() {
         .map(|c| c.id().to_owned())
         .collect();
     assert!(truth.len() > 2000, "{} cases", truth.len());
-    let mut missing = truth.len();
     eventually(
         Duration::from_secs(120),
         "every case after the restart",
@@ -172,8 +171,7 @@ async fn a_full_disk_stops_the_forwarder_clearly_and_loses_nothing() {
                     .into_iter()
                     .filter_map(|r| r.key)
                     .collect();
-            missing = truth.difference(&seen).count();
-            missing == 0
+            truth.difference(&seen).count() == 0
         },
     )
     .await;

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -183,6 +184,15 @@ pub async fn read_topic_async(bootstrap: &str, topic: &str, idle: Duration) -> V
         .unwrap()
 }
 
+/// How many records of `topic` carry each key, read as [`read_topic_async`] does.
+pub async fn count_by_key(bootstrap: &str, topic: &str, idle: Duration) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for record in read_topic_async(bootstrap, topic, idle).await {
+        *counts.entry(record.key.unwrap()).or_default() += 1;
+    }
+    counts
+}
+
 /// Validates events against the schemas in `schemas/`.
 pub struct Schemas {
     created: jsonschema::Validator,
@@ -247,7 +257,8 @@ pub async fn start_simulator(config: SimConfig, clock: Clock) -> RunningSimulato
         .unwrap()
 }
 
-/// The settings every forwarder test starts from; `extra` are environment-style overrides.
+/// The settings every forwarder test starts from: [`process_env`] with what an in-process run
+/// on a fast virtual clock needs; `extra` are environment-style overrides.
 pub fn forwarder_config(
     sim: &RunningSimulator,
     bootstrap: &str,
@@ -255,48 +266,32 @@ pub fn forwarder_config(
     state_dir: &std::path::Path,
     extra: &[(&str, &str)],
 ) -> Config {
-    let mut env: Vec<(String, String)> = vec![
-        ("SNAPENGAGE_API_URL".into(), sim.base_url().to_string()),
-        ("SNAPENGAGE_ORG_ID".into(), sim.sim.config().org.clone()),
-        (
-            "SNAPENGAGE_API_TOKEN".into(),
-            sim.sim.config().token.clone(),
-        ),
-        (
-            "SNAPENGAGE_WIDGET_IDS".into(),
-            sim.sim.config().widgets.join(","),
-        ),
-        ("KAFKA_BOOTSTRAP_SERVERS".into(), bootstrap.into()),
-        (
-            "CASESTREAM_STATE_DIR".into(),
-            state_dir.display().to_string(),
-        ),
-        ("CASESTREAM_TOPIC_CASES".into(), format!("{prefix}.cases")),
-        (
-            "CASESTREAM_TOPIC_SURVEYS".into(),
-            format!("{prefix}.surveys"),
-        ),
-        (
-            "CASESTREAM_TOPIC_DEADLETTER".into(),
-            format!("{prefix}.dead"),
-        ),
-        ("CASESTREAM_TOPIC_PARTITIONS".into(), "3".into()),
-        ("CASESTREAM_RATE_LIMIT".into(), "500".into()),
-        ("CASESTREAM_ADMIN_ADDR".into(), "127.0.0.1:0".into()),
-        // Real-time backoff would stall a run on a 600x virtual clock.
-        ("CASESTREAM_API_RETRY_MIN_DELAY".into(), "20ms".into()),
-        ("CASESTREAM_API_RETRY_MAX_DELAY".into(), "200ms".into()),
-        ("CASESTREAM_API_MAX_ATTEMPTS".into(), "20".into()),
-    ];
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    Flags::default().load(env).expect("test config is valid")
+    let env = process_env(
+        sim,
+        bootstrap,
+        prefix,
+        state_dir,
+        &[
+            ("CASESTREAM_TOPIC_PARTITIONS", "3"),
+            ("CASESTREAM_RATE_LIMIT", "500"),
+            // Real-time backoff would stall a run on a 600x virtual clock.
+            ("CASESTREAM_API_RETRY_MIN_DELAY", "20ms"),
+            ("CASESTREAM_API_RETRY_MAX_DELAY", "200ms"),
+            ("CASESTREAM_API_MAX_ATTEMPTS", "20"),
+        ],
+    );
+    Flags::default()
+        .load(with(&env, extra))
+        .expect("test config is valid")
 }
 
 /// A forwarder running in this process until stopped.
 pub struct RunningForwarder {
     pub health: Arc<Health>,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), casestream::app::AppError>>,
+    /// Cancelled by [`RunningForwarder::stop`].
+    pub stop: CancellationToken,
+    /// `app::run`, for a test that waits for it to end by itself.
+    pub task: tokio::task::JoinHandle<Result<(), casestream::app::AppError>>,
 }
 
 impl RunningForwarder {
@@ -319,6 +314,22 @@ impl RunningForwarder {
             .expect("forwarder task panicked")
             .expect("forwarder failed");
     }
+
+    /// Whether a poll cycle has completed.
+    pub fn polled_ok(&self) -> bool {
+        self.health.last_poll_ok_ms.load(Ordering::Relaxed) > 0
+    }
+
+    /// Waits for a first complete poll cycle, at most `limit`; the test fails with `what` then.
+    pub async fn wait_for_first_cycle(&self, limit: Duration, what: &str) {
+        eventually(limit, what, async || self.polled_ok()).await;
+    }
+}
+
+/// `/readyz` of the admin endpoints at `admin`: (status, body), or `None` if it did not answer.
+pub async fn readyz(admin: impl std::fmt::Display) -> Option<(u16, String)> {
+    let response = reqwest::get(format!("http://{admin}/readyz")).await.ok()?;
+    Some((response.status().as_u16(), response.text().await.ok()?))
 }
 
 /// Polls `check` until it holds or `limit` passes; the test fails with `what` then.
@@ -527,14 +538,20 @@ pub fn spawn(
 /// Sends SIGTERM if the process still runs, waits for it; (exit success, what it printed).
 pub fn finish(mut child: std::process::Child, output: tempfile::NamedTempFile) -> (bool, String) {
     if child.try_wait().unwrap().is_none() {
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
+        sigterm(&child);
     }
     let status = child.wait().unwrap();
     let text = String::from_utf8_lossy(&std::fs::read(output.path()).unwrap()).into_owned();
     (status.success(), text)
+}
+
+/// Sends SIGTERM to `child`; whether `kill` succeeded.
+pub fn sigterm(child: &Child) -> bool {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success()
 }
 
 pub fn with(env: &[(String, String)], extra: &[(&str, &str)]) -> Vec<(String, String)> {
