@@ -36,16 +36,11 @@ kustomize() {
 }
 
 schema_check() { # reads the rendered objects on stdin
-  local file version
-  file=$(mktemp --suffix=.yaml)
+  local file=$rendered/schema-check.yaml version
   cat >"$file"
   for version in $KUBE_VERSIONS; do
-    if ! kubernetes-validate --strict --quiet --kubernetes-version "$version" "$file"; then
-      rm -f "$file"
-      return 1
-    fi
+    kubernetes-validate --strict --quiet --kubernetes-version "$version" "$file" || return 1
   done
-  rm -f "$file"
 }
 
 rendered=$(mktemp -d)

@@ -58,7 +58,6 @@ target_dir=$(cd "$target_dir" && pwd)
 command -v python3 >/dev/null 2>&1 || apt_install python3
 command -v flock >/dev/null 2>&1 || apt_install util-linux
 
-
 # The self-test: today's bug must be caught, for the right reason.
 if [ "$self_test" = 1 ]; then
   old=$(mktemp -d)
@@ -225,7 +224,6 @@ for keyword, args in build["ins"]:
     if keyword == "WORKDIR":
         workdir = os.path.normpath(os.path.join(workdir, args))
         os.makedirs(root + workdir, exist_ok=True)
-        out("WORKDIR", workdir)
     elif keyword in ("ENV", "ARG"):
         words = shlex.split(args)
         if keyword == "ENV" and len(words) >= 2 and "=" not in words[0]:
@@ -316,7 +314,7 @@ for s in stages:
         if keyword != "COPY":
             continue
         words = words_of(args)
-        if not any(w.lower() in (f"--from={stage}".lower(),) for w in words):
+        if f"--from={stage}".lower() not in (w.lower() for w in words):
             continue
         for src in [w for w in words if not w.startswith("--")][:-1]:
             src = os.path.normpath(os.path.join(workdir, src))

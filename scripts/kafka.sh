@@ -41,6 +41,11 @@ log="$dir/kafka.log"
 bootstrap="127.0.0.1:$port"
 tls="$dir/tls"
 secure_env="$dir/secure.env"
+# start-secure's listeners, beside the plain one, and its SASL user.
+sasl_ssl_port=$((port + 2))
+ssl_port=$((port + 3))
+mismatch_port=$((port + 4))
+sasl_user=casestream-test
 
 say() { printf 'kafka.sh: %s\n' "$*" >&2; }
 
@@ -81,37 +86,36 @@ random_secret() {
 }
 
 # A throwaway CA, the broker's certificates and the clients' (one valid, one expired), made
-# with openssl. Every start makes new ones; nothing is downloaded.
+# with openssl. Every start makes new ones; nothing is downloaded. Uses $store_pw and $key_pw.
 make_certificates() {
   need openssl "openssl makes the throwaway CA and certificates"
   rm -rf "$tls"
   mkdir -p "$tls"
-  local store_pw key_pw
-  store_pw=$(random_secret)
-  key_pw=$(random_secret)
   (
     cd "$tls"
-    ossl() { openssl "$@" >/dev/null 2>&1 || { echo "kafka.sh: openssl $1 failed" >&2; exit 1; }; }
+    ossl() { openssl "$@" >/dev/null 2>&1 || { say "openssl $1 failed"; exit 1; }; }
+    # cert <name> <CN> <extensions> <key option...>: a key and a certificate of the test CA
+    cert() {
+      local name=$1 cn=$2
+      printf '%s\n' "$3" >"$name.ext"
+      shift 3
+      ossl req -newkey rsa:2048 "$@" -keyout "$name.key" -out "$name.csr" -subj "/CN=$cn"
+      ossl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 3 \
+        -extfile "$name.ext" -out "$name.pem"
+    }
     ossl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3 \
       -subj "/CN=casestream test CA"
     ossl req -x509 -newkey rsa:2048 -nodes -keyout other-ca.key -out other-ca.pem -days 3 \
       -subj "/CN=an untrusted CA"
     # Broker certificates: one naming 127.0.0.1, one naming another host only.
+    cert broker broker $'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth' -nodes
+    cert mismatch mismatch $'subjectAltName=DNS:kafka.elsewhere.example\nextendedKeyUsage=serverAuth,clientAuth' -nodes
     for name in broker mismatch; do
-      if [ "$name" = broker ]; then san="IP:127.0.0.1,DNS:localhost"; else san="DNS:kafka.elsewhere.example"; fi
-      ossl req -newkey rsa:2048 -nodes -keyout "$name.key" -out "$name.csr" -subj "/CN=$name"
-      printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$san" >"$name.ext"
-      ossl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 3 \
-        -extfile "$name.ext" -out "$name.pem"
       ossl pkcs12 -export -in "$name.pem" -inkey "$name.key" -certfile ca.pem -name "$name" \
         -out "$name.p12" -passout "pass:$store_pw"
     done
     # The client's certificate, its key encrypted with a password.
-    ossl req -newkey rsa:2048 -keyout client.key -passout "pass:$key_pw" -out client.csr \
-      -subj "/CN=casestream-client"
-    printf 'extendedKeyUsage=clientAuth\n' >client.ext
-    ossl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3 \
-      -extfile client.ext -out client.pem
+    cert client casestream-client extendedKeyUsage=clientAuth -passout "pass:$key_pw"
     # An expired client certificate: `openssl ca` can set dates in the past.
     mkdir -p ca-db
     : >ca-db/index.txt
@@ -134,24 +138,17 @@ CNF
     ossl req -newkey rsa:2048 -nodes -keyout expired.key -out expired.csr -subj "/CN=casestream-expired"
     ossl ca -batch -config ca-db/ca.cnf -in expired.csr -out expired.pem -notext \
       -startdate 20200101000000Z -enddate 20200102000000Z -extfile client.ext
-    chmod 600 ./*.key ./*.p12
-  ) || exit 1
-  printf '%s\n%s\n' "$store_pw" "$key_pw" >"$tls/passwords"
-  chmod 600 "$tls/passwords"
+  )
 }
 
+# The secured listeners' TLS and SASL settings (their addresses are in write_properties).
 secure_properties() {
-  local store_pw
-  store_pw=$(sed -n 1p "$tls/passwords")
   cat <<PROPS
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port,SASL_SSL://127.0.0.1:$((port + 2)),SSL://127.0.0.1:$((port + 3)),MISMATCH://127.0.0.1:$((port + 4))
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$((port + 2)),SSL://127.0.0.1:$((port + 3)),MISMATCH://127.0.0.1:$((port + 4))
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL,MISMATCH:SASL_SSL
 sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.mismatch.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
-listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$(secure_user)="$(secure_password)";
-listener.name.mismatch.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$(secure_user)="$(secure_password)";
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$sasl_user="$sasl_password";
+listener.name.mismatch.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$sasl_user="$sasl_password";
 ssl.keystore.type=PKCS12
 ssl.keystore.location=$tls/broker.p12
 ssl.keystore.password=$store_pw
@@ -166,20 +163,21 @@ listener.name.mismatch.ssl.key.password=$store_pw
 PROPS
 }
 
-secure_user() { echo "casestream-test"; }
-secure_password() { sed -n 3p "$tls/passwords"; }
-
 write_properties() {
   mkdir -p "$dir/data"
-  local listeners="listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
-  if [ "${secure:-}" = 1 ]; then listeners=$(secure_properties); fi
+  local secured="" secured_map="" secured_settings=""
+  if [ "${secure:-}" = 1 ]; then
+    secured=",SASL_SSL://127.0.0.1:$sasl_ssl_port,SSL://127.0.0.1:$ssl_port,MISMATCH://127.0.0.1:$mismatch_port"
+    secured_map=",SASL_SSL:SASL_SSL,SSL:SSL,MISMATCH:SASL_SSL"
+    secured_settings=$(secure_properties)
+  fi
   cat >"$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$controller_port
-$listeners
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port$secured
+advertised.listeners=PLAINTEXT://127.0.0.1:$port$secured
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT$secured_map
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$dir/data
@@ -195,6 +193,7 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
+$secured_settings
 PROPS
 }
 
@@ -211,17 +210,20 @@ start() {
   fi
   need java "Java 17 or newer runs the broker"
   install
-  if port_open "$port" || port_open "$controller_port"; then
-    say "port $port or $controller_port is taken by another process; set CASESTREAM_KAFKA_PORT"
-    exit 1
-  fi
+  local ports="$port $controller_port" p
+  if [ "${secure:-}" = 1 ]; then ports+=" $sasl_ssl_port $ssl_port $mismatch_port"; fi
+  for p in $ports; do
+    if port_open "$p"; then say "port $p is taken by another process; set CASESTREAM_KAFKA_PORT"; exit 1; fi
+  done
   rm -f "$secure_env"
   if [ "${secure:-}" = 1 ]; then
-    for p in $((port + 2)) $((port + 3)) $((port + 4)); do
-      if port_open "$p"; then say "port $p is taken; set CASESTREAM_KAFKA_PORT"; exit 1; fi
-    done
+    # Keys, passwords (server.properties, secure.env): this user's only, whatever the umask.
+    mkdir -p "$dir"
+    chmod 700 "$dir"
+    store_pw=$(random_secret)
+    key_pw=$(random_secret)
+    sasl_password=$(random_secret)
     make_certificates
-    random_secret >>"$tls/passwords"
   fi
   write_properties
   if [ ! -f "$dir/data/meta.properties" ]; then
@@ -259,28 +261,45 @@ start() {
 }
 
 # The SCRAM user, created through the plain listener (SCRAM credentials live in the cluster
-# metadata; PLAIN's user is in the listener's JAAS line).
+# metadata; PLAIN's user is in the listener's JAAS line). The credential reaches the listeners
+# through metadata: then a SCRAM login over SASL_SSL is tried until it works (each try is one
+# JVM start, under 2 s; the first normally succeeds).
 create_scram_user() {
+  local client="$tls/scram-client.properties" _
   kafka_java -Dorg.slf4j.simpleLogger.defaultLogLevel=warn kafka.admin.ConfigCommand \
-    --bootstrap-server "$bootstrap" --alter --entity-type users --entity-name "$(secure_user)" \
-    --add-config "SCRAM-SHA-512=[password=$(secure_password)]" >>"$log" 2>&1 \
+    --bootstrap-server "$bootstrap" --alter --entity-type users --entity-name "$sasl_user" \
+    --add-config "SCRAM-SHA-512=[password=$sasl_password]" >>"$log" 2>&1 \
     || { say "creating the SCRAM user failed; see $log"; exit 1; }
-  # Credentials reach the listeners through metadata: wait until a SASL login works.
-  sleep 1
+  cat >"$client" <<PROPS
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$sasl_user" password="$sasl_password";
+ssl.truststore.type=PEM
+ssl.truststore.location=$tls/ca.pem
+PROPS
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    if kafka_java -Dorg.slf4j.simpleLogger.defaultLogLevel=warn kafka.admin.ConfigCommand \
+      --bootstrap-server "127.0.0.1:$sasl_ssl_port" --command-config "$client" \
+      --describe --entity-type users --entity-name "$sasl_user" >>"$log" 2>&1; then
+      return
+    fi
+    sleep 0.5
+  done
+  say "a SCRAM login on 127.0.0.1:$sasl_ssl_port still fails after 10 tries; see $log"
+  exit 1
 }
 
+# The last line of start-secure: shell-sourceable, values quoted with %q (printf applies the
+# format to each name/value pair in turn).
 write_secure_env() {
-  {
-    printf 'SECURE_PLAINTEXT=%s SECURE_SASL_SSL=127.0.0.1:%s SECURE_SSL=127.0.0.1:%s ' \
-      "$bootstrap" $((port + 2)) $((port + 3))
-    printf 'SECURE_MISMATCH=127.0.0.1:%s ' $((port + 4))
-    printf 'SECURE_CA=%s SECURE_OTHER_CA=%s ' "$tls/ca.pem" "$tls/other-ca.pem"
-    printf 'SECURE_USER=%s SECURE_PASSWORD=%s ' "$(secure_user)" "$(secure_password)"
-    printf 'SECURE_CLIENT_CERT=%s SECURE_CLIENT_KEY=%s SECURE_CLIENT_KEY_PASSWORD=%s ' \
-      "$tls/client.pem" "$tls/client.key" "$(sed -n 2p "$tls/passwords")"
-    printf 'SECURE_EXPIRED_CERT=%s SECURE_EXPIRED_KEY=%s\n' "$tls/expired.pem" "$tls/expired.key"
-  } >"$secure_env"
-  chmod 600 "$secure_env"
+  local line
+  printf -v line 'SECURE_%s=%q ' \
+    PLAINTEXT "$bootstrap" SASL_SSL "127.0.0.1:$sasl_ssl_port" SSL "127.0.0.1:$ssl_port" \
+    MISMATCH "127.0.0.1:$mismatch_port" CA "$tls/ca.pem" OTHER_CA "$tls/other-ca.pem" \
+    USER "$sasl_user" PASSWORD "$sasl_password" \
+    CLIENT_CERT "$tls/client.pem" CLIENT_KEY "$tls/client.key" CLIENT_KEY_PASSWORD "$key_pw" \
+    EXPIRED_CERT "$tls/expired.pem" EXPIRED_KEY "$tls/expired.key"
+  printf '%s\n' "${line% }" >"$secure_env"
 }
 
 stop() {

@@ -1,7 +1,7 @@
 # Sourced by the check scripts: installing what they need on a fresh Debian machine.
 # Set `repo` to the repository root before sourcing.
 
-# Debian packages, with one `apt-get update` only when the package lists are stale.
+# Debian packages; `apt-get update` runs (once) only if the install fails without it.
 apt_install() {
   local sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
