@@ -29,10 +29,10 @@ use serde_json::value::RawValue;
 use casestream::clock::Clock;
 use casestream::config::Flags;
 use casestream::events::{CloudEvent, EventKind};
-use casestream::pipeline::tracker::CaseRecord;
 use casestream::simulator::http::RunningSimulator;
 use casestream::simulator::{SimConfig, Simulator};
 use casestream::snapengage::{Case, ClientConfig, LogsClient, RetryPolicy, Window};
+use casestream::state::CaseRecord;
 use casestream::state::{SqliteStore, StateStore, StoredCase};
 
 const HISTORY_DAYS: u64 = 10;

@@ -12,10 +12,10 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{Value, json};
 
 use casestream::clock::Clock;
-use casestream::pipeline::tracker::CaseRecord;
 use casestream::simulator::generator::SurveyPlan;
 use casestream::simulator::{Faults, SimConfig};
 use casestream::snapengage::Case;
+use casestream::state::CaseRecord;
 use casestream::state::{SqliteStore, StateStore, StoredCase, WidgetProgress};
 use common::*;
 

@@ -26,11 +26,11 @@ use crate::sink::dead_letter::sha256_hex;
 use crate::sink::{DeadLetter, KafkaSink, Outgoing, PendingDelivery};
 use crate::snapengage::{Case, ClientError, LogsClient, Page};
 use crate::state::{
-    DeadLetterMark, StateError, StateStore, StoredCase, WidgetProgress, WindowCursor,
+    CaseRecord, DeadLetterMark, StateError, StateStore, StoredCase, WidgetProgress, WindowCursor,
 };
 use progress::CatchUpProgress;
 use scheduler::Task;
-use tracker::{CaseRecord, TrackerSettings};
+use tracker::TrackerSettings;
 
 /// How often state counts are refreshed for metrics.
 const STATS_REFRESH: Duration = Duration::from_secs(30);

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 
 use crate::events::{EventKind, survey_digest};
 use crate::snapengage::Case;
+use crate::state::CaseRecord;
 
 /// Re-check offsets after the settle time; past the last, twice a day until the horizon.
 const RECHECK_STEPS: [Duration; 4] = [
@@ -23,24 +24,6 @@ pub struct TrackerSettings {
     pub settle: Duration,
     /// Stop looking for surveys this long after chat end.
     pub horizon: Duration,
-}
-
-/// What the state keeps about one case.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CaseRecord {
-    pub first_seen: DateTime<Utc>,
-    pub chat_end: DateTime<Utc>,
-    pub created_emitted: bool,
-    /// Digest of the last survey content emitted.
-    pub survey_digest: Option<String>,
-    /// When the case should be read again for a survey; `None` once past the horizon.
-    pub next_check: Option<DateTime<Utc>>,
-}
-
-impl CaseRecord {
-    pub fn is_pending(&self) -> bool {
-        self.next_check.is_some()
-    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -9,8 +9,6 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::pipeline::tracker::CaseRecord;
-
 pub use lock::StateLock;
 pub use sqlite::SqliteStore;
 
@@ -56,6 +54,25 @@ fn ensure_dir(dir: &std::path::Path) -> Result<(), StateError> {
         path: dir.display().to_string(),
         source,
     })
+}
+
+/// What the state keeps about one case: what was emitted, and when to look again. The
+/// tracker decides it; the state stores it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CaseRecord {
+    pub first_seen: DateTime<Utc>,
+    pub chat_end: DateTime<Utc>,
+    pub created_emitted: bool,
+    /// Digest of the last survey content emitted.
+    pub survey_digest: Option<String>,
+    /// When the case should be read again for a survey; `None` once past the horizon.
+    pub next_check: Option<DateTime<Utc>>,
+}
+
+impl CaseRecord {
+    pub fn is_pending(&self) -> bool {
+        self.next_check.is_some()
+    }
 }
 
 /// A case as the state keeps it: the tracker's record, the widget and the day it was created

@@ -9,9 +9,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::{
-    DeadLetterMark, StateError, StateStats, StateStore, StoredCase, WidgetProgress, WindowCursor,
+    CaseRecord, DeadLetterMark, StateError, StateStats, StateStore, StoredCase, WidgetProgress,
+    WindowCursor,
 };
-use crate::pipeline::tracker::CaseRecord;
 
 pub const STATE_FILE: &str = "casestream.sqlite";
 
