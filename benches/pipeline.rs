@@ -27,10 +27,10 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use casestream::clock::Clock;
-use casestream::config::Flags;
 use casestream::events::{CloudEvent, EventKind};
 use casestream::simulator::http::RunningSimulator;
 use casestream::simulator::{SimConfig, Simulator};
+use casestream::sink::KafkaSettings;
 use casestream::snapengage::{Case, ClientConfig, LogsClient, RetryPolicy, Window};
 use casestream::state::CaseRecord;
 use casestream::state::{SqliteStore, StateStore, StoredCase};
@@ -234,16 +234,10 @@ async fn produce_only(
     bootstrap: &str,
     cases: &[(String, Box<RawValue>)],
 ) -> (Duration, usize, usize) {
-    let settings = Flags::default()
-        .load([
-            ("SNAPENGAGE_ORG_ID".into(), "demo".into()),
-            ("SNAPENGAGE_API_TOKEN".into(), "x".into()),
-            ("SNAPENGAGE_WIDGET_IDS".into(), "w1".into()),
-            ("KAFKA_BOOTSTRAP_SERVERS".into(), bootstrap.into()),
-        ])
-        .unwrap()
-        .kafka;
-    let producer: FutureProducer = casestream::sink::client_config(&settings).create().unwrap();
+    let producer: FutureProducer = KafkaSettings::new(bootstrap)
+        .client_config()
+        .create()
+        .unwrap();
     let topic = format!("bench-produce-{}", uuid::Uuid::new_v4().simple());
     create_topic(bootstrap, &topic).await;
     let now = Utc::now();

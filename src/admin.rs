@@ -1,9 +1,11 @@
 //! Operations: `/metrics` (Prometheus), `/livez` and `/readyz` on one admin port, and the
-//! client metrics they report.
+//! [`Health`] they report. Ops owns readiness: the pipeline writes its flags through
+//! [`Health`]'s methods, the probes read them.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -11,155 +13,129 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::monotonic_ms;
-use crate::pipeline::Health;
+use crate::metrics;
 use crate::sink::KafkaSink;
-use crate::snapengage::client::ClientObserver;
 
 /// How often readiness asks Kafka for metadata, so an outage shows even with no traffic.
 const KAFKA_PROBE_EVERY: Duration = Duration::from_secs(5);
 const KAFKA_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Latency buckets in seconds for request and window histograms.
-const SECONDS_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
+pub const ENV_ADMIN_ADDR: &str = "CASESTREAM_ADMIN_ADDR";
+pub const DEFAULT_ADMIN_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8080);
 
-/// The process-wide Prometheus recorder (there is one metrics registry per process).
-pub fn prometheus() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets(SECONDS_BUCKETS)
-            .unwrap_or_else(|e| unreachable!("the bucket list is not empty: {e}"));
-        let recorder = builder.build_recorder();
-        let handle = recorder.handle();
-        // Fails only if another recorder was installed first; then ours just stays unused.
-        if metrics::set_global_recorder(recorder).is_err() {
-            tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+/// Where the admin endpoints listen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Port 0 picks a free one.
+    pub addr: SocketAddr,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            addr: DEFAULT_ADMIN_ADDR,
         }
-        describe_metrics();
-        handle
-    })
-}
-
-fn describe_metrics() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        "casestream_api_requests_total",
-        "Logs API requests by widget and status"
-    );
-    describe_histogram!(
-        "casestream_api_request_seconds",
-        Unit::Seconds,
-        "Logs API request latency"
-    );
-    describe_counter!(
-        "casestream_api_retries_total",
-        "Logs API requests retried, by reason"
-    );
-    describe_histogram!(
-        "casestream_rate_limit_wait_seconds",
-        Unit::Seconds,
-        "Time requests waited for the shared request budget"
-    );
-    describe_counter!(
-        "casestream_cases_seen_total",
-        "Cases received from the Logs API"
-    );
-    describe_counter!(
-        "casestream_events_published_total",
-        "Events acknowledged by Kafka, by type"
-    );
-    describe_counter!(
-        "casestream_dead_letters_total",
-        "Records sent to the dead-letter topic, by widget and reason"
-    );
-    describe_gauge!(
-        "casestream_pending_surveys",
-        "Cases still watched for a survey"
-    );
-    describe_gauge!("casestream_known_cases", "Case ids in the state");
-    describe_gauge!(
-        "casestream_state_size_bytes",
-        Unit::Bytes,
-        "Size of the state database"
-    );
-    describe_gauge!(
-        "casestream_window_lag_seconds",
-        Unit::Seconds,
-        "Seconds since the fresh window of a widget was last read completely"
-    );
-    describe_counter!(
-        "casestream_kafka_delivery_errors_total",
-        "Pages Kafka did not acknowledge"
-    );
-    describe_counter!(
-        "casestream_kafka_producer_replacements_total",
-        "Kafka producers replaced after a fatal error"
-    );
-    describe_counter!(
-        "casestream_dead_letters_refused_total",
-        "Dead letters Kafka refused even cut down (logged as errors only)"
-    );
-    describe_counter!(
-        "casestream_state_pruned_total",
-        "State entries pruned because no future decision needs them, by kind"
-    );
-    describe_counter!(
-        "casestream_windows_resumed_total",
-        "Windows that went on from a cursor saved before a restart"
-    );
-    describe_counter!(
-        "casestream_window_errors_total",
-        "Windows that failed after retries"
-    );
-    describe_histogram!(
-        "casestream_window_seconds",
-        Unit::Seconds,
-        "Time to read one window"
-    );
-    describe_gauge!("casestream_ready", "1 when /readyz answers 200");
-}
-
-/// Logs API client metrics; a retry wait also tells liveness the loop waits on purpose.
-pub struct ClientMetrics {
-    health: Arc<Health>,
-}
-
-impl ClientMetrics {
-    pub fn new(health: Arc<Health>) -> Self {
-        Self { health }
     }
 }
 
-impl ClientObserver for ClientMetrics {
-    fn request_finished(&self, widget_id: &str, outcome: &str, elapsed: Duration) {
-        metrics::counter!(
-            "casestream_api_requests_total",
-            "widget" => widget_id.to_owned(),
-            "status" => outcome.to_owned()
-        )
-        .increment(1);
-        metrics::histogram!("casestream_api_request_seconds").record(elapsed.as_secs_f64());
+/// What the probes report. Each flag has one writer: the poll loop writes all but
+/// `kafka_reachable` (the admin probe) and `admin_addr` ([`serve`]).
+#[derive(Debug, Default)]
+pub struct Health {
+    state_ok: AtomicBool,
+    /// False while a page's records are not acknowledged.
+    deliveries_ok: AtomicBool,
+    /// A broker answered a metadata request for our topic.
+    kafka_reachable: AtomicBool,
+    /// [`monotonic_ms`] of the last completed poll window (any widget).
+    last_poll_ok_ms: AtomicI64,
+    /// [`monotonic_ms`] until which the poll loop is known to be alive: its last sign of
+    /// progress (a page, a cycle), or the end of a wait it chose (a Retry-After, the poll
+    /// interval), whichever is later.
+    heartbeat_ms: AtomicI64,
+    /// Per widget, [`monotonic_ms`] when its fresh window was last read completely.
+    fresh_polls: Mutex<HashMap<String, i64>>,
+    /// Where the admin endpoints listen, once they do.
+    admin_addr: OnceLock<SocketAddr>,
+    /// Why the pipeline stopped for good, if it did: readiness names it.
+    fatal: OnceLock<String>,
+}
+
+impl Health {
+    /// The loop made progress now.
+    pub fn beat(&self) {
+        self.beat_for(Duration::ZERO);
     }
 
-    fn retried(&self, widget_id: &str, error_kind: &str, wait: Duration) {
-        self.health.beat_for(wait);
-        metrics::counter!(
-            "casestream_api_retries_total",
-            "widget" => widget_id.to_owned(),
-            "reason" => error_kind.to_owned()
-        )
-        .increment(1);
+    /// The loop is about to wait `wait` on purpose: alive until then, however long. A later
+    /// beat never shortens a wait already announced.
+    pub fn beat_for(&self, wait: Duration) {
+        let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+        self.heartbeat_ms
+            .fetch_max(monotonic_ms().saturating_add(wait_ms), Ordering::Relaxed);
     }
 
-    fn rate_limit_waited(&self, waited: Duration) {
-        metrics::histogram!("casestream_rate_limit_wait_seconds").record(waited.as_secs_f64());
+    /// The last state call succeeded or failed.
+    pub fn set_state_ok(&self, ok: bool) {
+        self.state_ok.store(ok, Ordering::Relaxed);
+    }
+
+    /// Kafka is taking the pipeline's records, or not.
+    pub fn set_deliveries_ok(&self, ok: bool) {
+        self.deliveries_ok.store(ok, Ordering::Relaxed);
+    }
+
+    pub fn deliveries_ok(&self) -> bool {
+        self.deliveries_ok.load(Ordering::Relaxed)
+    }
+
+    /// A window was read completely.
+    pub fn poll_ok(&self) {
+        self.last_poll_ok_ms
+            .store(monotonic_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether any window was ever read completely.
+    pub fn polled(&self) -> bool {
+        self.last_poll_ok_ms.load(Ordering::Relaxed) > 0
+    }
+
+    /// `widget`'s fresh window was read completely.
+    pub fn fresh_poll_done(&self, widget: &str) {
+        self.fresh_polls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(widget.to_owned(), monotonic_ms());
+    }
+
+    /// Records why the pipeline stopped for good.
+    pub fn set_fatal(&self, reason: String) {
+        let _ = self.fatal.set(reason);
+    }
+
+    /// Why the pipeline stopped for good, if it did.
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.get().map(String::as_str)
+    }
+
+    /// Where the admin endpoints listen, once they do.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr.get().copied()
+    }
+
+    /// (widget, [`monotonic_ms`] of its last complete fresh poll).
+    fn fresh_polls(&self) -> Vec<(String, i64)> {
+        self.fresh_polls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(w, at)| (w.clone(), *at))
+            .collect()
     }
 }
 
@@ -198,15 +174,14 @@ async fn metrics_endpoint(State(state): State<AdminState>) -> Response {
     // Lag is age, so it is computed at scrape time.
     for (widget, at_ms) in state.health.fresh_polls() {
         if let Some(age) = age_ms(at_ms) {
-            metrics::gauge!("casestream_window_lag_seconds", "widget" => widget)
-                .set(age as f64 / 1000.0);
+            metrics::window_lag(&widget, Duration::from_millis(age));
         }
     }
     let (ready, _) = readiness(&state);
-    metrics::gauge!("casestream_ready").set(if ready { 1.0 } else { 0.0 });
+    metrics::ready(ready);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        prometheus().render(),
+        metrics::prometheus().render(),
     )
         .into_response()
 }
@@ -230,7 +205,7 @@ fn readiness(state: &AdminState) -> (bool, serde_json::Value) {
     let health = &state.health;
     let state_ok = health.state_ok.load(Ordering::Relaxed);
     // Both must hold: the probe's answer never hides deliveries that are failing.
-    let deliveries_ok = health.kafka_ok.load(Ordering::Relaxed);
+    let deliveries_ok = health.deliveries_ok();
     let reachable = health.kafka_reachable.load(Ordering::Relaxed);
     let kafka_ok = deliveries_ok && reachable;
     let poll_age = age_ms(health.last_poll_ok_ms.load(Ordering::Relaxed));
@@ -265,15 +240,16 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 /// readiness reflects an outage even when nothing is being published. Returns the bound
 /// address (port 0 picks a free one).
 pub async fn serve(
-    addr: SocketAddr,
+    settings: AdminSettings,
     health: Arc<Health>,
     sink: Arc<KafkaSink>,
     thresholds: Thresholds,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    prometheus();
-    let listener = TcpListener::bind(addr).await?;
+    metrics::prometheus();
+    let listener = TcpListener::bind(settings.addr).await?;
     let bound = listener.local_addr()?;
+    let _ = health.admin_addr.set(bound);
     let app = Router::new()
         .route("/metrics", get(metrics_endpoint))
         .route("/livez", get(livez))

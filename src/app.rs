@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{ENV_ADMIN_ADDR, Health};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::pipeline::tracker::TrackerSettings;
-use crate::pipeline::{Health, Pipeline, PipelineError, PipelineSettings};
+use crate::pipeline::{ClientMetrics, Pipeline, PipelineError};
 use crate::sink::{KafkaSink, SinkError};
-use crate::snapengage::{ClientConfig, ClientError, LogsClient};
+use crate::snapengage::{ClientError, LogsClient};
 use crate::state::{SqliteStore, StateError, StateLock};
 
 /// How long shutdown waits for Kafka to take records still queued.
@@ -27,52 +27,22 @@ pub enum AppError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
-    #[error("cannot serve the admin endpoints on {addr} (CASESTREAM_ADMIN_ADDR): {source}")]
+    #[error("cannot serve the admin endpoints on {addr} ({ENV_ADMIN_ADDR}): {source}")]
     Admin {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
 }
 
-pub fn client_config(config: &Config) -> ClientConfig {
-    let mut client = ClientConfig::new(
-        config.api_url.clone(),
-        config.org_id.clone(),
-        config.api_token.clone(),
-    );
-    client.rate_limit_per_sec = config.rate_limit;
-    client.retry = config.retry.clone();
-    client.max_pages = config.max_pages;
-    client.max_body = config.max_body;
-    client.token_file = config.api_token_file.clone();
-    client
-}
-
-pub fn pipeline_settings(config: &Config) -> PipelineSettings {
-    PipelineSettings {
-        org_id: config.org_id.clone(),
-        widgets: config.widget_ids.clone(),
-        poll_interval: config.poll_interval,
-        lookback: config.lookback,
-        since: config.since,
-        window_mode: config.window_mode,
-        tracker: TrackerSettings {
-            settle: config.settle,
-            horizon: config.survey_horizon,
-        },
-    }
-}
-
 /// Creates or checks the topics, waiting (with backoff) while Kafka is unreachable. Returns
 /// false if shutdown came first.
 pub async fn prepare_topics(
     sink: &KafkaSink,
-    config: &Config,
     shutdown: &CancellationToken,
 ) -> Result<bool, SinkError> {
     let mut delays = crate::sink::kafka_retry_delays();
     loop {
-        match sink.ensure_topics(&config.kafka).await {
+        match sink.ensure_topics().await {
             Ok(()) => return Ok(true),
             Err(SinkError::Unreachable(_)) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(30));
@@ -100,28 +70,27 @@ pub async fn run(
     let store = Arc::new(SqliteStore::open(&config.state_dir)?);
     tracing::info!(path = %store.path().display(), lock = %lock.path().display(), "state opened");
     let client = LogsClient::with_observer(
-        client_config(&config),
-        Arc::new(crate::admin::ClientMetrics::new(health.clone())),
+        config.api.clone(),
+        Arc::new(ClientMetrics::new(health.clone())),
     )?;
     let sink = Arc::new(KafkaSink::new(&config.kafka)?);
-    let admin_addr = crate::admin::serve(
-        config.admin_addr,
+    crate::admin::serve(
+        config.admin,
         health.clone(),
         sink.clone(),
-        crate::admin::Thresholds::for_poll_interval(config.poll_interval),
+        crate::admin::Thresholds::for_poll_interval(config.pipeline.poll_interval),
         shutdown.clone(),
     )
     .await
     .map_err(|source| AppError::Admin {
-        addr: config.admin_addr,
+        addr: config.admin.addr,
         source,
     })?;
-    let _ = health.admin_addr.set(admin_addr);
-    if !prepare_topics(&sink, &config, &shutdown).await? {
+    if !prepare_topics(&sink, &shutdown).await? {
         return Ok(());
     }
     let pipeline = Pipeline::new(
-        pipeline_settings(&config),
+        config.pipeline.clone(),
         client,
         store,
         sink.clone(),
@@ -129,8 +98,8 @@ pub async fn run(
         health,
     );
     tracing::info!(
-        org = %config.org_id,
-        widgets = %config.widget_ids.join(","),
+        org = %config.api.org_id,
+        widgets = %config.pipeline.widgets.join(","),
         topics = ?sink.topics(),
         "forwarding"
     );

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::app::client_config;
 use crate::config::{Config, ConfigError};
 use crate::sink::KafkaSink;
+use crate::sink::config::ENV_CREATE_TOPICS;
 use crate::snapengage::{LogsClient, RetryPolicy, Window};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,8 +44,8 @@ pub async fn run_checks(config: Result<Config, ConfigError>) -> Vec<CheckLine> {
         name: "config",
         result: Ok(format!(
             "org {}, widgets {}, state in {}",
-            config.org_id,
-            config.widget_ids.join(","),
+            config.api.org_id,
+            config.pipeline.widgets.join(","),
             config.state_dir.display()
         )),
     }];
@@ -69,7 +69,7 @@ pub async fn run_checks(config: Result<Config, ConfigError>) -> Vec<CheckLine> {
 
 /// One request for today's first page of the first widget, with a single retry.
 async fn check_api(config: &Config) -> Result<String, String> {
-    let mut client = client_config(config);
+    let mut client = config.api.clone();
     client.retry = RetryPolicy {
         min_delay: Duration::from_millis(500),
         max_delay: Duration::from_secs(2),
@@ -77,7 +77,9 @@ async fn check_api(config: &Config) -> Result<String, String> {
     };
     let client = LogsClient::new(client).map_err(|e| e.to_string())?;
     let today = chrono::Utc::now().date_naive();
-    let widget = &config.widget_ids[0];
+    let Some(widget) = config.pipeline.widgets.first() else {
+        return Err("no widget is configured".into());
+    };
     let mut pages = Box::pin(client.pages(
         widget,
         Window::Dates {
@@ -88,7 +90,7 @@ async fn check_api(config: &Config) -> Result<String, String> {
     match pages.next().await {
         Some(Ok(page)) => Ok(format!(
             "{} answered; widget {widget} has {}{} cases today",
-            config.api_url,
+            config.api.base_url,
             page.cases.len(),
             if page.is_last { "" } else { "+" }
         )),
@@ -116,7 +118,7 @@ async fn check_kafka(config: &Config) -> (Result<String, String>, Option<Result<
         Ok(format!("missing {} (created at start)", missing.join(", ")))
     } else {
         Err(format!(
-            "missing {} and CASESTREAM_CREATE_TOPICS is false",
+            "missing {} and {ENV_CREATE_TOPICS} is false",
             missing.join(", ")
         ))
     };

@@ -10,14 +10,16 @@ use chrono::Utc;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::Health;
 use crate::clock::Clock;
-use crate::config::{ConfigError, Flags};
-use crate::pipeline::Health;
+use crate::config::Config;
 use crate::simulator::{SimConfig, Simulator};
+use crate::sink::KafkaSettings;
+use crate::snapengage::ClientConfig;
 
 const TOPICS: [&str; 2] = ["snapengage.cases", "snapengage.surveys"];
 const PARTITIONS: i32 = 3;
@@ -38,8 +40,6 @@ pub enum DemoError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("simulator: {0}")]
     Simulator(std::io::Error),
-    #[error(transparent)]
-    Config(#[from] ConfigError),
     #[error(transparent)]
     Forwarder(#[from] crate::app::AppError),
     #[error("forwarder task failed: {0}")]
@@ -83,19 +83,20 @@ pub async fn run(
         .await
         .map_err(DemoError::Simulator)?;
     let state_dir = std::env::temp_dir().join(format!("casestream-demo-{}", std::process::id()));
-    let env = [
-        ("SNAPENGAGE_API_URL", api.base_url().to_string()),
-        ("SNAPENGAGE_ORG_ID", sim.config().org.clone()),
-        ("SNAPENGAGE_API_TOKEN", sim.config().token.clone()),
-        ("SNAPENGAGE_WIDGET_IDS", sim.config().widgets.join(",")),
-        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
-        ("CASESTREAM_STATE_DIR", state_dir.display().to_string()),
-        ("CASESTREAM_RATE_LIMIT", "50".into()),
-        ("CASESTREAM_ADMIN_ADDR", "127.0.0.1:0".into()),
-    ]
-    .map(|(k, v)| (k.to_owned(), v));
-    let config = Flags::default().load(env)?;
-    let settle = config.settle;
+    let mut client = ClientConfig::new(
+        api.base_url(),
+        sim.config().org.clone(),
+        sim.config().token.clone().into(),
+    );
+    client.rate_limit_per_sec = 50.0;
+    let mut config = Config::new(
+        client,
+        KafkaSettings::new(&bootstrap),
+        sim.config().widgets.clone(),
+    );
+    config.state_dir = state_dir.clone();
+    config.admin.addr = ([127, 0, 0, 1], 0).into();
+    let settle = config.pipeline.tracker.settle;
 
     writeln!(
         out,
@@ -117,7 +118,7 @@ pub async fn run(
         stop_forwarder.clone(),
     ));
 
-    let consumer: StreamConsumer = ClientConfig::new()
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("group.id", "casestream-demo")
         .set("enable.auto.commit", "false")

@@ -18,6 +18,23 @@ pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json; charset
 /// Namespace of all casestream event ids (UUIDv5); fixed forever, or ids would change.
 const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1f_3c2e_9d4a_4e8b_a1c7_5f20_83d9_e6a4);
 
+/// The two event types, by which the sink picks a topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventType {
+    Created,
+    Survey,
+}
+
+impl EventType {
+    /// The CloudEvents `type` attribute.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventType::Created => TYPE_CREATED,
+            EventType::Survey => TYPE_SURVEY,
+        }
+    }
+}
+
 /// Which event a case produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventKind {
@@ -53,7 +70,7 @@ pub fn event_id(org_id: &str, case_id: &str, kind: &EventKind) -> Uuid {
 #[derive(Clone, Debug)]
 pub struct CloudEvent {
     pub id: Uuid,
-    pub event_type: &'static str,
+    pub event_type: EventType,
     pub source: String,
     pub subject: String,
     pub time: DateTime<Utc>,
@@ -111,9 +128,13 @@ impl CloudEvent {
         observed_at: DateTime<Utc>,
     ) -> Self {
         let (event_type, time, survey) = match kind {
-            EventKind::Created => (TYPE_CREATED, case.created_at().unwrap_or(observed_at), None),
+            EventKind::Created => (
+                EventType::Created,
+                case.created_at().unwrap_or(observed_at),
+                None,
+            ),
             EventKind::Survey { score, comments } => (
-                TYPE_SURVEY,
+                EventType::Survey,
                 observed_at,
                 Some(SurveyData {
                     score: *score,
@@ -145,7 +166,7 @@ impl CloudEvent {
             specversion: SPEC_VERSION,
             id: self.id.to_string(),
             source: &self.source,
-            event_type: self.event_type,
+            event_type: self.event_type.name(),
             subject: &self.subject,
             time: self.time_text(),
             datacontenttype: DATA_CONTENT_TYPE,
@@ -169,7 +190,7 @@ impl CloudEvent {
             ("ce_specversion", SPEC_VERSION.to_owned()),
             ("ce_id", self.id.to_string()),
             ("ce_source", self.source.clone()),
-            ("ce_type", self.event_type.to_owned()),
+            ("ce_type", self.event_type.name().to_owned()),
             ("ce_subject", self.subject.clone()),
             ("ce_time", self.time_text()),
             ("content-type", DATA_CONTENT_TYPE.to_owned()),

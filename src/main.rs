@@ -9,11 +9,14 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use casestream::admin::Health;
 use casestream::clock::Clock;
 use casestream::config::Flags;
-use casestream::pipeline::Health;
 use casestream::simulator::{self, Faults, SimConfig, Simulator};
 use tokio_util::sync::CancellationToken;
+
+/// `text` or `json` (also `--log-format`).
+const ENV_LOG_FORMAT: &str = "CASESTREAM_LOG_FORMAT";
 
 #[derive(Parser)]
 #[command(
@@ -22,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 )]
 struct Cli {
     /// Log format; JSON lines by default when stderr is not a terminal.
-    #[arg(long, global = true, value_enum, env = "CASESTREAM_LOG_FORMAT")]
+    #[arg(long, global = true, value_enum, env = ENV_LOG_FORMAT)]
     log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,

@@ -12,11 +12,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{Value, json};
 
 use casestream::clock::Clock;
+use casestream::config::Config;
 use casestream::simulator::generator::SurveyPlan;
 use casestream::simulator::{Faults, SimConfig};
 use casestream::snapengage::Case;
-use casestream::state::CaseRecord;
-use casestream::state::{SqliteStore, StateStore, StoredCase, WidgetProgress};
+use casestream::state::{CaseRecord, SqliteStore, StateStore, StoredCase, WidgetProgress};
 use common::*;
 
 fn at(text: &str) -> DateTime<Utc> {
@@ -88,11 +88,11 @@ async fn catch_up_across_midnight_with_a_late_survey_and_pruning() {
     );
     let prefix = unique_prefix("catchup");
     let dir = tempfile::tempdir().unwrap();
-    let extra = [
-        ("CASESTREAM_SINCE", "2026-03-05"),
-        ("CASESTREAM_SURVEY_HORIZON", "3d"),
-    ];
-    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), &extra);
+    let extra = |c: &mut Config| {
+        c.pipeline.since = NaiveDate::from_ymd_opt(2026, 3, 5);
+        c.pipeline.tracker.horizon = Duration::from_secs(3 * 86_400);
+    };
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), extra);
     let forwarder = RunningForwarder::start(config, clock.clone());
     let surveys_topic = format!("{prefix}.surveys");
     eventually(
@@ -106,7 +106,7 @@ async fn catch_up_across_midnight_with_a_late_survey_and_pruning() {
         },
     )
     .await;
-    let addr = *forwarder.health.admin_addr.get().unwrap();
+    let addr = forwarder.health.admin_addr().unwrap();
     let metrics = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap()
@@ -176,7 +176,7 @@ async fn catch_up_across_midnight_with_a_late_survey_and_pruning() {
     );
 
     // A restart re-reads nothing it pruned: no case is announced twice.
-    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), &extra);
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), extra);
     let again = RunningForwarder::start(config, clock.clone());
     let before = clock.now();
     eventually(
@@ -278,16 +278,10 @@ async fn the_last_check_of_the_horizon_is_never_skipped() {
             .unwrap();
     }
     let prefix = unique_prefix("horizon");
-    let config = forwarder_config(
-        &sim,
-        &bootstrap,
-        &prefix,
-        dir.path(),
-        &[
-            ("CASESTREAM_LOOKBACK", "0s"),
-            ("CASESTREAM_SURVEY_HORIZON", "1d"),
-        ],
-    );
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |c| {
+        c.pipeline.lookback = Duration::ZERO;
+        c.pipeline.tracker.horizon = Duration::from_secs(86_400);
+    });
     let forwarder = RunningForwarder::start(config, clock.clone());
     let surveys_topic = format!("{prefix}.surveys");
     eventually(

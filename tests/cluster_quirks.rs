@@ -106,10 +106,16 @@ async fn readiness_reports_failing_deliveries_though_brokers_answer() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let config = forwarder_config(&sim, &cluster.bootstrap_servers(), &prefix, dir.path(), &[]);
+    let config = forwarder_config(
+        &sim,
+        &cluster.bootstrap_servers(),
+        &prefix,
+        dir.path(),
+        |_| {},
+    );
     let forwarder = RunningForwarder::start(config, Clock::system());
     let health = forwarder.health.clone();
-    let readyz = async || common::readyz(health.admin_addr.get()?).await;
+    let readyz = async || common::readyz(health.admin_addr()?).await;
     let failing = |(status, body): &(u16, String)| {
         *status == 503
             && body.contains(r#""kafka":false"#)

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use casestream::clock::Clock;
 use casestream::simulator::http::RunningSimulator;
 use casestream::simulator::{Faults, SimConfig};
+use casestream::sink::EventFormat;
 use casestream::snapengage::Case;
 use common::*;
 
@@ -181,7 +182,7 @@ async fn every_case_once_and_every_survey_once_after_settle() {
     let sim = start_simulator(sim_config(60.0), clock.clone()).await;
     let prefix = unique_prefix("once");
     let dir = tempfile::tempdir().unwrap();
-    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), &[]);
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |_| {});
     let forwarder = RunningForwarder::start(config, clock.clone());
     let start = clock.now();
     let cases_topic = format!("{prefix}.cases");
@@ -214,7 +215,7 @@ async fn stop_and_start_again_repeats_nothing() {
     let sim = start_simulator(sim_config(60.0), clock.clone()).await;
     let prefix = unique_prefix("restart");
     let dir = tempfile::tempdir().unwrap();
-    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), &[]);
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |_| {});
 
     let cases_topic = format!("{prefix}.cases");
     let first = RunningForwarder::start(config.clone(), clock.clone());
@@ -277,7 +278,7 @@ async fn api_faults_are_ridden_out_and_bad_cases_become_dead_letters() {
     }
     let prefix = unique_prefix("faults");
     let dir = tempfile::tempdir().unwrap();
-    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), &[]);
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |_| {});
     let forwarder = RunningForwarder::start(config, clock.clone());
     eventually(
         Duration::from_secs(120),
@@ -346,13 +347,9 @@ async fn binary_mode_events_validate_too() {
     let sim = start_simulator(sim_config(60.0), clock.clone()).await;
     let prefix = unique_prefix("binary");
     let dir = tempfile::tempdir().unwrap();
-    let config = forwarder_config(
-        &sim,
-        &bootstrap,
-        &prefix,
-        dir.path(),
-        &[("CASESTREAM_EVENT_FORMAT", "binary")],
-    );
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |c| {
+        c.kafka.event_format = EventFormat::Binary
+    });
     let forwarder = RunningForwarder::start(config, clock.clone());
     eventually(
         Duration::from_secs(60),

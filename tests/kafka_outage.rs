@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use casestream::clock::Clock;
@@ -40,17 +39,12 @@ async fn broker_outage_is_ridden_out_without_loss() {
         .add_case("w1", serde_json::json!({"no": "id"}), None, None);
     let prefix = unique_prefix("outage");
     let dir = tempfile::tempdir().unwrap();
-    let config = forwarder_config(
-        &sim,
-        &bootstrap,
-        &prefix,
-        dir.path(),
-        &[
-            // Deliveries fail fast, so the forwarder's own retry path is what rides it out.
-            ("KAFKA_MESSAGE_TIMEOUT_MS", "3000"),
-            ("KAFKA_RECONNECT_BACKOFF_MAX_MS", "1000"),
-        ],
-    );
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |c| {
+        // Deliveries fail fast, so the forwarder's own retry path is what rides it out.
+        let properties = &mut c.kafka.properties;
+        properties.insert("message.timeout.ms".into(), "3000".into());
+        properties.insert("reconnect.backoff.max.ms".into(), "1000".into());
+    });
     let forwarder = RunningForwarder::start(config, clock.clone());
     let topic = format!("{prefix}.cases");
     let health = forwarder.health.clone();
@@ -60,7 +54,7 @@ async fn broker_outage_is_ridden_out_without_loss() {
 
     let admin = format!(
         "http://{}",
-        health.admin_addr.get().expect("admin endpoints listen")
+        health.admin_addr().expect("admin endpoints listen")
     );
     let http = reqwest::Client::new();
     let status = async |path: &str| {
@@ -83,7 +77,7 @@ async fn broker_outage_is_ridden_out_without_loss() {
     eventually(
         Duration::from_secs(60),
         "the forwarder noticing Kafka is down",
-        async || !health.kafka_ok.load(Ordering::Relaxed),
+        async || !health.deliveries_ok(),
     )
     .await;
     eventually(
@@ -100,7 +94,7 @@ async fn broker_outage_is_ridden_out_without_loss() {
     eventually(
         Duration::from_secs(90),
         "the forwarder resuming by itself",
-        async || health.kafka_ok.load(Ordering::Relaxed),
+        async || health.deliveries_ok(),
     )
     .await;
     eventually(

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 /// `/livez`: (status, the loop's age in ms as reported).
 async fn livez(forwarder: &RunningForwarder) -> Option<(u16, u64)> {
-    let addr = forwarder.health.admin_addr.get()?;
+    let addr = forwarder.health.admin_addr()?;
     let response = reqwest::get(format!("http://{addr}/livez")).await.ok()?;
     let status = response.status().as_u16();
     let body: Value = response.json().await.ok()?;
@@ -39,7 +39,7 @@ async fn a_long_retry_after_keeps_livez_alive() {
     .await;
     let prefix = unique_prefix("retryafter");
     let dir = tempfile::tempdir().unwrap();
-    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), &[]);
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |_| {});
     let forwarder = RunningForwarder::start(config, Clock::system());
     eventually(
         Duration::from_secs(60),
@@ -86,13 +86,9 @@ async fn a_clock_stepped_back_does_not_stall_polling() {
     .await;
     let prefix = unique_prefix("clockstep");
     let dir = tempfile::tempdir().unwrap();
-    let config = forwarder_config(
-        &sim,
-        &bootstrap,
-        &prefix,
-        dir.path(),
-        &[("CASESTREAM_POLL_INTERVAL", "1s")],
-    );
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |c| {
+        c.pipeline.poll_interval = Duration::from_secs(1)
+    });
     let forwarder_clock = Clock::scaled(Utc::now(), 1.0);
     let forwarder = RunningForwarder::start(config, forwarder_clock.clone());
     let cases_topic = format!("{prefix}.cases");
@@ -153,7 +149,7 @@ async fn a_restart_resumes_a_long_window_where_it_stopped() {
     .await;
     let prefix = unique_prefix("resume");
     let dir = tempfile::tempdir().unwrap();
-    let config = || forwarder_config(&sim, &bootstrap, &prefix, dir.path(), &[]);
+    let config = || forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |_| {});
     let window_pages = sim.sim.visible_cases("w1").len().div_ceil(10);
     assert!(window_pages >= 60, "a long window: {window_pages} pages");
 

@@ -14,8 +14,8 @@ use casestream::snapengage::Case;
 use common::*;
 
 /// The admin endpoints of an in-process forwarder.
-async fn admin(health: &casestream::pipeline::Health, path: &str) -> (u16, String) {
-    let addr = health.admin_addr.get().expect("admin endpoints listen");
+async fn admin(health: &casestream::admin::Health, path: &str) -> (u16, String) {
+    let addr = health.admin_addr().expect("admin endpoints listen");
     let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
@@ -50,13 +50,9 @@ async fn an_oversized_case_is_dead_lettered_once_and_nothing_stalls() {
     let prefix = unique_prefix("poison");
     let dir = tempfile::tempdir().unwrap();
     let poll = Duration::from_secs(2);
-    let config = forwarder_config(
-        &sim,
-        &bootstrap,
-        &prefix,
-        dir.path(),
-        &[("CASESTREAM_POLL_INTERVAL", "2s")],
-    );
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |c| {
+        c.pipeline.poll_interval = Duration::from_secs(2)
+    });
     let forwarder = RunningForwarder::start(config, clock.clone());
     let health = forwarder.health.clone();
     forwarder
@@ -220,20 +216,16 @@ async fn a_looping_cursor_and_an_oversized_body_fail_only_their_widget() {
     let huge_id = sim.sim.add_case("w2", huge, None, None).unwrap();
     let prefix = unique_prefix("guards");
     let dir = tempfile::tempdir().unwrap();
-    let config = forwarder_config(
-        &sim,
-        &bootstrap,
-        &prefix,
-        dir.path(),
-        &[("CASESTREAM_MAX_BODY", "1MiB")],
-    );
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |c| {
+        c.api.max_body = 1024 * 1024
+    });
     let forwarder = RunningForwarder::start(config, clock.clone());
     let health = forwarder.health.clone();
     eventually(
         Duration::from_secs(60),
         "both window errors counted",
         async || {
-            if health.admin_addr.get().is_none() {
+            if health.admin_addr().is_none() {
                 return false;
             }
             let metrics = admin(&health, "/metrics").await.1;
@@ -310,7 +302,13 @@ async fn a_topic_that_refuses_everything_stops_the_pipeline_and_says_so() {
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64],
     );
     let dir = tempfile::tempdir().unwrap();
-    let config = forwarder_config(&sim, &cluster.bootstrap_servers(), &prefix, dir.path(), &[]);
+    let config = forwarder_config(
+        &sim,
+        &cluster.bootstrap_servers(),
+        &prefix,
+        dir.path(),
+        |_| {},
+    );
     let forwarder = RunningForwarder::start(config, clock.clone());
     let outcome = tokio::time::timeout(Duration::from_secs(60), async {
         while !forwarder.task.is_finished() {
@@ -347,7 +345,13 @@ async fn a_fatal_producer_error_makes_exactly_one_replacement() {
     let cluster = mock_cluster(&prefix);
     let sim = start_simulator(SimConfig::default(), Clock::system()).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = forwarder_config(&sim, &cluster.bootstrap_servers(), &prefix, dir.path(), &[]);
+    let config = forwarder_config(
+        &sim,
+        &cluster.bootstrap_servers(),
+        &prefix,
+        dir.path(),
+        |_| {},
+    );
     let sink = KafkaSink::new(&config.kafka).unwrap();
     let page = |n: usize| -> Vec<Outgoing> {
         (0..10)
@@ -466,13 +470,9 @@ async fn a_batch_refused_for_one_large_record_loses_none_of_the_others() {
     }
     let large = ids.remove(10);
     let dir = tempfile::tempdir().unwrap();
-    let config = forwarder_config(
-        &sim,
-        &bootstrap,
-        &prefix,
-        dir.path(),
-        &[("CASESTREAM_POLL_INTERVAL", "2s")],
-    );
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |c| {
+        c.pipeline.poll_interval = Duration::from_secs(2)
+    });
     let forwarder = RunningForwarder::start(config, clock.clone());
     forwarder
         .wait_for_first_cycle(Duration::from_secs(60), "the page settled")

@@ -1,17 +1,14 @@
 //! Settling pages with Kafka: per-record verdicts, dead letters for records Kafka refuses for
-//! good, retries for the rest, then the page's state commit; and pruning the state.
+//! good, retries for the rest, then the page's state commit.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use std::collections::HashMap;
-
-use super::{Flight, InFlightPage, Pipeline, PipelineError, scheduler};
+use super::flight::{Flight, InFlightPage};
+use super::{Pipeline, PipelineError};
+use crate::metrics;
 use crate::sink::{DeadLetter, ErrorClass, Outgoing, RecordResult, classify, encode};
-use crate::state::WidgetProgress;
 
 /// A page waiting this long for acknowledgements makes readiness say Kafka is not taking it.
 const ACK_SLOW: Duration = Duration::from_secs(10);
@@ -63,7 +60,7 @@ impl Pipeline {
                 _ = tokio::time::sleep(ACK_SLOW), if !slow => {
                     slow = true;
                     self.health.beat();
-                    self.health.kafka_ok.store(false, Ordering::Relaxed);
+                    self.health.set_deliveries_ok(false);
                     tracing::warn!(after = ?ACK_SLOW, "Kafka has not acknowledged a page yet; still waiting");
                 }
                 // Shutdown waits a little for acknowledgements on their way, never for Kafka
@@ -90,12 +87,7 @@ impl Pipeline {
         let ids: Vec<String> = changed.iter().map(|c| c.id.clone()).collect();
         self.state(move |s| s.commit_page(&changed, &dead, cursor.as_ref()))
             .await?;
-        // Committed now; a later page in flight may hold a newer record for the same id.
-        for id in ids {
-            if flight.records.get(&id).is_some_and(|(_, s)| *s == seq) {
-                flight.records.remove(&id);
-            }
-        }
+        flight.committed(seq, &ids);
         Ok(true)
     }
 
@@ -124,8 +116,7 @@ impl Pipeline {
                 let error = match outcome.result {
                     Ok(()) => {
                         if let Outgoing::Event(event) = &record {
-                            metrics::counter!("casestream_events_published_total", "type" => event.event_type)
-                                .increment(1);
+                            metrics::event_published(event.event_type.name());
                         }
                         continue;
                     }
@@ -141,7 +132,7 @@ impl Pipeline {
                             topic: encode::topic(&record, self.sink.topics()).to_owned(),
                             error: error.to_string(),
                         };
-                        self.health.kafka_ok.store(false, Ordering::Relaxed);
+                        self.health.set_deliveries_ok(false);
                         self.health.set_fatal(failure.to_string());
                         return Err(failure);
                     }
@@ -154,13 +145,13 @@ impl Pipeline {
                 }
             }
             if again.is_empty() {
-                self.health.kafka_ok.store(true, Ordering::Relaxed);
+                self.health.set_deliveries_ok(true);
                 return Ok(Delivered::Settled);
             }
             if let Some(error) = passing {
                 self.health.beat();
-                self.health.kafka_ok.store(false, Ordering::Relaxed);
-                metrics::counter!("casestream_kafka_delivery_errors_total").increment(1);
+                self.health.set_deliveries_ok(false);
+                metrics::kafka_delivery_error();
                 let delay = delays.next().unwrap_or(Duration::from_secs(30));
                 tracing::warn!(error = %error, retry_in = ?delay, records = again.len(), "Kafka did not take records of a page; sending them again, state stays where it is");
                 tokio::select! {
@@ -222,17 +213,12 @@ impl Pipeline {
                 tracing::warn!(
                     case = %event.subject,
                     widget = %event.data.widget_id,
-                    event_type = event.event_type,
+                    event_type = event.event_type.name(),
                     size,
                     error = %error,
                     "Kafka refused an event for good; it goes to the dead-letter topic"
                 );
-                metrics::counter!(
-                    "casestream_dead_letters_total",
-                    "widget" => event.data.widget_id.clone(),
-                    "reason" => dead.reason_code
-                )
-                .increment(1);
+                metrics::dead_letter(&event.data.widget_id, dead.reason_code);
                 Some(dead)
             }
             Outgoing::DeadLetter(dead) => match dead.shrunk() {
@@ -246,61 +232,10 @@ impl Pipeline {
                         error = %error,
                         "Kafka refused the dead letter too; it is recorded only in this log"
                     );
-                    metrics::counter!("casestream_dead_letters_refused_total").increment(1);
+                    metrics::dead_letter_refused();
                     None
                 }
             },
         }
-    }
-
-    /// Forgets what no future decision needs: per widget, the days before the fresh window
-    /// whose cases are all past their survey horizon (such a day is never read again), and
-    /// dead-letter marks older than any day still read. Returns the cases removed.
-    pub(super) async fn prune(
-        &self,
-        progress: &HashMap<String, WidgetProgress>,
-        shutdown: &CancellationToken,
-    ) -> Result<u64, PipelineError> {
-        let fresh_start = self.fresh_start();
-        let mut removed = 0;
-        for (widget, p) in progress {
-            // Never a day the catch-up has still to read (the day that just left the fresh
-            // window at midnight is read once more by it).
-            let before = scheduler::next_catch_up(p, fresh_start).unwrap_or(fresh_start);
-            loop {
-                if shutdown.is_cancelled() {
-                    return Ok(removed);
-                }
-                self.health.beat();
-                let w = widget.clone();
-                let n = self
-                    .state(move |s| s.prune_days(&w, before, super::PRUNE_DAYS_PER_TURN))
-                    .await?;
-                removed += n;
-                if n == 0 {
-                    break;
-                }
-            }
-        }
-        let keep =
-            chrono::Duration::from_std(self.settings.lookback + self.settings.tracker.horizon)
-                .unwrap_or(chrono::Duration::MAX)
-                + super::DEAD_LETTER_MARGIN;
-        let marks_before: DateTime<Utc> = self
-            .clock
-            .now()
-            .checked_sub_signed(keep)
-            .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        let marks = self
-            .state(move |s| s.prune_dead_letters(marks_before))
-            .await?;
-        if removed + marks > 0 {
-            metrics::counter!("casestream_state_pruned_total", "kind" => "cases")
-                .increment(removed);
-            metrics::counter!("casestream_state_pruned_total", "kind" => "dead_letters")
-                .increment(marks);
-            tracing::info!(cases = removed, dead_letters = marks, fresh_start = %fresh_start, "pruned state no decision needs");
-        }
-        Ok(removed)
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 
-use crate::config::WindowMode;
 use crate::snapengage::Window;
+use crate::snapengage::WindowMode;
 use crate::state::WidgetProgress;
 
 /// One window to read for one widget.

@@ -18,12 +18,26 @@ const RECHECK_STEPS: [Duration; 4] = [
 ];
 const RECHECK_LATE_EVERY: Duration = Duration::from_secs(12 * 3600);
 
-#[derive(Clone, Copy, Debug)]
+pub const ENV_SETTLE: &str = "CASESTREAM_SETTLE";
+pub const ENV_SURVEY_HORIZON: &str = "CASESTREAM_SURVEY_HORIZON";
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_SURVEY_HORIZON: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TrackerSettings {
     /// Wait this long after chat end before a survey counts (SnapEngage stores it after 5 min).
     pub settle: Duration,
     /// Stop looking for surveys this long after chat end.
     pub horizon: Duration,
+}
+
+impl Default for TrackerSettings {
+    fn default() -> Self {
+        Self {
+            settle: DEFAULT_SETTLE,
+            horizon: DEFAULT_SURVEY_HORIZON,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

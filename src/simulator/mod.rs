@@ -5,6 +5,7 @@
 
 pub mod generator;
 pub mod http;
+mod settings;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -13,80 +14,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::clock::Clock;
 use generator::{SurveyPlan, SurveyTiming, arrival_gap_ms, generate_case};
-
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8089";
-pub const DEFAULT_ORG: &str = "demo";
-pub const DEFAULT_TOKEN: &str = "demo-token";
-pub const DEFAULT_PAGE_SIZE: usize = 100;
-/// The documented maximum of cases per response.
-pub const MAX_PAGE_SIZE: usize = 100;
-
-/// Rates (0.0–1.0) at which requests to the Logs API path fail on purpose.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Faults {
-    /// 429 Too Many Requests with a `Retry-After` header.
-    pub rate_429: f64,
-    /// Seconds sent in `Retry-After`.
-    pub retry_after_secs: u64,
-    /// 500 or 503.
-    pub rate_5xx: f64,
-    /// Responses delayed by `slow_ms`.
-    pub rate_slow: f64,
-    pub slow_ms: u64,
-    /// A 200 whose JSON body is cut off half-way.
-    pub rate_truncate: f64,
-    /// A page that starts with the last case of the previous page again.
-    pub rate_repeat: f64,
-    /// Widgets whose next-page links loop: every page after the first links to itself.
-    pub loop_links: Vec<String>,
-    /// Responses to next-page requests (those with a cursor) are delayed this long, so a
-    /// window can span a chosen stretch of time.
-    pub slow_cursor_ms: u64,
-}
-
-#[derive(Clone, Debug)]
-pub struct SimConfig {
-    pub org: String,
-    pub token: String,
-    pub widgets: Vec<String>,
-    pub seed: u64,
-    /// New cases per hour per widget (virtual time); 0 generates none.
-    pub cases_per_hour: f64,
-    /// Span of past cases present at start.
-    pub history: Duration,
-    pub survey_delay: Duration,
-    pub survey_spread: Duration,
-    pub survey_late_max: Duration,
-    /// Time between a chat closing and its case appearing in the API.
-    pub index_delay: Duration,
-    pub page_size: usize,
-    pub faults: Faults,
-}
-
-impl Default for SimConfig {
-    fn default() -> Self {
-        Self {
-            org: DEFAULT_ORG.into(),
-            token: DEFAULT_TOKEN.into(),
-            widgets: vec!["w1".into(), "w2".into()],
-            seed: 1,
-            cases_per_hour: 60.0,
-            history: Duration::ZERO,
-            survey_delay: Duration::from_secs(300),
-            survey_spread: Duration::from_secs(600),
-            survey_late_max: Duration::from_secs(6 * 3600),
-            index_delay: Duration::from_secs(2),
-            page_size: DEFAULT_PAGE_SIZE,
-            faults: Faults::default(),
-        }
-    }
-}
+pub use settings::*;
 
 /// One case as the simulator holds it: the body without survey data, plus when it becomes
 /// visible and when its survey lands.

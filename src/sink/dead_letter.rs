@@ -4,7 +4,7 @@
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use sha2::{Digest, Sha256};
 
-use crate::events::CloudEvent;
+use crate::events::{CloudEvent, EventType};
 
 /// What a Kafka error means for the record it refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +88,7 @@ pub struct DeadLetter {
     /// The case id, when one could be read (the record key).
     pub case_id: Option<String>,
     /// The type of the refused event; `None` for a case that could not be read at all.
-    pub event_type: Option<&'static str>,
+    pub event_type: Option<EventType>,
     /// Stable label: `missing_id`, `record_too_large`, ... (see README).
     pub reason_code: &'static str,
     /// Human-readable reason.
@@ -198,7 +198,7 @@ impl DeadLetter {
             headers.push(("casestream_case_id", id.clone()));
         }
         if let Some(kind) = self.event_type {
-            headers.push(("casestream_event_type", kind.to_owned()));
+            headers.push(("casestream_event_type", kind.name().to_owned()));
         }
         headers
     }

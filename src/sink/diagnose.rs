@@ -17,6 +17,8 @@ use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer as _};
 
+use super::config::{BOOTSTRAP_SERVERS, KAFKA_ENV_PREFIX, property_env_name};
+
 /// How long each diagnostic request may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -167,53 +169,66 @@ fn classify(setup: &Setup<'_>, cause: Option<&str>) -> Finding {
 /// One line: what is wrong and which setting fixes it, then librdkafka's own words.
 pub fn explain(config: &ClientConfig, cause: Option<&str>) -> String {
     let setup = Setup { config };
-    let bootstrap = setup.get("bootstrap.servers");
+    let bootstrap = setup.get(BOOTSTRAP_SERVERS);
+    // Settings are named as the operator sets them: by their environment variables.
+    let var = property_env_name;
     let ca = match setup.get("ssl.ca.location") {
-        "" => "the system's CA store (KAFKA_SSL_CA_LOCATION is not set)".to_owned(),
-        path => format!("KAFKA_SSL_CA_LOCATION={path}"),
+        "" => format!(
+            "the system's CA store ({} is not set)",
+            var("ssl.ca.location")
+        ),
+        path => format!("{}={path}", var("ssl.ca.location")),
     };
+    let protocol = var("security.protocol");
     let advice = match classify(&setup, cause) {
         Finding::SaslLogin => format!(
-            "Kafka refused the SASL login of user `{}` ({}): check KAFKA_SASL_USERNAME and \
-             KAFKA_SASL_PASSWORD",
+            "Kafka refused the SASL login of user `{}` ({}): check {} and {}",
             setup.get("sasl.username"),
-            setup.get("sasl.mechanisms")
+            setup.get("sasl.mechanisms"),
+            var("sasl.username"),
+            var("sasl.password"),
         ),
         Finding::SaslMechanism => format!(
-            "the broker does not offer SASL mechanism `{}` on this listener: check \
-             KAFKA_SASL_MECHANISMS",
-            setup.get("sasl.mechanisms")
+            "the broker does not offer SASL mechanism `{}` on this listener: check {}",
+            setup.get("sasl.mechanisms"),
+            var("sasl.mechanisms"),
         ),
         Finding::CaUntrusted => format!(
-            "the broker's certificate is not signed by a CA in {ca}: point KAFKA_SSL_CA_LOCATION \
-             at the CA that signed the brokers' certificates"
+            "the broker's certificate is not signed by a CA in {ca}: point {} at the CA that \
+             signed the brokers' certificates",
+            var("ssl.ca.location"),
         ),
         Finding::WrongHostName => format!(
-            "the broker's certificate does not name the host in KAFKA_BOOTSTRAP_SERVERS \
-             ({bootstrap}): connect by a name the certificate holds"
+            "the broker's certificate does not name the host in {} ({bootstrap}): connect by a \
+             name the certificate holds",
+            var(BOOTSTRAP_SERVERS),
         ),
         Finding::ClientCertificateRefused => format!(
-            "the broker refused our client certificate (KAFKA_SSL_CERTIFICATE_LOCATION={}): it \
-             is expired, not yet valid, or signed by a CA the broker does not trust",
+            "the broker refused our client certificate ({}={}): it is expired, not yet valid, or \
+             signed by a CA the broker does not trust",
+            var("ssl.certificate.location"),
             setup.get("ssl.certificate.location")
         ),
-        Finding::ClientCertificateRequired => "the broker requires a client certificate: set \
-             KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION (and \
-             KAFKA_SSL_KEY_PASSWORD for an encrypted key)"
-            .to_owned(),
+        Finding::ClientCertificateRequired => format!(
+            "the broker requires a client certificate: set {} and {} (and {} for an encrypted \
+             key)",
+            var("ssl.certificate.location"),
+            var("ssl.key.location"),
+            var("ssl.key.password"),
+        ),
         Finding::PlaintextToTls => format!(
-            "the broker at {bootstrap} speaks TLS but KAFKA_SECURITY_PROTOCOL is {}: set it to \
-             SSL or SASL_SSL",
+            "the broker at {bootstrap} speaks TLS but {protocol} is {}: set it to SSL or SASL_SSL",
             setup.protocol().to_ascii_uppercase()
         ),
         Finding::TlsToPlaintext => format!(
-            "the broker at {bootstrap} does not speak TLS but KAFKA_SECURITY_PROTOCOL is {}: \
-             check the port and KAFKA_SECURITY_PROTOCOL",
+            "the broker at {bootstrap} does not speak TLS but {protocol} is {}: check the port \
+             and {protocol}",
             setup.protocol().to_ascii_uppercase()
         ),
         Finding::Unknown => format!(
-            "no broker answered at {bootstrap}: check KAFKA_BOOTSTRAP_SERVERS and, with TLS or \
-             SASL, KAFKA_SECURITY_PROTOCOL and the KAFKA_SASL_*/KAFKA_SSL_* settings"
+            "no broker answered at {bootstrap}: check {} and, with TLS or SASL, {protocol} and \
+             the {KAFKA_ENV_PREFIX}SASL_*/{KAFKA_ENV_PREFIX}SSL_* settings",
+            var(BOOTSTRAP_SERVERS),
         ),
     };
     let text = match cause {

@@ -1,23 +1,24 @@
 //! The Kafka sink: an idempotent producer (`acks=all`) that publishes CloudEvents keyed by
 //! case id, dead letters with the raw case and the reason, and the topics they go to.
 
+pub mod config;
 pub mod dead_letter;
 pub mod diagnose;
 pub mod encode;
+mod topics;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-use rdkafka::util::Timeout;
 
-use crate::config::{EventFormat, KafkaSettings, Topics, is_secret_property};
 use crate::events::CloudEvent;
+use crate::metrics;
+use config::{ENV_CREATE_TOPICS, property_env_name};
+pub use config::{EventFormat, KafkaSettings, Topics};
 pub use dead_letter::{DeadLetter, ErrorClass, classify};
 use diagnose::KafkaContext;
 
@@ -26,19 +27,6 @@ type Producer = FutureProducer<KafkaContext>;
 
 /// How long a metadata or admin request may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
-/// Defaults that an operator may override.
-const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
-    ("compression.type", "lz4"),
-    ("linger.ms", "5"),
-    // Fail a delivery after 2 minutes so the pipeline can report Kafka down and retry the
-    // page itself, rather than librdkafka retrying silently for 5 minutes.
-    ("message.timeout.ms", "120000"),
-    ("client.id", "casestream"),
-];
-/// What the delivery guarantee rests on; an operator's setting cannot weaken it.
-const PRODUCER_REQUIRED: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
-/// Topics never get a replication factor above this by default.
-const MAX_DEFAULT_REPLICATION: i32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -59,7 +47,7 @@ pub enum SinkError {
     Unreachable(KafkaError),
     #[error("cannot create topic {topic}: {reason}")]
     CreateTopic { topic: String, reason: String },
-    #[error("topic {topic} does not exist and CASESTREAM_CREATE_TOPICS is false")]
+    #[error("topic {topic} does not exist and {ENV_CREATE_TOPICS} is false")]
     TopicMissing { topic: String },
 }
 
@@ -129,10 +117,9 @@ pub enum Outgoing {
 }
 
 pub struct KafkaSink {
+    settings: KafkaSettings,
     config: ClientConfig,
     producer: Mutex<Arc<Producer>>,
-    topics: Topics,
-    format: EventFormat,
     max_record_bytes: usize,
     replacements: AtomicU64,
     context: KafkaContext,
@@ -141,8 +128,7 @@ pub struct KafkaSink {
 impl std::fmt::Debug for KafkaSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaSink")
-            .field("topics", &self.topics)
-            .field("format", &self.format)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
@@ -159,7 +145,7 @@ fn setup_error(error: KafkaError) -> SinkError {
                 description.replace(&value, crate::redact::MARK)
             };
             SinkError::Property {
-                env: crate::config::property_env_name(&property),
+                env: property_env_name(&property),
                 property,
                 reason,
             }
@@ -168,53 +154,11 @@ fn setup_error(error: KafkaError) -> SinkError {
     }
 }
 
-/// The librdkafka configuration: our defaults, the operator's properties, our requirements.
-pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    for (k, v) in PRODUCER_DEFAULTS {
-        config.set(*k, *v);
-    }
-    for (k, v) in &settings.properties {
-        config.set(k, v);
-    }
-    for (k, v) in PRODUCER_REQUIRED {
-        if let Some(given) = settings.properties.get(*k)
-            && given != v
-        {
-            tracing::warn!(property = k, given = %given, "ignoring Kafka property: casestream needs {k}={v}");
-        }
-        config.set(*k, *v);
-    }
-    config
-}
-
-/// Property names and values for display, secrets masked.
-pub fn describe_config(settings: &KafkaSettings) -> String {
-    settings
-        .properties
-        .iter()
-        .map(|(k, v)| {
-            if is_secret_property(k) {
-                format!("{k}={}", crate::redact::MARK)
-            } else {
-                format!("{k}={v}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 impl KafkaSink {
     pub fn new(settings: &KafkaSettings) -> Result<Self, SinkError> {
         // From here on every log line and error masks the secret values, whoever wrote them.
-        for (_, secret) in settings
-            .properties
-            .iter()
-            .filter(|(k, _)| is_secret_property(k))
-        {
-            crate::redact::register(secret);
-        }
-        let config = client_config(settings);
+        settings.secrets().for_each(crate::redact::register);
+        let config = settings.client_config();
         let context = KafkaContext::default();
         let producer: Producer = config
             .create_with_context(context.clone())
@@ -225,10 +169,9 @@ impl KafkaSink {
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_MAX_RECORD_BYTES);
         Ok(Self {
+            settings: settings.clone(),
             config,
             producer: Mutex::new(Arc::new(producer)),
-            topics: settings.topics.clone(),
-            format: settings.event_format,
             max_record_bytes,
             replacements: AtomicU64::new(0),
             context,
@@ -252,118 +195,7 @@ impl KafkaSink {
     }
 
     pub fn topics(&self) -> &Topics {
-        &self.topics
-    }
-
-    /// Topic names and broker count, for one topic or (`None`) the whole cluster; fails unless a
-    /// broker answers in time.
-    async fn metadata(
-        &self,
-        topic: Option<&str>,
-        timeout: Duration,
-    ) -> Result<(Vec<String>, usize), SinkError> {
-        let producer = self.producer();
-        let topic = topic.map(str::to_owned);
-        tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(topic.as_deref(), timeout)
-                .map(|m| {
-                    let names = m.topics().iter().map(|t| t.name().to_owned()).collect();
-                    (names, m.brokers().len())
-                })
-        })
-        .await
-        .map_err(|_| SinkError::Unreachable(KafkaError::Canceled))?
-        .map_err(SinkError::Unreachable)
-    }
-
-    /// Asks the cluster for the metadata of our cases topic only (never every topic of the
-    /// cluster): the number of brokers, when one answers in time.
-    pub async fn ping(&self, timeout: Duration) -> Result<usize, SinkError> {
-        self.metadata(Some(&self.topics.cases), timeout)
-            .await
-            .map(|(_, brokers)| brokers)
-    }
-
-    fn topic_names(&self) -> [&str; 3] {
-        [
-            self.topics.cases.as_str(),
-            self.topics.surveys.as_str(),
-            self.topics.deadletter.as_str(),
-        ]
-    }
-
-    /// Which of our topics the cluster does not have.
-    pub async fn missing_topics(&self, timeout: Duration) -> Result<Vec<String>, SinkError> {
-        let (existing, _) = self.metadata(None, timeout).await?;
-        Ok(self
-            .missing_from(&existing)
-            .into_iter()
-            .map(str::to_owned)
-            .collect())
-    }
-
-    /// Our topics that are not among `existing`.
-    fn missing_from(&self, existing: &[String]) -> Vec<&str> {
-        self.topic_names()
-            .into_iter()
-            .filter(|n| !existing.iter().any(|e| e == n))
-            .collect()
-    }
-
-    /// Creates missing topics (or, when creation is off, checks they exist).
-    pub async fn ensure_topics(&self, settings: &KafkaSettings) -> Result<(), SinkError> {
-        let (existing, brokers) = self.metadata(None, ADMIN_TIMEOUT).await?;
-        let missing = self.missing_from(&existing);
-        if missing.is_empty() {
-            return Ok(());
-        }
-        if !settings.create_topics {
-            return Err(SinkError::TopicMissing {
-                topic: missing.join(", "),
-            });
-        }
-        // By default as many replicas as brokers, up to three.
-        let replication = settings.topic_replication.unwrap_or_else(|| {
-            i32::try_from(brokers)
-                .unwrap_or(MAX_DEFAULT_REPLICATION)
-                .clamp(1, MAX_DEFAULT_REPLICATION)
-        });
-        let admin: AdminClient<DefaultClientContext> = self.config.create().map_err(setup_error)?;
-        let new_topics: Vec<NewTopic<'_>> = missing
-            .iter()
-            .map(|name| {
-                NewTopic::new(
-                    name,
-                    settings.topic_partitions,
-                    TopicReplication::Fixed(replication),
-                )
-            })
-            .collect();
-        let options = AdminOptions::new().operation_timeout(Some(Timeout::After(ADMIN_TIMEOUT)));
-        let results = admin
-            .create_topics(new_topics.iter(), &options)
-            .await
-            .map_err(SinkError::Unreachable)?;
-        for result in results {
-            match result {
-                Ok(name) => tracing::info!(
-                    topic = %name,
-                    partitions = settings.topic_partitions,
-                    replication,
-                    "created topic"
-                ),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => {
-                    return Err(SinkError::CreateTopic {
-                        topic,
-                        reason: code.to_string(),
-                    });
-                }
-            }
-        }
-        Ok(())
+        &self.settings.topics
     }
 
     /// Publishes every record and waits until Kafka acknowledged all of them; the first
@@ -372,7 +204,7 @@ impl KafkaSink {
         let results = self.start_publish(records).await.wait(self).await;
         for (record, outcome) in records.iter().zip(results) {
             if let Err(error) = outcome.result {
-                let topic = encode::topic(record, &self.topics);
+                let topic = encode::topic(record, self.topics());
                 return Err(SinkError::Delivery {
                     topic: topic.to_owned(),
                     error,
@@ -390,7 +222,7 @@ impl KafkaSink {
         let producer = self.producer();
         let mut slots = Vec::with_capacity(records.len());
         for record in records {
-            let encoded = encode::record(record, &self.topics, self.format);
+            let encoded = encode::record(record, self.topics(), self.settings.event_format);
             let size = encoded.payload.len();
             let headers = encoded.kafka_headers();
             let mut future_record = FutureRecord::to(encoded.topic)
@@ -449,7 +281,7 @@ impl KafkaSink {
             Ok(fresh) => {
                 *current = Arc::new(fresh);
                 self.replacements.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("casestream_kafka_producer_replacements_total").increment(1);
+                metrics::producer_replaced();
             }
             Err(e) => {
                 let error = setup_error(e);
@@ -486,56 +318,16 @@ impl KafkaSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{EventFormat, Topics};
-
-    fn settings(properties: &[(&str, &str)]) -> KafkaSettings {
-        KafkaSettings {
-            properties: properties
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            topics: Topics {
-                cases: "c".into(),
-                surveys: "s".into(),
-                deadletter: "d".into(),
-            },
-            event_format: EventFormat::Structured,
-            create_topics: true,
-            topic_partitions: 1,
-            topic_replication: None,
-        }
-    }
-
-    /// The delivery guarantee rests on these: an operator's setting cannot weaken them, while
-    /// our other defaults give way to the operator's.
-    #[test]
-    fn producer_requirements_override_the_operator_and_defaults_do_not() {
-        let config = client_config(&settings(&[
-            ("bootstrap.servers", "k:9092"),
-            ("enable.idempotence", "false"),
-            ("acks", "1"),
-            ("linger.ms", "50"),
-        ]));
-        assert_eq!(config.get("enable.idempotence"), Some("true"));
-        assert_eq!(config.get("acks"), Some("all"));
-        assert_eq!(config.get("linger.ms"), Some("50"));
-        assert_eq!(config.get("compression.type"), Some("lz4"));
-        assert_eq!(config.get("bootstrap.servers"), Some("k:9092"));
-        let plain = client_config(&settings(&[("bootstrap.servers", "k:9092")]));
-        assert_eq!(plain.get("enable.idempotence"), Some("true"));
-        assert_eq!(plain.get("acks"), Some("all"));
-        assert_eq!(plain.get("message.timeout.ms"), Some("120000"));
-    }
 
     #[test]
     fn the_largest_record_follows_message_max_bytes() {
-        let sink = KafkaSink::new(&settings(&[("bootstrap.servers", "127.0.0.1:1")])).unwrap();
+        let mut settings = KafkaSettings::new("127.0.0.1:1");
+        let sink = KafkaSink::new(&settings).unwrap();
         assert_eq!(sink.max_record_bytes(), DEFAULT_MAX_RECORD_BYTES);
-        let sink = KafkaSink::new(&settings(&[
-            ("bootstrap.servers", "127.0.0.1:1"),
-            ("message.max.bytes", "5000000"),
-        ]))
-        .unwrap();
+        settings
+            .properties
+            .insert("message.max.bytes".into(), "5000000".into());
+        let sink = KafkaSink::new(&settings).unwrap();
         assert_eq!(sink.max_record_bytes(), 5_000_000);
     }
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use backon::{ExponentialBuilder, Retryable};
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use futures::Stream;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::StatusCode;
@@ -16,108 +15,15 @@ use serde_json::value::RawValue;
 use url::Url;
 
 use super::case::LogsResponse;
+use super::error::ClientError;
+use super::settings::{ClientConfig, read_token_file};
+use super::window::Window;
 
-/// The public Logs API host.
-pub const DEFAULT_API_URL: &str = "https://www.snapengage.com";
-/// Well below the ~10 requests/s that public clients cite as the API's limit.
-pub const DEFAULT_RATE_LIMIT_PER_SEC: f64 = 5.0;
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// A server asking us to wait longer than this is capped: we would rather ask again.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
-/// Pages one window may take before it is taken for a runaway cursor.
-pub const DEFAULT_MAX_PAGES: usize = 10_000;
-/// The largest response body read; 100 cases are rarely more than a few MiB.
-pub const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
+
 /// How much of an unexpected response body an error message quotes.
 const SNIPPET_CHARS: usize = 240;
-
-/// How transient failures are retried.
-#[derive(Clone, Debug)]
-pub struct RetryPolicy {
-    pub min_delay: Duration,
-    pub max_delay: Duration,
-    pub max_attempts: usize,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            min_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(60),
-            max_attempts: 8,
-        }
-    }
-}
-
-/// Everything the client needs to talk to one org's Logs API.
-#[derive(Clone, Debug)]
-pub struct ClientConfig {
-    pub base_url: Url,
-    pub org_id: String,
-    pub token: SecretString,
-    pub rate_limit_per_sec: f64,
-    pub connect_timeout: Duration,
-    pub request_timeout: Duration,
-    pub retry: RetryPolicy,
-    /// Pages one window may take (CASESTREAM_MAX_PAGES).
-    pub max_pages: usize,
-    /// The largest response body read, in bytes (CASESTREAM_MAX_BODY).
-    pub max_body: usize,
-    /// The file the token came from, read again when the API answers 401 or 403: a rotated
-    /// token is picked up without a restart.
-    pub token_file: Option<std::path::PathBuf>,
-}
-
-impl ClientConfig {
-    pub fn new(base_url: Url, org_id: impl Into<String>, token: SecretString) -> Self {
-        Self {
-            base_url,
-            org_id: org_id.into(),
-            token,
-            rate_limit_per_sec: DEFAULT_RATE_LIMIT_PER_SEC,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            retry: RetryPolicy::default(),
-            max_pages: DEFAULT_MAX_PAGES,
-            max_body: DEFAULT_MAX_BODY,
-            token_file: None,
-        }
-    }
-}
-
-/// The span of cases to ask for. Dates are whole days in UTC, `end` inclusive (the documented
-/// form); datetimes are an option for APIs that accept a time of day.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Window {
-    Dates {
-        start: NaiveDate,
-        end: NaiveDate,
-    },
-    Times {
-        start: DateTime<Utc>,
-        end: DateTime<Utc>,
-    },
-}
-
-impl Window {
-    fn query_bounds(&self) -> (String, String) {
-        match self {
-            Window::Dates { start, end } => (start.to_string(), end.to_string()),
-            Window::Times { start, end } => (
-                start.to_rfc3339_opts(SecondsFormat::Secs, true),
-                end.to_rfc3339_opts(SecondsFormat::Secs, true),
-            ),
-        }
-    }
-}
-
-impl std::fmt::Display for Window {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (start, end) = self.query_bounds();
-        write!(f, "{start}..{end}")
-    }
-}
 
 /// One page of a window, its cases still raw.
 #[derive(Debug)]
@@ -131,84 +37,6 @@ pub struct Page {
     /// The link to the next page (trusted, complete), absent on the last page: kept with the
     /// page's commit so a restart can go on from there.
     pub next: Option<Url>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error(
-        "the Logs API rejected the API token (HTTP {status}); check SNAPENGAGE_API_TOKEN (only the account owner's token has API access): {snippet}"
-    )]
-    Unauthorized { status: u16, snippet: String },
-    #[error(
-        "the Logs API does not know org `{org_id}` (HTTP 404); check SNAPENGAGE_ORG_ID: {snippet}"
-    )]
-    OrgNotFound { org_id: String, snippet: String },
-    #[error("the Logs API refused the request (HTTP 400): {snippet}")]
-    BadRequest { snippet: String },
-    #[error("the Logs API answered HTTP {status}: {snippet}")]
-    UnexpectedStatus { status: u16, snippet: String },
-    #[error("the Logs API is rate limiting us (HTTP 429, retry after {retry_after:?})")]
-    RateLimited { retry_after: Option<Duration> },
-    #[error("the Logs API failed (HTTP {status}): {snippet}")]
-    Server { status: u16, snippet: String },
-    #[error("could not reach the Logs API: {0}")]
-    Transport(String),
-    #[error("the Logs API sent a body that is not a logs response ({error}): {snippet}")]
-    InvalidBody { error: String, snippet: String },
-    #[error(
-        "refusing to follow next-page link to `{found}`: only `{expected}` is trusted with the API token"
-    )]
-    ForeignNextLink { found: String, expected: String },
-    #[error("the next-page link `{link}` is not a valid URL: {error}")]
-    BadNextLink { link: String, error: String },
-    #[error("invalid Logs API client setting: {0}")]
-    Config(String),
-    #[error(
-        "the Logs API's next-page link `{link}` was already followed in this window (after {pages} pages): \
-         the cursor loops, so the window is given up"
-    )]
-    LinkLoop { link: String, pages: usize },
-    #[error(
-        "the window took more than {max} pages (CASESTREAM_MAX_PAGES); given up as a runaway cursor"
-    )]
-    TooManyPages { max: usize },
-    #[error(
-        "the Logs API sent a body of more than {limit} bytes (CASESTREAM_MAX_BODY); refused unread"
-    )]
-    BodyTooLarge { limit: usize },
-}
-
-impl ClientError {
-    /// Failures worth asking again for; the others need an operator.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            ClientError::RateLimited { .. }
-                | ClientError::Server { .. }
-                | ClientError::Transport(_)
-                | ClientError::InvalidBody { .. }
-        )
-    }
-
-    /// A short label for metrics and logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ClientError::Unauthorized { .. } => "unauthorized",
-            ClientError::OrgNotFound { .. } => "org_not_found",
-            ClientError::BadRequest { .. } => "bad_request",
-            ClientError::UnexpectedStatus { .. } => "unexpected_status",
-            ClientError::RateLimited { .. } => "rate_limited",
-            ClientError::Server { .. } => "server_error",
-            ClientError::Transport(_) => "transport",
-            ClientError::InvalidBody { .. } => "invalid_body",
-            ClientError::ForeignNextLink { .. } => "foreign_next_link",
-            ClientError::BadNextLink { .. } => "bad_next_link",
-            ClientError::Config(_) => "config",
-            ClientError::LinkLoop { .. } => "link_loop",
-            ClientError::TooManyPages { .. } => "too_many_pages",
-            ClientError::BodyTooLarge { .. } => "body_too_large",
-        }
-    }
 }
 
 /// Observes what the client does, for metrics. The default does nothing.
@@ -608,11 +436,6 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     Some(wait.min(MAX_RETRY_AFTER))
 }
 
-/// The API token held in `path` (SNAPENGAGE_API_TOKEN_FILE), surrounding whitespace removed.
-pub fn read_token_file(path: &std::path::Path) -> std::io::Result<String> {
-    std::fs::read_to_string(path).map(|text| text.trim().to_owned())
-}
-
 /// The start of a response body for an error message: printable, short, and never the token
 /// (a server could echo the header back).
 fn snippet(body: &[u8], token: &str) -> String {
@@ -637,6 +460,7 @@ fn snippet(body: &[u8], token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{DateTime, NaiveDate, Utc};
 
     #[test]
     fn retry_after_reads_seconds_and_dates() {

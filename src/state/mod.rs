@@ -3,6 +3,7 @@
 //! events derived from it.
 
 pub mod lock;
+mod schema;
 pub mod sqlite;
 
 use std::collections::{HashMap, HashSet};
@@ -11,6 +12,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 pub use lock::StateLock;
 pub use sqlite::SqliteStore;
+
+pub const ENV_STATE_DIR: &str = "CASESTREAM_STATE_DIR";
+pub const DEFAULT_STATE_DIR: &str = "./state";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -31,7 +35,7 @@ pub enum StateError {
     #[error(
         "state directory {dir} is in use by another casestream process{holder} (lock file {lock}); \
          one state directory takes one writer: stop the other process or give this one its own \
-         CASESTREAM_STATE_DIR"
+         {ENV_STATE_DIR}"
     )]
     Locked {
         dir: String,

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -17,11 +16,13 @@ use serde_json::Value;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+use casestream::admin::Health;
 use casestream::clock::Clock;
-use casestream::config::{Config, Flags};
-use casestream::pipeline::Health;
+use casestream::config::Config;
 use casestream::simulator::http::RunningSimulator;
 use casestream::simulator::{SimConfig, Simulator};
+use casestream::sink::{KafkaSettings, Topics};
+use casestream::snapengage::{ClientConfig as ApiConfig, RetryPolicy};
 
 /// Where the tests' broker is: `TEST_KAFKA_BOOTSTRAP`, else a testcontainers `apache/kafka`
 /// when a Docker engine answers, else the test fails saying how to get one.
@@ -257,32 +258,40 @@ pub async fn start_simulator(config: SimConfig, clock: Clock) -> RunningSimulato
         .unwrap()
 }
 
-/// The settings every forwarder test starts from: [`process_env`] with what an in-process run
-/// on a fast virtual clock needs; `extra` are environment-style overrides.
+/// The settings every forwarder test starts from, built in Rust: what [`process_env`] sets,
+/// and what an in-process run on a fast virtual clock needs; `tweak` changes the rest.
 pub fn forwarder_config(
     sim: &RunningSimulator,
     bootstrap: &str,
     prefix: &str,
     state_dir: &std::path::Path,
-    extra: &[(&str, &str)],
+    tweak: impl FnOnce(&mut Config),
 ) -> Config {
-    let env = process_env(
-        sim,
-        bootstrap,
-        prefix,
-        state_dir,
-        &[
-            ("CASESTREAM_TOPIC_PARTITIONS", "3"),
-            ("CASESTREAM_RATE_LIMIT", "500"),
-            // Real-time backoff would stall a run on a 600x virtual clock.
-            ("CASESTREAM_API_RETRY_MIN_DELAY", "20ms"),
-            ("CASESTREAM_API_RETRY_MAX_DELAY", "200ms"),
-            ("CASESTREAM_API_MAX_ATTEMPTS", "20"),
-        ],
+    let simulated = sim.sim.config();
+    let mut api = ApiConfig::new(
+        sim.base_url(),
+        simulated.org.clone(),
+        simulated.token.clone().into(),
     );
-    Flags::default()
-        .load(with(&env, extra))
-        .expect("test config is valid")
+    api.rate_limit_per_sec = 500.0;
+    // Real-time backoff would stall a run on a 600x virtual clock.
+    api.retry = RetryPolicy {
+        min_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(200),
+        max_attempts: 20,
+    };
+    let mut kafka = KafkaSettings::new(bootstrap);
+    kafka.topics = Topics {
+        cases: format!("{prefix}.cases"),
+        surveys: format!("{prefix}.surveys"),
+        deadletter: format!("{prefix}.dead"),
+    };
+    kafka.topic_partitions = 3;
+    let mut config = Config::new(api, kafka, simulated.widgets.clone());
+    config.state_dir = state_dir.to_owned();
+    config.admin.addr = ([127, 0, 0, 1], 0).into();
+    tweak(&mut config);
+    config
 }
 
 /// A forwarder running in this process until stopped.
@@ -317,7 +326,7 @@ impl RunningForwarder {
 
     /// Whether a poll cycle has completed.
     pub fn polled_ok(&self) -> bool {
-        self.health.last_poll_ok_ms.load(Ordering::Relaxed) > 0
+        self.health.polled()
     }
 
     /// Waits for a first complete poll cycle, at most `limit`; the test fails with `what` then.

@@ -1,0 +1,398 @@
+//! Every metric casestream exports, named, described and labelled once; the rest of the code
+//! emits through the small helpers below, never by name.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use ::metrics::{Label, Unit, counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Latency buckets in seconds for request and window histograms.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One exported metric.
+#[derive(Debug)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Option<Unit>,
+    pub help: &'static str,
+    /// Label names, in the order the emit helper gives their values.
+    pub labels: &'static [&'static str],
+}
+
+const fn metric(
+    name: &'static str,
+    kind: Kind,
+    unit: Option<Unit>,
+    help: &'static str,
+    labels: &'static [&'static str],
+) -> Metric {
+    Metric {
+        name,
+        kind,
+        unit,
+        help,
+        labels,
+    }
+}
+
+use Kind::{Counter, Gauge, Histogram};
+const SECONDS: Option<Unit> = Some(Unit::Seconds);
+
+pub const API_REQUESTS: Metric = metric(
+    "casestream_api_requests_total",
+    Counter,
+    None,
+    "Logs API requests by widget and status",
+    &["widget", "status"],
+);
+pub const API_REQUEST_SECONDS: Metric = metric(
+    "casestream_api_request_seconds",
+    Histogram,
+    SECONDS,
+    "Logs API request latency",
+    &[],
+);
+pub const API_RETRIES: Metric = metric(
+    "casestream_api_retries_total",
+    Counter,
+    None,
+    "Logs API requests retried, by reason",
+    &["widget", "reason"],
+);
+pub const RATE_LIMIT_WAIT: Metric = metric(
+    "casestream_rate_limit_wait_seconds",
+    Histogram,
+    SECONDS,
+    "Time requests waited for the shared request budget",
+    &[],
+);
+pub const CASES_SEEN: Metric = metric(
+    "casestream_cases_seen_total",
+    Counter,
+    None,
+    "Cases received from the Logs API",
+    &["widget"],
+);
+pub const EVENTS_PUBLISHED: Metric = metric(
+    "casestream_events_published_total",
+    Counter,
+    None,
+    "Events acknowledged by Kafka, by type",
+    &["type"],
+);
+pub const DEAD_LETTERS: Metric = metric(
+    "casestream_dead_letters_total",
+    Counter,
+    None,
+    "Records sent to the dead-letter topic, by widget and reason",
+    &["widget", "reason"],
+);
+pub const DEAD_LETTERS_REFUSED: Metric = metric(
+    "casestream_dead_letters_refused_total",
+    Counter,
+    None,
+    "Dead letters Kafka refused even cut down (logged as errors only)",
+    &[],
+);
+pub const PENDING_SURVEYS: Metric = metric(
+    "casestream_pending_surveys",
+    Gauge,
+    None,
+    "Cases still watched for a survey",
+    &[],
+);
+pub const KNOWN_CASES: Metric = metric(
+    "casestream_known_cases",
+    Gauge,
+    None,
+    "Case ids in the state",
+    &[],
+);
+pub const STATE_SIZE: Metric = metric(
+    "casestream_state_size_bytes",
+    Gauge,
+    Some(Unit::Bytes),
+    "Size of the state database",
+    &[],
+);
+pub const STATE_PRUNED: Metric = metric(
+    "casestream_state_pruned_total",
+    Counter,
+    None,
+    "State entries pruned because no future decision needs them, by kind",
+    &["kind"],
+);
+pub const WINDOW_LAG: Metric = metric(
+    "casestream_window_lag_seconds",
+    Gauge,
+    SECONDS,
+    "Seconds since the fresh window of a widget was last read completely",
+    &["widget"],
+);
+pub const WINDOW_SECONDS: Metric = metric(
+    "casestream_window_seconds",
+    Histogram,
+    SECONDS,
+    "Time to read one window",
+    &["kind"],
+);
+pub const WINDOW_ERRORS: Metric = metric(
+    "casestream_window_errors_total",
+    Counter,
+    None,
+    "Windows that failed after retries",
+    &["widget", "kind"],
+);
+pub const WINDOWS_RESUMED: Metric = metric(
+    "casestream_windows_resumed_total",
+    Counter,
+    None,
+    "Windows that went on from a cursor saved before a restart",
+    &["widget"],
+);
+pub const KAFKA_DELIVERY_ERRORS: Metric = metric(
+    "casestream_kafka_delivery_errors_total",
+    Counter,
+    None,
+    "Pages Kafka did not acknowledge",
+    &[],
+);
+pub const PRODUCER_REPLACEMENTS: Metric = metric(
+    "casestream_kafka_producer_replacements_total",
+    Counter,
+    None,
+    "Kafka producers replaced after a fatal error",
+    &[],
+);
+pub const READY: Metric = metric(
+    "casestream_ready",
+    Gauge,
+    None,
+    "1 when /readyz answers 200",
+    &[],
+);
+
+/// Every metric, for the descriptions and the README.
+pub const ALL: &[&Metric] = &[
+    &API_REQUESTS,
+    &API_REQUEST_SECONDS,
+    &API_RETRIES,
+    &RATE_LIMIT_WAIT,
+    &CASES_SEEN,
+    &EVENTS_PUBLISHED,
+    &DEAD_LETTERS,
+    &DEAD_LETTERS_REFUSED,
+    &PENDING_SURVEYS,
+    &KNOWN_CASES,
+    &STATE_SIZE,
+    &STATE_PRUNED,
+    &WINDOW_LAG,
+    &WINDOW_SECONDS,
+    &WINDOW_ERRORS,
+    &WINDOWS_RESUMED,
+    &KAFKA_DELIVERY_ERRORS,
+    &PRODUCER_REPLACEMENTS,
+    &READY,
+];
+
+/// The metric's labels with these values, in declaration order.
+fn labels<const N: usize>(metric: &Metric, values: [&str; N]) -> Vec<Label> {
+    debug_assert_eq!(metric.labels.len(), N, "{} label count", metric.name);
+    metric
+        .labels
+        .iter()
+        .zip(values)
+        .map(|(key, value)| Label::new(*key, value.to_owned()))
+        .collect()
+}
+
+/// Sends every description to the installed recorder.
+pub fn describe_all() {
+    for m in ALL {
+        match (m.kind, m.unit) {
+            (Counter, Some(unit)) => ::metrics::describe_counter!(m.name, unit, m.help),
+            (Counter, None) => ::metrics::describe_counter!(m.name, m.help),
+            (Gauge, Some(unit)) => ::metrics::describe_gauge!(m.name, unit, m.help),
+            (Gauge, None) => ::metrics::describe_gauge!(m.name, m.help),
+            (Histogram, Some(unit)) => ::metrics::describe_histogram!(m.name, unit, m.help),
+            (Histogram, None) => ::metrics::describe_histogram!(m.name, m.help),
+        }
+    }
+}
+
+/// A Prometheus recorder with our buckets (not installed).
+fn recorder() -> metrics_exporter_prometheus::PrometheusRecorder {
+    PrometheusBuilder::new()
+        .set_buckets(SECONDS_BUCKETS)
+        .unwrap_or_else(|e| unreachable!("the bucket list is not empty: {e}"))
+        .build_recorder()
+}
+
+/// The process-wide Prometheus recorder (there is one metrics registry per process).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first; then ours just stays unused.
+        if ::metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+        }
+        describe_all();
+        handle
+    })
+}
+
+pub fn api_request(widget: &str, status: &str, elapsed: Duration) {
+    counter!(API_REQUESTS.name, labels(&API_REQUESTS, [widget, status])).increment(1);
+    histogram!(API_REQUEST_SECONDS.name).record(elapsed.as_secs_f64());
+}
+
+pub fn api_retry(widget: &str, reason: &str) {
+    counter!(API_RETRIES.name, labels(&API_RETRIES, [widget, reason])).increment(1);
+}
+
+pub fn rate_limit_wait(waited: Duration) {
+    histogram!(RATE_LIMIT_WAIT.name).record(waited.as_secs_f64());
+}
+
+pub fn cases_seen(widget: &str, cases: usize) {
+    counter!(CASES_SEEN.name, labels(&CASES_SEEN, [widget])).increment(cases as u64);
+}
+
+pub fn event_published(event_type: &str) {
+    counter!(
+        EVENTS_PUBLISHED.name,
+        labels(&EVENTS_PUBLISHED, [event_type])
+    )
+    .increment(1);
+}
+
+pub fn dead_letter(widget: &str, reason_code: &str) {
+    counter!(
+        DEAD_LETTERS.name,
+        labels(&DEAD_LETTERS, [widget, reason_code])
+    )
+    .increment(1);
+}
+
+pub fn dead_letter_refused() {
+    counter!(DEAD_LETTERS_REFUSED.name).increment(1);
+}
+
+/// State counts, refreshed now and then (counting is not free).
+pub fn state_size(known_cases: u64, pending_surveys: u64, bytes: u64) {
+    gauge!(KNOWN_CASES.name).set(known_cases as f64);
+    gauge!(PENDING_SURVEYS.name).set(pending_surveys as f64);
+    gauge!(STATE_SIZE.name).set(bytes as f64);
+}
+
+pub fn state_pruned(cases: u64, dead_letters: u64) {
+    counter!(STATE_PRUNED.name, labels(&STATE_PRUNED, ["cases"])).increment(cases);
+    counter!(STATE_PRUNED.name, labels(&STATE_PRUNED, ["dead_letters"])).increment(dead_letters);
+}
+
+pub fn window_lag(widget: &str, age: Duration) {
+    gauge!(WINDOW_LAG.name, labels(&WINDOW_LAG, [widget])).set(age.as_secs_f64());
+}
+
+/// A window read completely, by task kind.
+pub fn window_read(kind: &str, took: Duration) {
+    histogram!(WINDOW_SECONDS.name, labels(&WINDOW_SECONDS, [kind])).record(took.as_secs_f64());
+}
+
+pub fn window_error(widget: &str, error_kind: &str) {
+    counter!(
+        WINDOW_ERRORS.name,
+        labels(&WINDOW_ERRORS, [widget, error_kind])
+    )
+    .increment(1);
+}
+
+pub fn window_resumed(widget: &str) {
+    counter!(WINDOWS_RESUMED.name, labels(&WINDOWS_RESUMED, [widget])).increment(1);
+}
+
+pub fn kafka_delivery_error() {
+    counter!(KAFKA_DELIVERY_ERRORS.name).increment(1);
+}
+
+pub fn producer_replaced() {
+    counter!(PRODUCER_REPLACEMENTS.name).increment(1);
+}
+
+pub fn ready(ready: bool) {
+    gauge!(READY.name).set(if ready { 1.0 } else { 0.0 });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every helper emits a described metric, under its declared name and labels only.
+    #[test]
+    fn every_helper_emits_a_described_metric_with_its_declared_labels() {
+        let recorder = recorder();
+        let handle = recorder.handle();
+        ::metrics::with_local_recorder(&recorder, || {
+            describe_all();
+            let d = Duration::from_millis(1500);
+            api_request("w", "ok", d);
+            api_retry("w", "rate_limited");
+            rate_limit_wait(d);
+            cases_seen("w", 3);
+            event_published("com.snapengage.case.created");
+            dead_letter("w", "missing_id");
+            dead_letter_refused();
+            state_size(1, 2, 3);
+            state_pruned(4, 5);
+            window_lag("w", d);
+            window_read("fresh", d);
+            window_error("w", "transport");
+            window_resumed("w");
+            kafka_delivery_error();
+            producer_replaced();
+            ready(true);
+        });
+        let text = handle.render();
+        let mut names: Vec<&str> = ALL.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len(), "a metric name is declared twice");
+        for m in ALL {
+            assert!(
+                text.contains(&format!("# HELP {} {}", m.name, m.help)),
+                "{} is not described:\n{text}",
+                m.name
+            );
+            let samples: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.starts_with('#') && l.starts_with(m.name))
+                .collect();
+            assert!(!samples.is_empty(), "{} was never emitted:\n{text}", m.name);
+            for sample in samples {
+                let keys: Vec<&str> = sample
+                    .split_once('{')
+                    .map(|(_, rest)| rest.split_once('}').map_or("", |(l, _)| l))
+                    .unwrap_or("")
+                    .split(',')
+                    .filter(|kv| !kv.is_empty())
+                    .filter_map(|kv| kv.split_once('=').map(|(k, _)| k))
+                    .filter(|k| *k != "le" && *k != "quantile")
+                    .collect();
+                assert_eq!(keys, m.labels, "labels of {sample}");
+            }
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Pruning: the state forgets what no future decision needs, a little at a time.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use super::{Pipeline, PipelineError, scheduler};
+use crate::metrics;
+use crate::state::WidgetProgress;
+
+/// Days pruned per widget per turn; each is one small transaction.
+const PRUNE_DAYS_PER_TURN: usize = 64;
+/// Dead-letter marks are kept this long beyond lookback and horizon, after which a bad case's
+/// day is normally not read again (a catch-up after a longer outage may dead-letter it again).
+const DEAD_LETTER_MARGIN: chrono::Duration = chrono::Duration::days(1);
+
+impl Pipeline {
+    /// Forgets what no future decision needs: per widget, the days before the fresh window
+    /// whose cases are all past their survey horizon (such a day is never read again), and
+    /// dead-letter marks older than any day still read. Returns the cases removed.
+    pub(super) async fn prune(
+        &self,
+        progress: &HashMap<String, WidgetProgress>,
+        shutdown: &CancellationToken,
+    ) -> Result<u64, PipelineError> {
+        let fresh_start = self.fresh_start();
+        let mut removed = 0;
+        for (widget, p) in progress {
+            // Never a day the catch-up has still to read (the day that just left the fresh
+            // window at midnight is read once more by it).
+            let before = scheduler::next_catch_up(p, fresh_start).unwrap_or(fresh_start);
+            loop {
+                if shutdown.is_cancelled() {
+                    return Ok(removed);
+                }
+                self.health.beat();
+                let w = widget.clone();
+                let n = self
+                    .state(move |s| s.prune_days(&w, before, PRUNE_DAYS_PER_TURN))
+                    .await?;
+                removed += n;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        let keep =
+            chrono::Duration::from_std(self.settings.lookback + self.settings.tracker.horizon)
+                .unwrap_or(chrono::Duration::MAX)
+                + DEAD_LETTER_MARGIN;
+        let marks_before: DateTime<Utc> = self
+            .clock
+            .now()
+            .checked_sub_signed(keep)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let marks = self
+            .state(move |s| s.prune_dead_letters(marks_before))
+            .await?;
+        if removed + marks > 0 {
+            metrics::state_pruned(removed, marks);
+            tracing::info!(cases = removed, dead_letters = marks, fresh_start = %fresh_start, "pruned state no decision needs");
+        }
+        Ok(removed)
+    }
+}

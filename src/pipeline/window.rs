@@ -1,0 +1,123 @@
+//! Reading one window: its pages fetched ahead, decided, handed to Kafka, settled and
+//! committed in order; resumed from a saved cursor when a restart interrupted it.
+
+use std::pin::pin;
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::flight::Flight;
+use super::scheduler::Task;
+use super::{CycleStats, MAX_PAGES_IN_FLIGHT, PREFETCH_PAGES, Pipeline, PipelineError};
+use crate::metrics;
+use crate::snapengage::{ClientError, Window};
+use crate::state::WindowCursor;
+
+/// How a window's reading ended.
+pub(super) enum WindowEnd {
+    Complete,
+    Interrupted,
+}
+
+impl Pipeline {
+    pub(super) async fn read_window(
+        &self,
+        widget: &str,
+        task: Task,
+        window: Window,
+        shutdown: &CancellationToken,
+        stats: &mut CycleStats,
+    ) -> Result<WindowEnd, WindowFailure> {
+        tracing::debug!(widget, kind = task.label(), %window, "reading window");
+        // A window interrupted part-way (a restart, a pod killed) goes on from its saved
+        // cursor, if the cursor is for this very window.
+        let window_url = self.client.window_url(widget, &window).to_string();
+        let w = widget.to_owned();
+        let resume = self
+            .state(move |s| s.window_cursor(&w))
+            .await?
+            .filter(|c| c.window == window_url);
+        if let Some(c) = &resume {
+            tracing::info!(widget, %window, pages_done = c.pages_done, "resuming a window where it stopped");
+            metrics::window_resumed(widget);
+        }
+        // The next page is fetched while this one is decided, published and committed.
+        let (tx, mut pages) = tokio::sync::mpsc::channel(PREFETCH_PAGES);
+        let source = self.client.pages_from(
+            widget,
+            window,
+            resume.as_ref().map(|c| (c.next.as_str(), c.pages_done)),
+        );
+        let _fetcher = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut source = pin!(source);
+            while let Some(page) = source.next().await {
+                let failed = page.is_err();
+                if tx.send(page).await.is_err() || failed {
+                    break;
+                }
+            }
+        }));
+        let mut flight = Flight::default();
+        let end = loop {
+            // A fetch in flight is abandoned at shutdown: nothing of it was committed.
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break Ok(WindowEnd::Interrupted),
+                next = pages.recv() => next,
+            };
+            match next {
+                None => break Ok(WindowEnd::Complete),
+                Some(Err(e)) => break Err(WindowFailure::Client(e)),
+                Some(Ok(page)) => {
+                    // A long window is progress, page by page: liveness never fails for it.
+                    self.health.beat();
+                    let cursor = page.next.as_ref().map(|next| WindowCursor {
+                        widget: widget.to_owned(),
+                        window: window_url.clone(),
+                        next: next.to_string(),
+                        pages_done: page.index + 1,
+                    });
+                    let mut batch = self.decide(page, &mut flight, stats).await?;
+                    batch.cursor = cursor;
+                    let delivery = self.sink.start_publish(&batch.outgoing).await;
+                    flight.push(batch, delivery);
+                    while flight.pages.len() > MAX_PAGES_IN_FLIGHT {
+                        if !self.settle_oldest(&mut flight, shutdown).await? {
+                            return Ok(WindowEnd::Interrupted);
+                        }
+                    }
+                    if shutdown.is_cancelled() {
+                        break Ok(WindowEnd::Interrupted);
+                    }
+                }
+            }
+        };
+        // Pages already handed to Kafka are finished, whatever ends the window.
+        while !flight.pages.is_empty() {
+            if !self.settle_oldest(&mut flight, shutdown).await? {
+                return Ok(WindowEnd::Interrupted);
+            }
+        }
+        // The API refused to go on from the saved cursor (it may have expired): the window
+        // starts over at page 1 next cycle.
+        if let (Some(_), Err(WindowFailure::Client(e))) = (&resume, &end)
+            && !e.is_transient()
+        {
+            tracing::warn!(widget, error = %e, "the saved cursor was refused; the window starts over next cycle");
+            let w = widget.to_owned();
+            self.state(move |s| s.clear_window_cursor(&w)).await?;
+        }
+        end
+    }
+}
+
+/// Why a window failed: the API, or the pipeline itself (which stops it).
+pub(super) enum WindowFailure {
+    Client(ClientError),
+    Pipeline(PipelineError),
+}
+
+impl From<PipelineError> for WindowFailure {
+    fn from(e: PipelineError) -> Self {
+        WindowFailure::Pipeline(e)
+    }
+}

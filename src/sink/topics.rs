@@ -1,0 +1,122 @@
+//! Checking and creating the topics, and the metadata requests behind them and behind the
+//! readiness probe.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::Producer as _;
+use rdkafka::util::Timeout;
+
+use super::{ADMIN_TIMEOUT, KafkaSink, SinkError, setup_error};
+
+/// Topics never get a replication factor above this by default.
+const MAX_DEFAULT_REPLICATION: i32 = 3;
+
+impl KafkaSink {
+    /// Topic names and broker count, for one topic or (`None`) the whole cluster; fails unless a
+    /// broker answers in time.
+    async fn metadata(
+        &self,
+        topic: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(Vec<String>, usize), SinkError> {
+        let producer = self.producer();
+        let topic = topic.map(str::to_owned);
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(topic.as_deref(), timeout)
+                .map(|m| {
+                    let names = m.topics().iter().map(|t| t.name().to_owned()).collect();
+                    (names, m.brokers().len())
+                })
+        })
+        .await
+        .map_err(|_| SinkError::Unreachable(KafkaError::Canceled))?
+        .map_err(SinkError::Unreachable)
+    }
+
+    /// Asks the cluster for the metadata of our cases topic only (never every topic of the
+    /// cluster): the number of brokers, when one answers in time.
+    pub async fn ping(&self, timeout: Duration) -> Result<usize, SinkError> {
+        self.metadata(Some(&self.topics().cases), timeout)
+            .await
+            .map(|(_, brokers)| brokers)
+    }
+
+    /// Which of our topics the cluster does not have.
+    pub async fn missing_topics(&self, timeout: Duration) -> Result<Vec<String>, SinkError> {
+        let (existing, _) = self.metadata(None, timeout).await?;
+        Ok(self
+            .missing_from(&existing)
+            .into_iter()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Our topics that are not among `existing`.
+    fn missing_from(&self, existing: &[String]) -> Vec<&str> {
+        self.topics()
+            .all()
+            .into_iter()
+            .filter(|n| !existing.iter().any(|e| e == n))
+            .collect()
+    }
+
+    /// Creates missing topics (or, when creation is off, checks they exist).
+    pub async fn ensure_topics(&self) -> Result<(), SinkError> {
+        let settings = &self.settings;
+        let (existing, brokers) = self.metadata(None, ADMIN_TIMEOUT).await?;
+        let missing = self.missing_from(&existing);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if !settings.create_topics {
+            return Err(SinkError::TopicMissing {
+                topic: missing.join(", "),
+            });
+        }
+        // By default as many replicas as brokers, up to three.
+        let replication = settings.topic_replication.unwrap_or_else(|| {
+            i32::try_from(brokers)
+                .unwrap_or(MAX_DEFAULT_REPLICATION)
+                .clamp(1, MAX_DEFAULT_REPLICATION)
+        });
+        let admin: AdminClient<DefaultClientContext> = self.config.create().map_err(setup_error)?;
+        let new_topics: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|name| {
+                NewTopic::new(
+                    name,
+                    settings.topic_partitions,
+                    TopicReplication::Fixed(replication),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Timeout::After(ADMIN_TIMEOUT)));
+        let results = admin
+            .create_topics(new_topics.iter(), &options)
+            .await
+            .map_err(SinkError::Unreachable)?;
+        for result in results {
+            match result {
+                Ok(name) => tracing::info!(
+                    topic = %name,
+                    partitions = settings.topic_partitions,
+                    replication,
+                    "created topic"
+                ),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(SinkError::CreateTopic {
+                        topic,
+                        reason: code.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,54 @@
+//! The state file's schema, one migration step per version.
+
+/// The schema, one step per version: a file at version `v` has had the first `v` steps
+/// applied. Each step is idempotent (IF NOT EXISTS).
+pub(super) const MIGRATIONS: [&str; 3] = [SCHEMA, SCHEMA_V2, SCHEMA_V3];
+
+/// The length of [`MIGRATIONS`]; an unknown (newer) version refuses to open, older ones are
+/// migrated forward.
+pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS cases (
+    id              TEXT PRIMARY KEY,
+    widget          TEXT NOT NULL,
+    day             TEXT NOT NULL,
+    first_seen_ms   INTEGER NOT NULL,
+    chat_end_ms     INTEGER NOT NULL,
+    created_emitted INTEGER NOT NULL,
+    survey_digest   TEXT,
+    next_check_ms   INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS cases_pending
+    ON cases (widget, next_check_ms) WHERE next_check_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS widgets (
+    widget               TEXT PRIMARY KEY,
+    since                TEXT NOT NULL,
+    caught_up_through    TEXT,
+    last_fresh_poll_ms   INTEGER
+);
+";
+
+/// Version 2: days can be pruned whole (an index by widget and day that also answers "any
+/// case still pending?"), and dead letters are remembered by digest.
+const SCHEMA_V2: &str = "
+CREATE INDEX IF NOT EXISTS cases_by_day ON cases (widget, day, next_check_ms);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    digest       TEXT PRIMARY KEY,
+    widget       TEXT NOT NULL,
+    case_id      TEXT,
+    reason_code  TEXT NOT NULL,
+    at_ms        INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dead_letters_by_age ON dead_letters (at_ms);
+";
+
+/// Version 3: a window interrupted part-way keeps where it goes on.
+const SCHEMA_V3: &str = "
+CREATE TABLE IF NOT EXISTS window_cursors (
+    widget      TEXT PRIMARY KEY,
+    window      TEXT NOT NULL,
+    next_link   TEXT NOT NULL,
+    pages_done  INTEGER NOT NULL
+);
+";
