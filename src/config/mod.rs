@@ -88,7 +88,8 @@ impl Config {
         }
     }
 
-    /// Validates `layer` (all sources stacked) and fills in defaults.
+    /// Validates `layer` (all sources stacked) and fills in defaults. Settings are checked in
+    /// a fixed order, so with several wrong the same one is named first every time.
     pub fn from_layer(layer: &Layer) -> Result<Self, ConfigError> {
         let base_url = match layer.parse(ENV_API_URL, check_api_url)? {
             Some(url) => url,
@@ -97,6 +98,10 @@ impl Config {
         };
         let org_id = layer.required(ENV_ORG_ID)?;
         let (token, token_file) = api_token(layer)?;
+        let widgets = layer.list(ENV_WIDGET_IDS);
+        if widgets.is_empty() {
+            return Err(ConfigError::missing(ENV_WIDGET_IDS));
+        }
         let mut api = ClientConfig::new(base_url, org_id, token);
         api.token_file = token_file;
         if let Some(rate) = layer.parse(ENV_RATE_LIMIT, parse_rate_limit)? {
@@ -128,7 +133,7 @@ impl Config {
         if let Some(mode) = layer.parse(ENV_WINDOW_MODE, str::parse)? {
             api.window_mode = mode;
         }
-
+        let event_format = layer.parse(ENV_EVENT_FORMAT, str::parse)?;
         let mut properties = layer.kafka_properties().clone();
         properties.retain(|_, v| !v.is_empty());
         match check_properties(&properties) {
@@ -147,34 +152,8 @@ impl Config {
                 });
             }
         }
-        let mut kafka = KafkaSettings {
-            properties,
-            ..KafkaSettings::new("")
-        };
-        let topic = |env| layer.parse(env, |name| check_topic_name(name).map(|()| name.into()));
-        let defaults = Topics::default();
-        kafka.topics = Topics {
-            cases: topic(ENV_TOPIC_CASES)?.unwrap_or(defaults.cases),
-            surveys: topic(ENV_TOPIC_SURVEYS)?.unwrap_or(defaults.surveys),
-            deadletter: topic(ENV_TOPIC_DEADLETTER)?.unwrap_or(defaults.deadletter),
-        };
-        if let Some(format) = layer.parse(ENV_EVENT_FORMAT, str::parse)? {
-            kafka.event_format = format;
-        }
-        if let Some(create) = layer.flag(ENV_CREATE_TOPICS)? {
-            kafka.create_topics = create;
-        }
-        if let Some(partitions) = layer.positive(ENV_TOPIC_PARTITIONS)? {
-            kafka.topic_partitions = partitions;
-        }
-        kafka.topic_replication = layer.positive(ENV_TOPIC_REPLICATION)?;
 
-        let widgets = layer.list(ENV_WIDGET_IDS);
-        if widgets.is_empty() {
-            return Err(ConfigError::missing(ENV_WIDGET_IDS));
-        }
-        let mut config = Config::new(api, kafka, widgets);
-        let pipeline = &mut config.pipeline;
+        let mut pipeline = PipelineSettings::new(widgets);
         if let Some(interval) = layer.duration(ENV_POLL_INTERVAL)? {
             if interval.is_zero() {
                 return Err(ConfigError::invalid(
@@ -185,11 +164,11 @@ impl Config {
             }
             pipeline.poll_interval = interval;
         }
-        if let Some(lookback) = layer.duration(ENV_LOOKBACK)? {
-            pipeline.lookback = lookback;
-        }
         if let Some(settle) = layer.duration(ENV_SETTLE)? {
             pipeline.tracker.settle = settle;
+        }
+        if let Some(lookback) = layer.duration(ENV_LOOKBACK)? {
+            pipeline.lookback = lookback;
         }
         if let Some(horizon) = layer.duration(ENV_SURVEY_HORIZON)? {
             pipeline.tracker.horizon = horizon;
@@ -205,13 +184,44 @@ impl Config {
             chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
                 .map_err(|e| format!("must be a date like 2026-01-31: {e}"))
         })?;
-        if let Some(dir) = layer.text(ENV_STATE_DIR) {
-            config.state_dir = PathBuf::from(dir);
-        }
+        let mut admin = AdminSettings::default();
         if let Some(addr) = layer.parse(ENV_ADMIN_ADDR, str::parse)? {
-            config.admin.addr = addr;
+            admin.addr = addr;
         }
-        Ok(config)
+
+        let mut kafka = KafkaSettings {
+            properties,
+            ..KafkaSettings::new("")
+        };
+        if let Some(format) = event_format {
+            kafka.event_format = format;
+        }
+        if let Some(create) = layer.flag(ENV_CREATE_TOPICS)? {
+            kafka.create_topics = create;
+        }
+        if let Some(partitions) = layer.positive(ENV_TOPIC_PARTITIONS)? {
+            kafka.topic_partitions = partitions;
+        }
+        kafka.topic_replication = layer.positive(ENV_TOPIC_REPLICATION)?;
+        let topic = |env| layer.parse(env, |name| check_topic_name(name).map(|()| name.into()));
+        let defaults = Topics::default();
+        kafka.topics = Topics {
+            cases: topic(ENV_TOPIC_CASES)?.unwrap_or(defaults.cases),
+            surveys: topic(ENV_TOPIC_SURVEYS)?.unwrap_or(defaults.surveys),
+            deadletter: topic(ENV_TOPIC_DEADLETTER)?.unwrap_or(defaults.deadletter),
+        };
+
+        Ok(Config {
+            api,
+            kafka,
+            pipeline,
+            state_dir: PathBuf::from(
+                layer
+                    .text(ENV_STATE_DIR)
+                    .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            ),
+            admin,
+        })
     }
 }
 
@@ -220,7 +230,7 @@ fn api_token(layer: &Layer) -> Result<(SecretString, Option<PathBuf>), ConfigErr
     let missing = || ConfigError::Missing {
         setting: format!("{ENV_API_TOKEN} (or {ENV_API_TOKEN_FILE})"),
     };
-    let (token, file) = match (layer.raw(ENV_API_TOKEN), layer.text(ENV_API_TOKEN_FILE)) {
+    let (token, file) = match (layer.raw(ENV_API_TOKEN), layer.raw(ENV_API_TOKEN_FILE)) {
         (Some(token), _) => (token, None),
         (None, Some(path)) => {
             let path = PathBuf::from(path);
@@ -537,7 +547,13 @@ rate_limit = 2
             .err()
             .expect("an unknown key")
             .to_string();
-        assert!(err.contains("unknown setting `poll_intervall`"), "{err}");
+        assert!(
+            err.contains("line 2: unknown setting `poll_intervall`"),
+            "{err}"
+        );
+        std::fs::write(&path, "org_id = [\"o\", \"p\"]\n").unwrap();
+        let err = Layer::from_file(&path).err().expect("a list").to_string();
+        assert!(err.contains("`org_id` must be a string"), "{err}");
 
         std::fs::write(&path, "since = 2026-01-31\nwidget_ids = [\"a\", \"b\"]\n").unwrap();
         let config = Flags {
@@ -554,5 +570,25 @@ rate_limit = 2
         assert_eq!(config.pipeline.widgets, ["a", "b", "c"]);
         assert_eq!(file_key(ENV_POLL_INTERVAL), "poll_interval");
         assert_eq!(file_key(ENV_ORG_ID), "org_id");
+    }
+
+    /// With several settings wrong, the same one is named first, in the documented order:
+    /// here the widgets before Kafka (as before settings moved to their components).
+    #[test]
+    fn with_several_settings_wrong_the_first_in_order_is_named() {
+        let vars = env(&[
+            ("SNAPENGAGE_ORG_ID", "org-1"),
+            ("SNAPENGAGE_API_TOKEN", "tok-secret-123"),
+            ("CASESTREAM_EVENT_FORMAT", "xml"),
+        ]);
+        let err = Flags::default().load(vars).unwrap_err().to_string();
+        assert!(err.contains("SNAPENGAGE_WIDGET_IDS is required"), "{err}");
+        let mut vars = minimal();
+        vars.extend(env(&[
+            ("CASESTREAM_EVENT_FORMAT", "xml"),
+            ("CASESTREAM_TOPIC_CASES", "bad topic!"),
+        ]));
+        let err = Flags::default().load(vars).unwrap_err().to_string();
+        assert!(err.contains("CASESTREAM_EVENT_FORMAT"), "{err}");
     }
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{ConfigError, SETTINGS};
+use crate::pipeline::ENV_WIDGET_IDS;
 use crate::sink::config::{KAFKA_ENV_PREFIX, property_of_env};
 use crate::snapengage::settings::{ENV_API_TOKEN, ENV_API_TOKEN_FILE};
 
@@ -91,13 +92,20 @@ impl Layer {
                 continue;
             }
             let Some(env) = SETTINGS.iter().find(|env| file_key(env) == key) else {
+                // The line, never its text (it may hold a secret).
+                let line = text
+                    .lines()
+                    .position(|l| l.trim_start().trim_start_matches('"').starts_with(&key))
+                    .map(|n| format!("line {}: ", n + 1))
+                    .unwrap_or_default();
                 return Err(error(format!(
-                    "unknown setting `{key}` (the settings are the environment variables' names \
-                     without prefix, in lower case, e.g. `poll_interval`)"
+                    "{line}unknown setting `{key}` (the settings are the environment variables' \
+                     names without prefix, in lower case, e.g. `poll_interval`)"
                 )));
             };
             let value = match value {
-                toml::Value::Array(items) => Value::List(
+                // Only the widget list is a list.
+                toml::Value::Array(items) if *env == ENV_WIDGET_IDS => Value::List(
                     items
                         .into_iter()
                         .map(|item| {
