@@ -46,7 +46,10 @@ pub async fn prepare_topics(
             Ok(()) => return Ok(true),
             Err(SinkError::Unreachable(_)) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(30));
-                let cause = sink.explain_unreachable().await;
+                let cause = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(false),
+                    cause = sink.explain_unreachable() => cause,
+                };
                 tracing::warn!(%cause, retry_in = ?delay, "Kafka unreachable; waiting for it");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(false),

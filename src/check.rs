@@ -92,7 +92,7 @@ async fn check_api(config: &Config) -> Result<String, String> {
             "{} answered; widget {widget} has {}{} cases today",
             config.api.base_url,
             page.cases.len(),
-            if page.is_last { "" } else { "+" }
+            if page.is_last() { "" } else { "+" }
         )),
         Some(Err(e)) => Err(e.to_string()),
         None => Err("the Logs API returned no response".into()),
@@ -104,13 +104,9 @@ async fn check_kafka(config: &Config) -> (Result<String, String>, Option<Result<
         Ok(s) => s,
         Err(e) => return (Err(e.to_string()), None),
     };
-    let brokers = match sink.ping(KAFKA_TIMEOUT).await {
-        Ok(n) => n,
+    let (brokers, missing) = match sink.missing_topics(KAFKA_TIMEOUT).await {
+        Ok(found) => found,
         Err(_) => return (Err(sink.explain_unreachable().await), None),
-    };
-    let missing = match sink.missing_topics(KAFKA_TIMEOUT).await {
-        Ok(m) => m,
-        Err(e) => return (Ok(format!("{brokers} broker(s)")), Some(Err(e.to_string()))),
     };
     let topics = if missing.is_empty() {
         Ok("cases, surveys and dead-letter topics exist".to_owned())

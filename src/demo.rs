@@ -18,10 +18,9 @@ use crate::admin::Health;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::simulator::{SimConfig, Simulator};
-use crate::sink::KafkaSettings;
+use crate::sink::{KafkaSettings, Topics};
 use crate::snapengage::ClientConfig;
 
-const TOPICS: [&str; 2] = ["snapengage.cases", "snapengage.surveys"];
 const PARTITIONS: i32 = 3;
 
 #[derive(Clone, Debug)]
@@ -60,8 +59,10 @@ pub async fn run(
     shutdown: CancellationToken,
     out: &mut (dyn Write + Send),
 ) -> Result<DemoSummary, DemoError> {
+    // The default topics, as the forwarder's default settings name them.
+    let topics = Topics::default();
     let cluster = MockCluster::new(1)?;
-    for topic in TOPICS.iter().chain(&["snapengage.deadletter"]) {
+    for topic in topics.all() {
         cluster.create_topic(topic, PARTITIONS, 1)?;
     }
     let bootstrap = cluster.bootstrap_servers();
@@ -124,7 +125,7 @@ pub async fn run(
         .set("enable.auto.commit", "false")
         .create()?;
     let mut assignment = TopicPartitionList::new();
-    for topic in TOPICS {
+    for topic in [&topics.cases, &topics.surveys] {
         for partition in 0..PARTITIONS {
             assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
         }

@@ -13,7 +13,7 @@ const SECONDS_BUCKETS: &[f64] = &[
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+enum Kind {
     Counter,
     Gauge,
     Histogram,
@@ -21,13 +21,13 @@ pub enum Kind {
 
 /// One exported metric.
 #[derive(Debug)]
-pub struct Metric {
-    pub name: &'static str,
-    pub kind: Kind,
-    pub unit: Option<Unit>,
-    pub help: &'static str,
+struct Metric {
+    name: &'static str,
+    kind: Kind,
+    unit: Option<Unit>,
+    help: &'static str,
     /// Label names, in the order the emit helper gives their values.
-    pub labels: &'static [&'static str],
+    labels: &'static [&'static str],
 }
 
 const fn metric(
@@ -49,133 +49,133 @@ const fn metric(
 use Kind::{Counter, Gauge, Histogram};
 const SECONDS: Option<Unit> = Some(Unit::Seconds);
 
-pub const API_REQUESTS: Metric = metric(
+const API_REQUESTS: Metric = metric(
     "casestream_api_requests_total",
     Counter,
     None,
     "Logs API requests by widget and status",
     &["widget", "status"],
 );
-pub const API_REQUEST_SECONDS: Metric = metric(
+const API_REQUEST_SECONDS: Metric = metric(
     "casestream_api_request_seconds",
     Histogram,
     SECONDS,
     "Logs API request latency",
     &[],
 );
-pub const API_RETRIES: Metric = metric(
+const API_RETRIES: Metric = metric(
     "casestream_api_retries_total",
     Counter,
     None,
     "Logs API requests retried, by reason",
     &["widget", "reason"],
 );
-pub const RATE_LIMIT_WAIT: Metric = metric(
+const RATE_LIMIT_WAIT: Metric = metric(
     "casestream_rate_limit_wait_seconds",
     Histogram,
     SECONDS,
     "Time requests waited for the shared request budget",
     &[],
 );
-pub const CASES_SEEN: Metric = metric(
+const CASES_SEEN: Metric = metric(
     "casestream_cases_seen_total",
     Counter,
     None,
     "Cases received from the Logs API",
     &["widget"],
 );
-pub const EVENTS_PUBLISHED: Metric = metric(
+const EVENTS_PUBLISHED: Metric = metric(
     "casestream_events_published_total",
     Counter,
     None,
     "Events acknowledged by Kafka, by type",
     &["type"],
 );
-pub const DEAD_LETTERS: Metric = metric(
+const DEAD_LETTERS: Metric = metric(
     "casestream_dead_letters_total",
     Counter,
     None,
     "Records sent to the dead-letter topic, by widget and reason",
     &["widget", "reason"],
 );
-pub const DEAD_LETTERS_REFUSED: Metric = metric(
+const DEAD_LETTERS_REFUSED: Metric = metric(
     "casestream_dead_letters_refused_total",
     Counter,
     None,
     "Dead letters Kafka refused even cut down (logged as errors only)",
     &[],
 );
-pub const PENDING_SURVEYS: Metric = metric(
+const PENDING_SURVEYS: Metric = metric(
     "casestream_pending_surveys",
     Gauge,
     None,
     "Cases still watched for a survey",
     &[],
 );
-pub const KNOWN_CASES: Metric = metric(
+const KNOWN_CASES: Metric = metric(
     "casestream_known_cases",
     Gauge,
     None,
     "Case ids in the state",
     &[],
 );
-pub const STATE_SIZE: Metric = metric(
+const STATE_SIZE: Metric = metric(
     "casestream_state_size_bytes",
     Gauge,
     Some(Unit::Bytes),
     "Size of the state database",
     &[],
 );
-pub const STATE_PRUNED: Metric = metric(
+const STATE_PRUNED: Metric = metric(
     "casestream_state_pruned_total",
     Counter,
     None,
     "State entries pruned because no future decision needs them, by kind",
     &["kind"],
 );
-pub const WINDOW_LAG: Metric = metric(
+const WINDOW_LAG: Metric = metric(
     "casestream_window_lag_seconds",
     Gauge,
     SECONDS,
     "Seconds since the fresh window of a widget was last read completely",
     &["widget"],
 );
-pub const WINDOW_SECONDS: Metric = metric(
+const WINDOW_SECONDS: Metric = metric(
     "casestream_window_seconds",
     Histogram,
     SECONDS,
     "Time to read one window",
     &["kind"],
 );
-pub const WINDOW_ERRORS: Metric = metric(
+const WINDOW_ERRORS: Metric = metric(
     "casestream_window_errors_total",
     Counter,
     None,
     "Windows that failed after retries",
     &["widget", "kind"],
 );
-pub const WINDOWS_RESUMED: Metric = metric(
+const WINDOWS_RESUMED: Metric = metric(
     "casestream_windows_resumed_total",
     Counter,
     None,
     "Windows that went on from a cursor saved before a restart",
     &["widget"],
 );
-pub const KAFKA_DELIVERY_ERRORS: Metric = metric(
+const KAFKA_DELIVERY_ERRORS: Metric = metric(
     "casestream_kafka_delivery_errors_total",
     Counter,
     None,
     "Pages Kafka did not acknowledge",
     &[],
 );
-pub const PRODUCER_REPLACEMENTS: Metric = metric(
+const PRODUCER_REPLACEMENTS: Metric = metric(
     "casestream_kafka_producer_replacements_total",
     Counter,
     None,
     "Kafka producers replaced after a fatal error",
     &[],
 );
-pub const READY: Metric = metric(
+const READY: Metric = metric(
     "casestream_ready",
     Gauge,
     None,
@@ -183,8 +183,8 @@ pub const READY: Metric = metric(
     &[],
 );
 
-/// Every metric, for the descriptions and the README.
-pub const ALL: &[&Metric] = &[
+/// Every metric, to describe them all.
+const ALL: &[&Metric] = &[
     &API_REQUESTS,
     &API_REQUEST_SECONDS,
     &API_RETRIES,
@@ -218,7 +218,7 @@ fn labels<const N: usize>(metric: &Metric, values: [&str; N]) -> Vec<Label> {
 }
 
 /// Sends every description to the installed recorder.
-pub fn describe_all() {
+fn describe_all() {
     for m in ALL {
         match (m.kind, m.unit) {
             (Counter, Some(unit)) => ::metrics::describe_counter!(m.name, unit, m.help),

@@ -55,12 +55,9 @@ pub struct RedactingWriter<W: Write>(pub W);
 
 impl<W: Write> Write for RedactingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match std::str::from_utf8(buf) {
-            Ok(text) => self.0.write_all(redact(text).as_bytes())?,
-            Err(_) => self
-                .0
-                .write_all(redact(&String::from_utf8_lossy(buf)).as_bytes())?,
-        }
+        // Valid UTF-8 (every tracing line) is borrowed, not copied.
+        self.0
+            .write_all(redact(&String::from_utf8_lossy(buf)).as_bytes())?;
         Ok(buf.len())
     }
 

@@ -54,7 +54,7 @@ fn window() -> Window {
 
 async fn fetch_all(client: &LogsClient, widget: &str) -> Result<Vec<Value>, ClientError> {
     let pages: Vec<_> = client.pages(widget, window()).try_collect().await?;
-    assert!(pages.last().is_none_or(|p| p.is_last));
+    assert!(pages.last().is_none_or(|p| p.is_last()));
     Ok(pages
         .into_iter()
         .flat_map(|p| p.cases)

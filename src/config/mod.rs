@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use secrecy::SecretString;
 
 pub use flags::Flags;
-pub use sources::{Layer, file_key};
+use sources::Layer;
 
 use crate::admin::{AdminSettings, ENV_ADMIN_ADDR};
 use crate::pipeline::tracker::{ENV_SETTLE, ENV_SURVEY_HORIZON};
@@ -21,7 +21,7 @@ use crate::pipeline::{
 use crate::sink::config::{
     ENV_CREATE_TOPICS, ENV_EVENT_FORMAT, ENV_TOPIC_CASES, ENV_TOPIC_DEADLETTER,
     ENV_TOPIC_PARTITIONS, ENV_TOPIC_REPLICATION, ENV_TOPIC_SURVEYS, KafkaSettings, PropertyProblem,
-    Topics, check_properties, check_topic_name, property_env_name,
+    check_properties, check_topic_name, property_env_name,
 };
 use crate::snapengage::ClientConfig;
 use crate::snapengage::settings::{
@@ -90,7 +90,7 @@ impl Config {
 
     /// Validates `layer` (all sources stacked) and fills in defaults. Settings are checked in
     /// a fixed order, so with several wrong the same one is named first every time.
-    pub fn from_layer(layer: &Layer) -> Result<Self, ConfigError> {
+    fn from_layer(layer: &Layer) -> Result<Self, ConfigError> {
         let base_url = match layer.parse(ENV_API_URL, check_api_url)? {
             Some(url) => url,
             None => url::Url::parse(DEFAULT_API_URL)
@@ -204,12 +204,17 @@ impl Config {
         }
         kafka.topic_replication = layer.positive(ENV_TOPIC_REPLICATION)?;
         let topic = |env| layer.parse(env, |name| check_topic_name(name).map(|()| name.into()));
-        let defaults = Topics::default();
-        kafka.topics = Topics {
-            cases: topic(ENV_TOPIC_CASES)?.unwrap_or(defaults.cases),
-            surveys: topic(ENV_TOPIC_SURVEYS)?.unwrap_or(defaults.surveys),
-            deadletter: topic(ENV_TOPIC_DEADLETTER)?.unwrap_or(defaults.deadletter),
-        };
+        // `kafka.topics` holds the defaults until a setting replaces one.
+        let topics = &mut kafka.topics;
+        for (env, name) in [
+            (ENV_TOPIC_CASES, &mut topics.cases),
+            (ENV_TOPIC_SURVEYS, &mut topics.surveys),
+            (ENV_TOPIC_DEADLETTER, &mut topics.deadletter),
+        ] {
+            if let Some(given) = topic(env)? {
+                *name = given;
+            }
+        }
 
         Ok(Config {
             api,
@@ -287,6 +292,7 @@ impl ConfigError {
 
 #[cfg(test)]
 mod tests {
+    use super::sources::file_key;
     use super::*;
     use crate::sink::EventFormat;
     use std::time::Duration;

@@ -30,10 +30,14 @@ pub(super) struct Flight {
 impl Flight {
     /// Pages in flight are not committed yet: what they decided about `ids` replaces what the
     /// state knows.
-    pub fn overlay(&self, ids: &[String], known: &mut HashMap<String, CaseRecord>) {
+    pub fn overlay<'a>(
+        &self,
+        ids: impl Iterator<Item = &'a str>,
+        known: &mut HashMap<String, CaseRecord>,
+    ) {
         for id in ids {
             if let Some((record, _)) = self.records.get(id) {
-                known.insert(id.clone(), record.clone());
+                known.insert(id.to_owned(), record.clone());
             }
         }
     }

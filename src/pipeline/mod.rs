@@ -7,7 +7,7 @@
 mod delivery;
 mod flight;
 mod observe;
-pub mod page;
+mod page;
 mod progress;
 mod prune;
 pub mod scheduler;
@@ -26,7 +26,7 @@ use crate::admin::Health;
 use crate::clock::Clock;
 use crate::metrics;
 use crate::sink::{KafkaSink, Outgoing};
-use crate::snapengage::{LogsClient, Page};
+use crate::snapengage::{Case, LogsClient, Page};
 use crate::state::{StateError, StateStore, StoredCase, WidgetProgress};
 use flight::Flight;
 pub use observe::ClientMetrics;
@@ -359,16 +359,15 @@ impl Pipeline {
         stats.cases += cases.received as u64;
         metrics::cases_seen(&cases.widget, cases.received);
         let (ids, digests) = (cases.ids(), cases.digests());
-        let lookup_ids = ids.clone();
         let mut known = self
             .state(move |s| {
                 Ok(Known {
                     dead_letters: s.known_dead_letters(&as_strs(&digests))?,
-                    records: s.lookup(&as_strs(&lookup_ids))?,
+                    records: s.lookup(&as_strs(&ids))?,
                 })
             })
             .await?;
-        flight.overlay(&ids, &mut known.records);
+        flight.overlay(cases.cases.iter().map(Case::id), &mut known.records);
         let widget = cases.widget.clone();
         let batch = page::decide(
             cases,

@@ -191,7 +191,6 @@ mod tests {
             widget_id: "w".into(),
             index: 0,
             cases,
-            is_last: true,
             next: None,
         }
     }

@@ -31,7 +31,8 @@ impl Pipeline {
         tracing::debug!(widget, kind = task.label(), %window, "reading window");
         // A window interrupted part-way (a restart, a pod killed) goes on from its saved
         // cursor, if the cursor is for this very window.
-        let window_url = self.client.window_url(widget, &window).to_string();
+        let first = self.client.window_url(widget, &window);
+        let window_url = first.to_string();
         let w = widget.to_owned();
         let resume = self
             .state(move |s| s.window_cursor(&w))
@@ -45,7 +46,7 @@ impl Pipeline {
         let (tx, mut pages) = tokio::sync::mpsc::channel(PREFETCH_PAGES);
         let source = self.client.pages_from(
             widget,
-            window,
+            first,
             resume.as_ref().map(|c| (c.next.as_str(), c.pages_done)),
         );
         let _fetcher = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {

@@ -113,15 +113,6 @@ impl KafkaSettings {
         }
     }
 
-    /// Property names and values for display, secrets masked.
-    pub fn describe(&self) -> String {
-        self.shown_properties()
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
     fn shown_properties(&self) -> BTreeMap<&str, &str> {
         self.properties
             .iter()
@@ -363,20 +354,19 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_masked_in_debug_and_description() {
+    fn secrets_are_masked_in_debug() {
         let s = settings(&[
             ("bootstrap.servers", "k:9092"),
             ("sasl.password", "pw-777"),
             ("ssl.key.pem", "pem-888"),
             ("sasl.username", "svc"),
         ]);
-        for shown in [format!("{s:?}"), s.describe()] {
-            assert!(
-                !shown.contains("pw-777") && !shown.contains("pem-888"),
-                "{shown}"
-            );
-            assert!(shown.contains("svc"), "{shown}");
-        }
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("pw-777") && !shown.contains("pem-888"),
+            "{shown}"
+        );
+        assert!(shown.contains("svc"), "{shown}");
         let mut secrets: Vec<&str> = s.secrets().collect();
         secrets.sort_unstable();
         assert_eq!(secrets, ["pem-888", "pw-777"]);

@@ -123,6 +123,9 @@ pub struct KafkaSink {
     max_record_bytes: usize,
     replacements: AtomicU64,
     context: KafkaContext,
+    /// The last diagnosis and the cause it explained: asked again only for a new cause, so
+    /// a long outage does not probe the brokers again on every retry.
+    explained: Mutex<Option<(Option<String>, String)>>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -139,11 +142,7 @@ impl std::fmt::Debug for KafkaSink {
 fn setup_error(error: KafkaError) -> SinkError {
     match error {
         KafkaError::ClientConfig(_, description, property, value) => {
-            let reason = if value.is_empty() {
-                description
-            } else {
-                description.replace(&value, crate::redact::MARK)
-            };
+            let reason = crate::redact::mask(&description, [value.as_str()]).into_owned();
             SinkError::Property {
                 env: property_env_name(&property),
                 property,
@@ -175,16 +174,26 @@ impl KafkaSink {
             max_record_bytes,
             replacements: AtomicU64::new(0),
             context,
+            explained: Mutex::new(None),
         })
     }
 
     /// Why no broker answers, in one line naming the setting to fix (it may ask the brokers
     /// again, for a few seconds, to tell look-alike causes apart).
     pub async fn explain_unreachable(&self) -> String {
-        let (config, cause) = (self.config.clone(), self.context.last_cause());
-        tokio::task::spawn_blocking(move || diagnose::explain(&config, cause.as_deref()))
-            .await
-            .unwrap_or_else(|e| format!("the diagnosis failed: {e}"))
+        let cause = self.context.last_cause();
+        if let Some((explained, line)) = &*self.explained.lock().unwrap_or_else(|p| p.into_inner())
+            && *explained == cause
+        {
+            return line.clone();
+        }
+        let (config, asked) = (self.config.clone(), cause.clone());
+        let line =
+            tokio::task::spawn_blocking(move || diagnose::explain(&config, asked.as_deref()))
+                .await
+                .unwrap_or_else(|e| format!("the diagnosis failed: {e}"));
+        *self.explained.lock().unwrap_or_else(|p| p.into_inner()) = Some((cause, line.clone()));
+        line
     }
 
     fn producer(&self) -> Arc<Producer> {

@@ -46,14 +46,15 @@ impl KafkaSink {
             .map(|(_, brokers)| brokers)
     }
 
-    /// Which of our topics the cluster does not have.
-    pub async fn missing_topics(&self, timeout: Duration) -> Result<Vec<String>, SinkError> {
-        let (existing, _) = self.metadata(None, timeout).await?;
-        Ok(self
-            .missing_from(&existing)
-            .into_iter()
-            .map(str::to_owned)
-            .collect())
+    /// The number of brokers and which of our topics the cluster does not have, from one
+    /// metadata request.
+    pub async fn missing_topics(
+        &self,
+        timeout: Duration,
+    ) -> Result<(usize, Vec<String>), SinkError> {
+        let (existing, brokers) = self.metadata(None, timeout).await?;
+        let missing = self.missing_from(&existing);
+        Ok((brokers, missing.into_iter().map(str::to_owned).collect()))
     }
 
     /// Our topics that are not among `existing`.

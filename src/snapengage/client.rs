@@ -32,11 +32,16 @@ pub struct Page {
     /// 0 for the first page of the window.
     pub index: usize,
     pub cases: Vec<Box<RawValue>>,
-    /// True when this is the window's last page.
-    pub is_last: bool,
     /// The link to the next page (trusted, complete), absent on the last page: kept with the
     /// page's commit so a restart can go on from there.
     pub next: Option<Url>,
+}
+
+impl Page {
+    /// Whether this is the window's last page.
+    pub fn is_last(&self) -> bool {
+        self.next.is_none()
+    }
 }
 
 /// Observes what the client does, for metrics. The default does nothing.
@@ -137,75 +142,66 @@ impl LogsClient {
         widget_id: &str,
         window: Window,
     ) -> impl Stream<Item = Result<Page, ClientError>> + Send + 'static {
-        self.pages_from(widget_id, window, None)
+        self.pages_from(widget_id, self.window_url(widget_id, &window), None)
     }
 
-    /// Like [`pages`](Self::pages), but going on from a next-page link saved earlier for the
-    /// same window (`resume`: the link and the index of the page it leads to). The link must
-    /// point at the configured API, as any next link must.
+    /// Like [`pages`](Self::pages), for the window whose first-page URL ([`window_url`](
+    /// Self::window_url)) is `first`, going on from a next-page link saved earlier for it
+    /// (`resume`: the link and the index of the page it leads to). The link must point at the
+    /// configured API, as any next link must; one that does not ends the stream at once.
     pub fn pages_from(
         &self,
         widget_id: &str,
-        window: Window,
+        first: Url,
         resume: Option<(&str, usize)>,
     ) -> impl Stream<Item = Result<Page, ClientError>> + Send + 'static {
         let client = self.clone();
         let widget_id = widget_id.to_owned();
-        let first = self.window_url(&widget_id, &window);
         // Links followed in this window: a cursor that comes back would never end.
         let mut followed = std::collections::HashSet::from([first.to_string()]);
         let start = match resume {
             None => Ok((first, 0usize)),
-            Some((link, index)) => self.trusted_next_url(link, &first).map(|url| (url, index)),
-        };
-        // A saved link that is not trusted ends the stream at once, with its error.
-        let (start, refused) = match start {
-            Ok((url, index)) => {
+            Some((link, index)) => self.trusted_next_url(link, &first).map(|url| {
                 followed.insert(url.to_string());
-                (Some((url, index)), None)
-            }
-            Err(e) => (None, Some(Err(e))),
-        };
-        let refused = futures::stream::iter(refused);
-        futures::StreamExt::chain(
-            refused,
-            futures::stream::try_unfold((start, followed), move |(next, mut followed)| {
-                let client = client.clone();
-                let widget_id = widget_id.clone();
-                async move {
-                    let Some((url, index)) = next else {
-                        return Ok(None);
-                    };
-                    let response = client.fetch_with_retries(&widget_id, &url).await?;
-                    let next = match response.next_link() {
-                        Some(link) => {
-                            let next_url = client.trusted_next_url(link, &url)?;
-                            if index + 1 >= client.inner.config.max_pages {
-                                return Err(ClientError::TooManyPages {
-                                    max: client.inner.config.max_pages,
-                                });
-                            }
-                            if !followed.insert(next_url.to_string()) {
-                                return Err(ClientError::LinkLoop {
-                                    link: next_url.to_string(),
-                                    pages: index + 1,
-                                });
-                            }
-                            Some((next_url, index + 1))
-                        }
-                        None => None,
-                    };
-                    let page = Page {
-                        widget_id,
-                        index,
-                        cases: response.cases,
-                        is_last: next.is_none(),
-                        next: next.as_ref().map(|(url, _)| url.clone()),
-                    };
-                    Ok(Some((page, (next, followed))))
-                }
+                (url, index)
             }),
-        )
+        };
+        futures::stream::try_unfold((Some(start), followed), move |(next, mut followed)| {
+            let client = client.clone();
+            let widget_id = widget_id.clone();
+            async move {
+                let (url, index) = match next {
+                    None => return Ok(None),
+                    Some(start) => start?,
+                };
+                let response = client.fetch_with_retries(&widget_id, &url).await?;
+                let next = match response.next_link() {
+                    Some(link) => {
+                        let next_url = client.trusted_next_url(link, &url)?;
+                        if index + 1 >= client.inner.config.max_pages {
+                            return Err(ClientError::TooManyPages {
+                                max: client.inner.config.max_pages,
+                            });
+                        }
+                        if !followed.insert(next_url.to_string()) {
+                            return Err(ClientError::LinkLoop {
+                                link: next_url.to_string(),
+                                pages: index + 1,
+                            });
+                        }
+                        Some((next_url, index + 1))
+                    }
+                    None => None,
+                };
+                let page = Page {
+                    widget_id,
+                    index,
+                    cases: response.cases,
+                    next: next.as_ref().map(|(url, _)| url.clone()),
+                };
+                Ok(Some((page, (next.map(Ok), followed))))
+            }
+        })
     }
 
     /// Parses a next-page link and checks it points at the configured API, never elsewhere.
