@@ -155,9 +155,11 @@ async fn a_kafka_password_never_reaches_logs_or_metrics() {
     let prefix = unique_prefix("kafkapw");
     let dir = tempfile::tempdir().unwrap();
     let admin = format!("127.0.0.1:{}", free_port());
-    let env = process_env(&sim, &bootstrap, &prefix, &dir.path().join("state"), &[]);
-    let env = with(
-        &env,
+    let env = process_env(
+        &sim,
+        &bootstrap,
+        &prefix,
+        &dir.path().join("state"),
         &[
             ("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
             ("KAFKA_SASL_MECHANISMS", "PLAIN"),
@@ -184,10 +186,8 @@ async fn a_kafka_password_never_reaches_logs_or_metrics() {
     let mut scraped = Vec::new();
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_secs(12) {
-        for path in ["metrics", "readyz", "livez"] {
-            if let Ok(response) = reqwest::get(format!("http://{admin}/{path}")).await
-                && let Ok(body) = response.text().await
-            {
+        for path in ["/metrics", "/readyz", "/livez"] {
+            if let Some((_, body)) = admin_get(&admin, path).await {
                 scraped.push(body);
             }
         }

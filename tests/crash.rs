@@ -11,18 +11,8 @@ use casestream::simulator::SimConfig;
 use casestream::snapengage::Case;
 use common::*;
 
-/// Created events per case id: the distinct event ids, and how many records there were.
 async fn created_events(bootstrap: &str, topic: &str) -> HashMap<String, (HashSet<String>, usize)> {
-    let mut by_case: HashMap<String, (HashSet<String>, usize)> = HashMap::new();
-    for record in read_topic_async(bootstrap, topic, Duration::from_secs(2)).await {
-        let event = record.json();
-        let entry = by_case
-            .entry(event["subject"].as_str().unwrap().to_owned())
-            .or_default();
-        entry.0.insert(event["id"].as_str().unwrap().to_owned());
-        entry.1 += 1;
-    }
-    by_case
+    event_ids_by_case(bootstrap, topic, Duration::from_secs(2)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

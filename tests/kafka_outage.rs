@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use casestream::clock::Clock;
@@ -52,18 +51,12 @@ async fn broker_outage_is_ridden_out_without_loss() {
         .wait_for_first_cycle(Duration::from_secs(60), "events before the outage")
         .await;
 
-    let admin = format!(
-        "http://{}",
-        health.admin_addr().expect("admin endpoints listen")
-    );
-    let http = reqwest::Client::new();
+    let admin = health.admin_addr().expect("admin endpoints listen");
     let status = async |path: &str| {
-        http.get(format!("{admin}{path}"))
-            .send()
+        admin_get(admin, path)
             .await
-            .unwrap()
-            .status()
-            .as_u16()
+            .expect("the admin endpoints answer")
+            .0
     };
     eventually(
         Duration::from_secs(30),
@@ -104,14 +97,9 @@ async fn broker_outage_is_ridden_out_without_loss() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let metrics = http
-        .get(format!("{admin}/metrics"))
-        .send()
+    let (_, metrics) = admin_get(admin, "/metrics")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .expect("the admin endpoints answer");
     for series in [
         "casestream_api_requests_total{widget=\"w1\",status=\"ok\"}",
         "status=\"rate_limited\"}",
@@ -136,14 +124,7 @@ async fn broker_outage_is_ridden_out_without_loss() {
     forwarder.stop().await;
     let end = clock.now();
 
-    let mut ids_by_case: HashMap<String, HashSet<String>> = HashMap::new();
-    for record in read_topic_async(&bootstrap, &topic, Duration::from_secs(3)).await {
-        let event = record.json();
-        ids_by_case
-            .entry(event["subject"].as_str().unwrap().to_owned())
-            .or_default()
-            .insert(event["id"].as_str().unwrap().to_owned());
-    }
+    let ids_by_case = event_ids_by_case(&bootstrap, &topic, Duration::from_secs(3)).await;
     let mut checked = 0;
     let mut from_outage = 0;
     for widget in ["w1", "w2"] {
@@ -156,7 +137,7 @@ async fn broker_outage_is_ridden_out_without_loss() {
             if chat_end >= end - chrono::Duration::minutes(2) {
                 continue;
             }
-            let ids = ids_by_case
+            let (ids, _) = ids_by_case
                 .get(case.id())
                 .unwrap_or_else(|| panic!("case {} lost", case.id()));
             assert_eq!(ids.len(), 1, "repeats carry the same event id");

@@ -13,10 +13,8 @@ use serde_json::Value;
 
 /// `/livez`: (status, the loop's age in ms as reported).
 async fn livez(forwarder: &RunningForwarder) -> Option<(u16, u64)> {
-    let addr = forwarder.health.admin_addr()?;
-    let response = reqwest::get(format!("http://{addr}/livez")).await.ok()?;
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.ok()?;
+    let (status, body) = admin_get(forwarder.health.admin_addr()?, "/livez").await?;
+    let body: Value = serde_json::from_str(&body).ok()?;
     Some((status, body["poll_loop_age_ms"].as_u64().unwrap_or(0)))
 }
 

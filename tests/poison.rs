@@ -16,9 +16,9 @@ use common::*;
 /// The admin endpoints of an in-process forwarder.
 async fn admin(health: &casestream::admin::Health, path: &str) -> (u16, String) {
     let addr = health.admin_addr().expect("admin endpoints listen");
-    let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap())
+    admin_get(addr, path)
+        .await
+        .expect("the admin endpoints answer")
 }
 
 /// A 1.5 MB case followed by a normal case on the same page, against a real broker: the normal

@@ -87,17 +87,6 @@ impl Secure {
 /// A wrong setting: its name, the Kafka settings that have it, the line `check` must print.
 type WrongSetting = (&'static str, Vec<(&'static str, String)>, &'static str);
 
-/// `base` with `changes` applied (a later value replaces an earlier one).
-fn env_with(base: &[(String, String)], changes: &[(&str, String)]) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = base
-        .iter()
-        .filter(|(k, _)| !changes.iter().any(|(c, _)| c == k))
-        .cloned()
-        .collect();
-    env.extend(changes.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    env
-}
-
 /// A state directory, an admin address and the environment of a process using `settings`.
 fn secured_env(
     sim: &casestream::simulator::http::RunningSimulator,
@@ -106,10 +95,13 @@ fn secured_env(
 ) -> (tempfile::TempDir, String, Vec<(String, String)>) {
     let dir = tempfile::tempdir().unwrap();
     let admin = format!("127.0.0.1:{}", free_port());
-    let base = process_env(sim, "unused", prefix, dir.path(), &[]);
-    let mut changes = settings.to_vec();
-    changes.push(("CASESTREAM_ADMIN_ADDR", admin.clone()));
-    let env = env_with(&base, &changes);
+    // A later variable replaces an earlier one of the same name in the child's environment.
+    let extra: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .chain([("CASESTREAM_ADMIN_ADDR", admin.as_str())])
+        .collect();
+    let env = process_env(sim, "unused", prefix, dir.path(), &extra);
     (dir, admin, env)
 }
 
@@ -195,11 +187,9 @@ async fn check_and_run_publish_through_sasl_ssl_and_mutual_tls() {
 async fn each_wrong_setting_gets_one_clear_line_and_no_secret() {
     let secure = Secure::from_env();
     let sim = start_simulator(SimConfig::default(), Clock::system()).await;
+    // A later setting replaces an earlier one of the same name in the child's environment.
     let with_changes = |base: Vec<(&'static str, String)>, changes: &[(&'static str, String)]| {
-        let mut settings = base;
-        settings.retain(|(k, _)| !changes.iter().any(|(c, _)| c == k));
-        settings.extend(changes.iter().cloned());
-        settings
+        [base, changes.to_vec()].concat()
     };
     let wrong_password = "wrong-pass-7781-q";
     let cases: Vec<WrongSetting> = vec![

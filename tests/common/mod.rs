@@ -2,7 +2,7 @@
 //! the JSON Schemas, and an in-process forwarder against the simulator.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -294,6 +294,25 @@ pub fn forwarder_config(
     config
 }
 
+/// The events of `topic` per case id (their subject): the distinct event ids, and how many
+/// records there were.
+pub async fn event_ids_by_case(
+    bootstrap: &str,
+    topic: &str,
+    idle: Duration,
+) -> HashMap<String, (HashSet<String>, usize)> {
+    let mut by_case: HashMap<String, (HashSet<String>, usize)> = HashMap::new();
+    for record in read_topic_async(bootstrap, topic, idle).await {
+        let event = record.json();
+        let entry = by_case
+            .entry(event["subject"].as_str().unwrap().to_owned())
+            .or_default();
+        entry.0.insert(event["id"].as_str().unwrap().to_owned());
+        entry.1 += 1;
+    }
+    by_case
+}
+
 /// A forwarder running in this process until stopped.
 pub struct RunningForwarder {
     pub health: Arc<Health>,
@@ -335,10 +354,16 @@ impl RunningForwarder {
     }
 }
 
+/// `path` (`/readyz`, `/metrics`, ...) of the admin endpoints at `admin`: (status, body), or
+/// `None` if it did not answer.
+pub async fn admin_get(admin: impl std::fmt::Display, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(format!("http://{admin}{path}")).await.ok()?;
+    Some((response.status().as_u16(), response.text().await.ok()?))
+}
+
 /// `/readyz` of the admin endpoints at `admin`: (status, body), or `None` if it did not answer.
 pub async fn readyz(admin: impl std::fmt::Display) -> Option<(u16, String)> {
-    let response = reqwest::get(format!("http://{admin}/readyz")).await.ok()?;
-    Some((response.status().as_u16(), response.text().await.ok()?))
+    admin_get(admin, "/readyz").await
 }
 
 /// Polls `check` until it holds or `limit` passes; the test fails with `what` then.
