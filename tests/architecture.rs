@@ -284,3 +284,28 @@ fn each_environment_variable_name_is_written_once_as_a_constant() {
         problems.join("\n")
     );
 }
+
+/// Metrics are emitted only through `src/metrics.rs`'s helpers, so each name, description and
+/// label set is written once: no other file calls the `metrics` macros itself.
+#[test]
+fn metrics_are_emitted_only_through_the_metrics_module() {
+    let mut outside = Vec::new();
+    for (path, text) in sources() {
+        if path.ends_with("metrics.rs") {
+            continue;
+        }
+        for (n, line) in non_test(&text).into_iter().enumerate() {
+            let emits = ["counter!(", "gauge!(", "histogram!("]
+                .iter()
+                .any(|m| line.contains(m));
+            if !is_comment(line) && emits {
+                outside.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        outside.is_empty(),
+        "metrics emitted outside src/metrics.rs:\n{}",
+        outside.join("\n")
+    );
+}
