@@ -35,6 +35,9 @@ use casestream::snapengage::{Case, ClientConfig, LogsClient, RetryPolicy, Window
 use casestream::state::CaseRecord;
 use casestream::state::{SqliteStore, StateStore, StoredCase};
 
+#[path = "exactly_once/mod.rs"]
+mod exactly_once;
+
 const HISTORY_DAYS: u64 = 10;
 const RATE_LIMIT: &str = "1000";
 /// Poll interval of the latency and idle runs.
@@ -53,6 +56,10 @@ struct Args {
     history_days: u64,
     /// Only the state measurements: no broker, no pipeline.
     only_state: bool,
+    /// Changelog sizes the exactly-once rebuild is timed with.
+    rebuild_sizes: Vec<u64>,
+    /// Only the exactly-once measurements (and the at-least-once catch-up they compare with).
+    only_exactly_once: bool,
 }
 
 fn parse_args() -> Args {
@@ -64,6 +71,8 @@ fn parse_args() -> Args {
         idle_secs: 30,
         history_days: 365,
         only_state: false,
+        rebuild_sizes: vec![1_000_000, 10_000_000],
+        only_exactly_once: false,
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let mut it = raw.iter();
@@ -83,6 +92,14 @@ fn parse_args() -> Args {
             "--idle-secs" => args.idle_secs = value().parse().expect("N"),
             "--history-days" => args.history_days = value().parse().expect("N"),
             "--only-state" => args.only_state = true,
+            "--rebuild-sizes" => {
+                args.rebuild_sizes = value()
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse().expect("--rebuild-sizes N,N"))
+                    .collect()
+            }
+            "--only-exactly-once" => args.only_exactly_once = true,
             // cargo bench passes --bench; a probe child gets --probe-state.
             _ => {}
         }
@@ -115,7 +132,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let report = runtime.block_on(run(&args, &bootstrap));
+    let report = if args.only_exactly_once {
+        runtime.block_on(exactly_once_run(&args, &bootstrap))
+    } else {
+        runtime.block_on(run(&args, &bootstrap))
+    };
     println!("{report}");
 }
 
@@ -316,6 +337,7 @@ fn spawn_forwarder(
     state: &Path,
     prefix: &str,
     poll_secs: u64,
+    extra: &[(&str, &str)],
 ) -> Forwarder {
     let widget_ids: Vec<String> = (1..=widgets).map(|i| format!("w{i}")).collect();
     let child = Command::new(env!("CARGO_BIN_EXE_casestream"))
@@ -334,8 +356,11 @@ fn spawn_forwarder(
         .env("CASESTREAM_TOPIC_CASES", format!("{prefix}.cases"))
         .env("CASESTREAM_TOPIC_SURVEYS", format!("{prefix}.surveys"))
         .env("CASESTREAM_TOPIC_DEADLETTER", format!("{prefix}.dead"))
-        // Any free port: nothing here reads the admin endpoints.
+        .env("CASESTREAM_TOPIC_STATE", format!("{prefix}.state"))
+        .env("CASESTREAM_GROUP", prefix)
+        // Any free port, unless `extra` names one.
         .env("CASESTREAM_ADMIN_ADDR", "127.0.0.1:0")
+        .envs(extra.iter().copied())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -437,7 +462,15 @@ async fn light_latency(bootstrap: &str, args: &Args) -> Latency {
     )
     .await;
     let total = visible_total(&sim);
-    let mut run = catch_up(&sim, bootstrap, args.widgets, total, POLL_INTERVAL_SECS).await;
+    let mut run = catch_up(
+        &sim,
+        bootstrap,
+        args.widgets,
+        total,
+        POLL_INTERVAL_SECS,
+        &[],
+    )
+    .await;
     let latency = measure_latency(
         &sim,
         bootstrap,
@@ -475,13 +508,14 @@ async fn catch_up(
     widgets: usize,
     total: usize,
     poll_secs: u64,
+    extra: &[(&str, &str)],
 ) -> CatchUp {
     let state_dir = tempfile::tempdir().unwrap();
     let state = state_dir.path().to_owned();
     let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let served_before = sim.sim.stats().cases_served;
     let started = Instant::now();
-    let forwarder = spawn_forwarder(sim, bootstrap, widgets, &state, &prefix, poll_secs);
+    let forwarder = spawn_forwarder(sim, bootstrap, widgets, &state, &prefix, poll_secs, extra);
     let pid = forwarder.child.id();
     let db = state.join(casestream::state::sqlite::STATE_FILE);
     // Checkpointed = in the state; read it as a second SQLite reader (WAL allows it), opened
@@ -580,6 +614,7 @@ async fn run(args: &Args, bootstrap: &str) -> String {
         args.widgets,
         cases.len(),
         DEFAULT_POLL_SECS,
+        &[],
     )
     .await;
     drop(production.forwarder.take());
@@ -591,6 +626,7 @@ async fn run(args: &Args, bootstrap: &str) -> String {
         args.widgets,
         cases.len(),
         POLL_INTERVAL_SECS,
+        &[],
     )
     .await;
     let (prefix, pid) = (fast.prefix.clone(), fast.pid);
@@ -686,6 +722,59 @@ async fn run(args: &Args, bootstrap: &str) -> String {
 
     out.push_str(&state_sections(args));
     let _ = sim.stop().await;
+    out
+}
+
+/// Exactly-once against at-least-once: the same backlog caught up in both modes (production
+/// poll interval), then the changelog rebuild and failover measurements.
+async fn exactly_once_run(args: &Args, bootstrap: &str) -> String {
+    let mut out = format!("machine: {}\n", machine());
+    let sim = start_backlog_sim(args).await;
+    let total = visible_total(&sim);
+    out.push_str(&format!(
+        "backlog: {total} cases across {} widgets, {HISTORY_DAYS} days\n\n",
+        args.widgets
+    ));
+    out.push_str(&exactly_once_throughput(&sim, bootstrap, args.widgets, total).await);
+    out.push_str(&exactly_once::rebuild_rows(bootstrap, &args.rebuild_sizes).await);
+    out.push_str(&exactly_once::failover_rows(&sim, bootstrap, args.widgets).await);
+    let _ = sim.stop().await;
+    out
+}
+
+/// Catch-up throughput in both delivery modes, one after the other on the same backlog.
+async fn exactly_once_throughput(
+    sim: &RunningSimulator,
+    bootstrap: &str,
+    widgets: usize,
+    total: usize,
+) -> String {
+    let mut out = String::from(
+        "## Exactly-once against at-least-once (catch-up, poll interval 30 s)\n\n| delivery | cases/s | time | peak RSS | CPU per 1,000 cases |\n|---|---|---|---|---|\n",
+    );
+    let mut rates = Vec::new();
+    for (name, extra) in [
+        ("at-least-once", &[][..]),
+        (
+            "exactly-once",
+            &[("CASESTREAM_DELIVERY", "exactly-once")][..],
+        ),
+    ] {
+        let mut run = catch_up(sim, bootstrap, widgets, total, DEFAULT_POLL_SECS, extra).await;
+        drop(run.forwarder.take());
+        out.push_str(&format!(
+            "| {name} | {:.0} | {:.1} s | {:.1} MB | {:.3} s |\n",
+            run.rate,
+            run.time.as_secs_f64(),
+            run.peak_kib as f64 / 1024.0,
+            run.cpu_secs / total as f64 * 1000.0
+        ));
+        rates.push(run.rate);
+    }
+    out.push_str(&format!(
+        "\nexactly-once / at-least-once = {:.2}\n",
+        rates[1] / rates[0]
+    ));
     out
 }
 

@@ -64,6 +64,9 @@ pub struct Health {
     admin_addr: OnceLock<SocketAddr>,
     /// Why the pipeline stopped for good, if it did: readiness names it.
     fatal: OnceLock<String>,
+    /// A standby (exactly-once delivery): follows the changelog, polls nothing; written by
+    /// the failover loop.
+    standby: AtomicBool,
 }
 
 impl Health {
@@ -121,6 +124,16 @@ impl Health {
     /// Why the pipeline stopped for good, if it did.
     pub fn fatal(&self) -> Option<&str> {
         self.fatal.get().map(String::as_str)
+    }
+
+    /// This instance became the active one (true) or a standby (false).
+    pub fn set_active(&self, active: bool) {
+        self.standby.store(!active, Ordering::Relaxed);
+        metrics::active(active);
+    }
+
+    pub fn is_standby(&self) -> bool {
+        self.standby.load(Ordering::Relaxed)
     }
 
     /// Where the admin endpoints listen, once they do.
@@ -211,9 +224,12 @@ fn readiness(state: &AdminState) -> (bool, serde_json::Value) {
     let poll_age = age_ms(health.last_poll_ok_ms.load(Ordering::Relaxed));
     let polled = poll_age.is_some_and(|age| age <= state.thresholds.ready.as_millis() as u64);
     let fatal = health.fatal();
-    let ready = state_ok && kafka_ok && polled && fatal.is_none();
+    // A standby polls nothing: it is ready when its store and Kafka are.
+    let standby = health.is_standby();
+    let ready = state_ok && kafka_ok && (polled || standby) && fatal.is_none();
     let mut body = json!({
         "ready": ready,
+        "standby": standby,
         "state": state_ok,
         "kafka": kafka_ok,
         "kafka_deliveries": deliveries_ok,

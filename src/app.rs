@@ -27,6 +27,8 @@ pub enum AppError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Failover(#[from] crate::failover::FailoverError),
     #[error("cannot serve the admin endpoints on {addr} ({ENV_ADMIN_ADDR}): {source}")]
     Admin {
         addr: std::net::SocketAddr,
@@ -70,8 +72,8 @@ pub async fn run(
 ) -> Result<(), AppError> {
     // Held until this function returns: one writer per state directory.
     let lock = StateLock::acquire(&config.state_dir)?;
-    let store = Arc::new(SqliteStore::open(&config.state_dir)?);
-    tracing::info!(path = %store.path().display(), lock = %lock.path().display(), "state opened");
+    let store: Arc<dyn crate::state::StateStore> = Arc::new(SqliteStore::open(&config.state_dir)?);
+    tracing::info!(path = %config.state_dir.display(), lock = %lock.path().display(), "state opened");
     let client = LogsClient::with_observer(
         config.api.clone(),
         Arc::new(ClientMetrics::new(health.clone())),
@@ -95,18 +97,31 @@ pub async fn run(
     let pipeline = Pipeline::new(
         config.pipeline.clone(),
         client,
-        store,
+        store.clone(),
         sink.clone(),
         clock,
-        health,
+        health.clone(),
     );
     tracing::info!(
         org = %config.api.org_id,
         widgets = %config.pipeline.widgets.join(","),
         topics = ?sink.topics(),
+        delivery = ?config.kafka.delivery,
         "forwarding"
     );
-    pipeline.run(shutdown).await?;
+    if sink.exactly_once() {
+        crate::failover::run(
+            &config.kafka,
+            pipeline,
+            sink.clone(),
+            store,
+            health,
+            shutdown,
+        )
+        .await?;
+    } else {
+        pipeline.run(shutdown).await?;
+    }
     if let Err(e) = sink.flush(SHUTDOWN_FLUSH) {
         tracing::warn!(error = %e, "Kafka flush at shutdown failed");
     }

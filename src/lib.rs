@@ -9,7 +9,7 @@
 //! 2. the outside world's shapes: `snapengage` (the Logs API), `events` (CloudEvents), `state`
 //! 3. edges: `sink` (Kafka), `simulator` (a Logs API to test against)
 //! 4. operations: `admin` (probes, health, the admin port)
-//! 5. the core loop: `pipeline`
+//! 5. the core loop: `pipeline`, `failover` (exactly-once delivery's active and standby roles)
 //! 6. the top floor, which assembles the rest: `config`, `app`, `check`, `demo`
 
 pub mod clock;
@@ -25,6 +25,7 @@ pub mod sink;
 
 pub mod admin;
 
+pub mod failover;
 pub mod pipeline;
 
 pub mod app;

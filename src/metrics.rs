@@ -183,6 +183,28 @@ const READY: Metric = metric(
     &[],
 );
 
+const ACTIVE: Metric = metric(
+    "casestream_active",
+    Gauge,
+    None,
+    "1 on the instance that polls and publishes, 0 on a standby (exactly-once delivery)",
+    &[],
+);
+const TRANSACTIONS: Metric = metric(
+    "casestream_kafka_transactions_total",
+    Counter,
+    None,
+    "Kafka transactions ended, by outcome (committed, aborted)",
+    &["outcome"],
+);
+const CHANGELOG_APPLIED: Metric = metric(
+    "casestream_changelog_records_applied_total",
+    Counter,
+    None,
+    "Changelog records applied to the local state store (catch-up and standby)",
+    &[],
+);
+
 /// Every metric, to describe them all.
 const ALL: &[&Metric] = &[
     &API_REQUESTS,
@@ -204,6 +226,9 @@ const ALL: &[&Metric] = &[
     &KAFKA_DELIVERY_ERRORS,
     &PRODUCER_REPLACEMENTS,
     &READY,
+    &ACTIVE,
+    &TRANSACTIONS,
+    &CHANGELOG_APPLIED,
 ];
 
 /// The metric's labels with these values, in declaration order.
@@ -336,6 +361,18 @@ pub fn ready(ready: bool) {
     gauge!(READY.name).set(if ready { 1.0 } else { 0.0 });
 }
 
+pub fn active(active: bool) {
+    gauge!(ACTIVE.name).set(if active { 1.0 } else { 0.0 });
+}
+
+pub fn transaction_ended(outcome: &'static str) {
+    counter!(TRANSACTIONS.name, labels(&TRANSACTIONS, [outcome])).increment(1);
+}
+
+pub fn changelog_applied(records: u64) {
+    counter!(CHANGELOG_APPLIED.name).increment(records);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +401,9 @@ mod tests {
             kafka_delivery_error();
             producer_replaced();
             ready(true);
+            active(true);
+            transaction_ended("committed");
+            changelog_applied(3);
         });
         let text = handle.render();
         let mut names: Vec<&str> = ALL.iter().map(|m| m.name).collect();

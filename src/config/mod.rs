@@ -7,6 +7,7 @@ mod flags;
 mod sources;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use secrecy::SecretString;
 
@@ -19,9 +20,10 @@ use crate::pipeline::{
     ENV_LOOKBACK, ENV_POLL_INTERVAL, ENV_SINCE, ENV_WIDGET_IDS, PipelineSettings,
 };
 use crate::sink::config::{
-    ENV_CREATE_TOPICS, ENV_EVENT_FORMAT, ENV_TOPIC_CASES, ENV_TOPIC_DEADLETTER,
-    ENV_TOPIC_PARTITIONS, ENV_TOPIC_REPLICATION, ENV_TOPIC_SURVEYS, KafkaSettings, PropertyProblem,
-    check_properties, check_topic_name, property_env_name,
+    ENV_CREATE_TOPICS, ENV_DELIVERY, ENV_EVENT_FORMAT, ENV_FAILOVER_TIMEOUT, ENV_GROUP,
+    ENV_TOPIC_CASES, ENV_TOPIC_DEADLETTER, ENV_TOPIC_PARTITIONS, ENV_TOPIC_REPLICATION,
+    ENV_TOPIC_STATE, ENV_TOPIC_SURVEYS, KafkaSettings, PropertyProblem, check_properties,
+    check_topic_name, property_env_name,
 };
 use crate::snapengage::ClientConfig;
 use crate::snapengage::settings::{
@@ -62,6 +64,10 @@ pub const SETTINGS: &[&str] = &[
     ENV_CREATE_TOPICS,
     ENV_TOPIC_PARTITIONS,
     ENV_TOPIC_REPLICATION,
+    ENV_DELIVERY,
+    ENV_TOPIC_STATE,
+    ENV_GROUP,
+    ENV_FAILOVER_TIMEOUT,
     ENV_ADMIN_ADDR,
 ];
 
@@ -78,7 +84,8 @@ pub struct Config {
 
 impl Config {
     /// Defaults everywhere but what has none: the API, Kafka and the widgets.
-    pub fn new(api: ClientConfig, kafka: KafkaSettings, widgets: Vec<String>) -> Self {
+    pub fn new(api: ClientConfig, mut kafka: KafkaSettings, widgets: Vec<String>) -> Self {
+        kafka.failover.org = api.org_id.clone();
         Self {
             api,
             kafka,
@@ -203,6 +210,23 @@ impl Config {
             kafka.topic_partitions = partitions;
         }
         kafka.topic_replication = layer.positive(ENV_TOPIC_REPLICATION)?;
+        if let Some(delivery) = layer.parse(ENV_DELIVERY, str::parse)? {
+            kafka.delivery = delivery;
+        }
+        kafka.failover.org = api.org_id.clone();
+        kafka.failover.group = layer.parse(ENV_GROUP, |name: &str| {
+            check_topic_name(name).map(|()| name.to_owned())
+        })?;
+        if let Some(timeout) = layer.duration(ENV_FAILOVER_TIMEOUT)? {
+            if !(Duration::from_secs(6)..=Duration::from_secs(1800)).contains(&timeout) {
+                return Err(ConfigError::invalid(
+                    ENV_FAILOVER_TIMEOUT,
+                    &humantime::format_duration(timeout).to_string(),
+                    "brokers accept a group session timeout of 6s to 30m by default",
+                ));
+            }
+            kafka.failover.timeout = timeout;
+        }
         let topic = |env| layer.parse(env, |name| check_topic_name(name).map(|()| name.into()));
         // `kafka.topics` holds the defaults until a setting replaces one.
         let topics = &mut kafka.topics;
@@ -210,6 +234,7 @@ impl Config {
             (ENV_TOPIC_CASES, &mut topics.cases),
             (ENV_TOPIC_SURVEYS, &mut topics.surveys),
             (ENV_TOPIC_DEADLETTER, &mut topics.deadletter),
+            (ENV_TOPIC_STATE, &mut topics.state),
         ] {
             if let Some(given) = topic(env)? {
                 *name = given;

@@ -200,7 +200,7 @@ impl Pipeline {
 
     /// The dead letter that replaces a record Kafka refused for good; `None` when even a cut
     /// dead letter was refused (then it is logged as an error, with the case id and digest).
-    fn dead_letter_for(
+    pub(super) fn dead_letter_for(
         &self,
         record: Outgoing,
         error: &rdkafka::error::KafkaError,

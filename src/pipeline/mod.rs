@@ -13,6 +13,7 @@ mod prune;
 pub mod scheduler;
 mod settings;
 pub mod tracker;
+mod transact;
 mod window;
 
 use std::collections::HashMap;
@@ -27,7 +28,7 @@ use crate::clock::Clock;
 use crate::metrics;
 use crate::sink::{KafkaSink, Outgoing};
 use crate::snapengage::{Case, LogsClient, Page};
-use crate::state::{StateError, StateStore, StoredCase, WidgetProgress};
+use crate::state::{Change, StateError, StateStore, WidgetProgress};
 use flight::Flight;
 pub use observe::ClientMetrics;
 use page::{Known, PageBatch, PageCases, PageContext};
@@ -59,6 +60,8 @@ pub enum PipelineError {
          or the client's rights (nothing after the last acknowledged page was committed)"
     )]
     KafkaRefused { topic: String, error: String },
+    #[error(transparent)]
+    Transaction(#[from] crate::sink::transaction::TransactionError),
 }
 
 /// What one cycle did, for its summary line.
@@ -139,8 +142,11 @@ impl Pipeline {
                         caught_up_through: None,
                         last_fresh_poll: None,
                     };
-                    let (w, p) = (widget.clone(), fresh.clone());
-                    self.state(move |s| s.set_widget(&w, &p)).await?;
+                    let change = Change::Widget {
+                        widget: widget.clone(),
+                        progress: fresh.clone(),
+                    };
+                    self.write(vec![change], &shutdown).await?;
                     fresh
                 }
             };
@@ -198,7 +204,7 @@ impl Pipeline {
                         let p = progress
                             .get_mut(&widget)
                             .unwrap_or_else(|| unreachable!("every planned widget has progress"));
-                        self.window_done(&widget, task, now, window_started, p)
+                        self.window_done(&widget, task, now, window_started, p, &shutdown)
                             .await?;
                         if let Task::CatchUp(_) = task {
                             catch_up.day_done();
@@ -308,7 +314,9 @@ impl Pipeline {
         cycle_started: DateTime<Utc>,
         window_started: DateTime<Utc>,
         progress: &mut WidgetProgress,
+        shutdown: &CancellationToken,
     ) -> Result<(), PipelineError> {
+        let mut changes = Vec::new();
         match task {
             Task::CatchUp(day) => progress.caught_up_through = Some(day),
             Task::Fresh => {
@@ -322,27 +330,23 @@ impl Pipeline {
                 // check (the horizon's last, say) must still happen.
                 let (w, now, settings) =
                     (widget.to_owned(), self.clock.now(), self.settings.tracker);
-                self.state(move |s| {
-                    let unseen: Vec<StoredCase> = s
-                        .due_cases(&w, day, window_started)?
-                        .into_iter()
-                        .map(|mut c| {
-                            c.record.next_check =
-                                tracker::next_check(c.record.chat_end, now, &settings);
-                            c
-                        })
-                        .collect();
-                    s.commit_cases(&unseen)
-                })
-                .await?;
+                let unseen = self
+                    .state(move |s| s.due_cases(&w, day, window_started))
+                    .await?;
+                changes.extend(unseen.into_iter().map(|mut c| {
+                    c.record.next_check = tracker::next_check(c.record.chat_end, now, &settings);
+                    Change::Case(c)
+                }));
             }
         }
-        let (w, p) = (widget.to_owned(), progress.clone());
-        self.state(move |s| {
-            s.set_widget(&w, &p)?;
-            s.clear_window_cursor(&w)
-        })
-        .await
+        changes.push(Change::Widget {
+            widget: widget.to_owned(),
+            progress: progress.clone(),
+        });
+        changes.push(Change::CursorCleared {
+            widget: widget.to_owned(),
+        });
+        self.write(changes, shutdown).await
     }
 
     /// The decisions for one page ([`page::decide`]) on what the state and the pages in

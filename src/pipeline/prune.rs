@@ -7,9 +7,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Pipeline, PipelineError, scheduler};
 use crate::metrics;
-use crate::state::WidgetProgress;
+use crate::state::{Change, WidgetProgress};
 
-/// Days pruned per widget per turn; each is one small transaction.
+/// Days pruned per widget per turn, in one transaction.
 const PRUNE_DAYS_PER_TURN: usize = 64;
 /// Dead-letter marks are kept this long beyond lookback and horizon, after which a bad case's
 /// day is normally not read again (a catch-up after a longer outage may dead-letter it again).
@@ -36,9 +36,12 @@ impl Pipeline {
                 }
                 self.health.beat();
                 let w = widget.clone();
-                let n = self
-                    .state(move |s| s.prune_days(&w, before, PRUNE_DAYS_PER_TURN))
+                let ids = self
+                    .state(move |s| s.prunable_cases(&w, before, PRUNE_DAYS_PER_TURN))
                     .await?;
+                let n = ids.len() as u64;
+                let forgotten = ids.into_iter().map(|id| Change::CaseForgotten { id });
+                self.write(forgotten.collect(), shutdown).await?;
                 removed += n;
                 if n == 0 {
                     break;
@@ -54,9 +57,14 @@ impl Pipeline {
             .now()
             .checked_sub_signed(keep)
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        let marks = self
-            .state(move |s| s.prune_dead_letters(marks_before))
+        let digests = self
+            .state(move |s| s.dead_letters_before(marks_before))
             .await?;
+        let marks = digests.len() as u64;
+        let forgotten = digests
+            .into_iter()
+            .map(|digest| Change::DeadLetterForgotten { digest });
+        self.write(forgotten.collect(), shutdown).await?;
         if removed + marks > 0 {
             metrics::state_pruned(removed, marks);
             tracing::info!(cases = removed, dead_letters = marks, fresh_start = %fresh_start, "pruned state no decision needs");

@@ -11,7 +11,7 @@ use super::scheduler::Task;
 use super::{CycleStats, MAX_PAGES_IN_FLIGHT, PREFETCH_PAGES, Pipeline, PipelineError};
 use crate::metrics;
 use crate::snapengage::{ClientError, Window};
-use crate::state::WindowCursor;
+use crate::state::{Change, WindowCursor, page_changes};
 
 /// How a window's reading ended.
 pub(super) enum WindowEnd {
@@ -79,6 +79,19 @@ impl Pipeline {
                     });
                     let mut batch = self.decide(page, &mut flight, stats).await?;
                     batch.cursor = cursor;
+                    if self.sink.exactly_once() {
+                        // One transaction per page, so no page is in flight when the next
+                        // is decided.
+                        let changes = page_changes(
+                            &batch.changed,
+                            &batch.dead_letters,
+                            batch.cursor.as_ref(),
+                        );
+                        if !self.transact(batch.outgoing, changes, shutdown).await? {
+                            return Ok(WindowEnd::Interrupted);
+                        }
+                        continue;
+                    }
                     let delivery = self.sink.start_publish(&batch.outgoing).await;
                     flight.push(batch, delivery);
                     while flight.pages.len() > MAX_PAGES_IN_FLIGHT {
@@ -104,8 +117,9 @@ impl Pipeline {
             && !e.is_transient()
         {
             tracing::warn!(widget, error = %e, "the saved cursor was refused; the window starts over next cycle");
-            let w = widget.to_owned();
-            self.state(move |s| s.clear_window_cursor(&w)).await?;
+            let widget = widget.to_owned();
+            self.write(vec![Change::CursorCleared { widget }], shutdown)
+                .await?;
         }
         end
     }

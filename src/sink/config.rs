@@ -2,6 +2,7 @@
 //! the producer configuration the delivery guarantee rests on.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use rdkafka::ClientConfig;
 
@@ -14,6 +15,10 @@ pub const ENV_EVENT_FORMAT: &str = "CASESTREAM_EVENT_FORMAT";
 pub const ENV_CREATE_TOPICS: &str = "CASESTREAM_CREATE_TOPICS";
 pub const ENV_TOPIC_PARTITIONS: &str = "CASESTREAM_TOPIC_PARTITIONS";
 pub const ENV_TOPIC_REPLICATION: &str = "CASESTREAM_TOPIC_REPLICATION";
+pub const ENV_DELIVERY: &str = "CASESTREAM_DELIVERY";
+pub const ENV_TOPIC_STATE: &str = "CASESTREAM_TOPIC_STATE";
+pub const ENV_GROUP: &str = "CASESTREAM_GROUP";
+pub const ENV_FAILOVER_TIMEOUT: &str = "CASESTREAM_FAILOVER_TIMEOUT";
 /// `KAFKA_<NAME>` sets the librdkafka property `<name>` ([`property_env_name`]).
 pub const KAFKA_ENV_PREFIX: &str = "KAFKA_";
 pub const BOOTSTRAP_SERVERS: &str = "bootstrap.servers";
@@ -21,7 +26,83 @@ pub const BOOTSTRAP_SERVERS: &str = "bootstrap.servers";
 pub const DEFAULT_TOPIC_CASES: &str = "snapengage.cases";
 pub const DEFAULT_TOPIC_SURVEYS: &str = "snapengage.surveys";
 pub const DEFAULT_TOPIC_DEADLETTER: &str = "snapengage.deadletter";
+pub const DEFAULT_TOPIC_STATE: &str = "casestream.state";
 pub const DEFAULT_TOPIC_PARTITIONS: i32 = 6;
+/// The election group's session timeout: how long a dead active instance keeps its role.
+/// Brokers accept 6 s to 30 min (classic protocol, `group.min.session.timeout.ms`).
+pub const DEFAULT_FAILOVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A transaction is aborted by the coordinator after this long (librdkafka's default).
+const TRANSACTION_TIMEOUT_MS: &str = "60000";
+/// In exactly-once delivery a record must fail well before its transaction times out, or
+/// the coordinator aborts it and fences the producer first; librdkafka refuses a value above
+/// `transaction.timeout.ms`.
+const TRANSACTIONAL_MESSAGE_TIMEOUT_MS: &str = "30000";
+/// Properties of a producer only: left out of the changelog's consumers, which would warn.
+const PRODUCER_ONLY: &[&str] = &[
+    "acks",
+    "request.required.acks",
+    "enable.idempotence",
+    "compression.type",
+    "compression.codec",
+    "linger.ms",
+    "queue.buffering.max.ms",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "batch.size",
+    "batch.num.messages",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "retries",
+    "message.send.max.retries",
+    "transactional.id",
+    "transaction.timeout.ms",
+    "partitioner",
+    "sticky.partitioning.linger.ms",
+];
+
+/// What a consumer of casestream's topics is promised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Every event at least once; after a crash a page's events may be sent again (same ids).
+    AtLeastOnce,
+    /// Events, dead letters and state changes of a page in one Kafka transaction: consumers
+    /// reading `read_committed` see every event once. The state lives in the changelog topic.
+    ExactlyOnce,
+}
+
+impl std::str::FromStr for Delivery {
+    type Err = &'static str;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "at-least-once" => Ok(Delivery::AtLeastOnce),
+            "exactly-once" => Ok(Delivery::ExactlyOnce),
+            _ => Err("must be `at-least-once` or `exactly-once`"),
+        }
+    }
+}
+
+/// Who shares one changelog and one transactional id, and how fast a dead active instance
+/// is replaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failover {
+    /// The SnapEngage org: instances of one org fence each other.
+    pub org: String,
+    /// Separates deployments of one org that must not fence each other.
+    pub group: Option<String>,
+    /// The election group's `session.timeout.ms`.
+    pub timeout: Duration,
+}
+
+impl Failover {
+    /// The transactional id and the election's consumer group: one per org and group.
+    pub fn id(&self) -> String {
+        match &self.group {
+            Some(group) => format!("casestream.{}.{group}", self.org),
+            None => format!("casestream.{}", self.org),
+        }
+    }
+}
 
 /// Defaults that an operator may override.
 const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
@@ -61,6 +142,8 @@ pub struct Topics {
     pub cases: String,
     pub surveys: String,
     pub deadletter: String,
+    /// The changelog of the state (exactly-once delivery only).
+    pub state: String,
 }
 
 impl Default for Topics {
@@ -69,6 +152,7 @@ impl Default for Topics {
             cases: DEFAULT_TOPIC_CASES.into(),
             surveys: DEFAULT_TOPIC_SURVEYS.into(),
             deadletter: DEFAULT_TOPIC_DEADLETTER.into(),
+            state: DEFAULT_TOPIC_STATE.into(),
         }
     }
 }
@@ -82,6 +166,7 @@ impl Topics {
         }
     }
 
+    /// The topics events and dead letters go to.
     pub fn all(&self) -> [&str; 3] {
         [&self.cases, &self.surveys, &self.deadletter]
     }
@@ -98,6 +183,8 @@ pub struct KafkaSettings {
     pub topic_partitions: i32,
     /// `None`: as many replicas as brokers, up to three.
     pub topic_replication: Option<i32>,
+    pub delivery: Delivery,
+    pub failover: Failover,
 }
 
 impl KafkaSettings {
@@ -110,6 +197,12 @@ impl KafkaSettings {
             create_topics: true,
             topic_partitions: DEFAULT_TOPIC_PARTITIONS,
             topic_replication: None,
+            delivery: Delivery::AtLeastOnce,
+            failover: Failover {
+                org: String::new(),
+                group: None,
+                timeout: DEFAULT_FAILOVER_TIMEOUT,
+            },
         }
     }
 
@@ -153,6 +246,46 @@ impl KafkaSettings {
             }
             config.set(*k, *v);
         }
+        if self.delivery == Delivery::ExactlyOnce {
+            config.set("transactional.id", self.failover.id());
+            if !self.properties.contains_key("transaction.timeout.ms") {
+                config.set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS);
+            }
+            if !self.properties.contains_key("message.timeout.ms") {
+                config.set("message.timeout.ms", TRANSACTIONAL_MESSAGE_TIMEOUT_MS);
+            }
+        }
+        config
+    }
+
+    /// A consumer of the changelog: the connection and security properties the operator set,
+    /// reading committed records only, never committing offsets (the store keeps its own).
+    pub fn consumer_config(&self, group: Option<&str>) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        for (k, v) in &self.properties {
+            if !PRODUCER_ONLY.contains(&k.as_str()) {
+                config.set(k, v);
+            }
+        }
+        config
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest");
+        if let Some(group) = group {
+            let timeout = self.failover.timeout.as_millis().to_string();
+            // A third of the session, as Kafka advises: a beat or two may be lost.
+            let beat = (self.failover.timeout.as_millis() / 3).max(1).to_string();
+            config
+                .set("group.id", group)
+                .set("session.timeout.ms", timeout)
+                .set("heartbeat.interval.ms", beat)
+                // The active instance keeps its role when another joins.
+                .set("partition.assignment.strategy", "cooperative-sticky");
+        } else {
+            // Assigned by hand: a group id is still required by librdkafka's consumer.
+            config.set("group.id", format!("{}.reader", self.failover.id()));
+        }
         config
     }
 }
@@ -164,6 +297,8 @@ impl std::fmt::Debug for KafkaSettings {
             .field("topics", &self.topics)
             .field("event_format", &self.event_format)
             .field("create_topics", &self.create_topics)
+            .field("delivery", &self.delivery)
+            .field("failover", &self.failover)
             .finish_non_exhaustive()
     }
 }

@@ -80,6 +80,7 @@ mod tests {
             cases: "t.cases".into(),
             surveys: "t.surveys".into(),
             deadletter: "t.dead".into(),
+            ..Topics::default()
         })
     }
 

@@ -1,11 +1,13 @@
 //! The Kafka sink: an idempotent producer (`acks=all`) that publishes CloudEvents keyed by
 //! case id, dead letters with the raw case and the reason, and the topics they go to.
 
+pub mod changelog;
 pub mod config;
 pub mod dead_letter;
 pub mod diagnose;
 pub mod encode;
 mod topics;
+pub mod transaction;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,6 +75,8 @@ const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
 pub struct RecordResult {
     /// Size of the record's value in bytes.
     pub size: usize,
+    /// Where Kafka wrote it, once acknowledged.
+    pub offset: Option<i64>,
     pub result: Result<(), KafkaError>,
 }
 
@@ -92,20 +96,38 @@ impl PendingDelivery {
     pub async fn wait(self, sink: &KafkaSink) -> Vec<RecordResult> {
         let mut results = Vec::with_capacity(self.slots.len());
         for (size, slot) in self.slots {
-            let result = match slot {
-                Slot::Refused(error) => Err(error),
+            let (offset, result) = match slot {
+                Slot::Refused(error) => (None, Err(error)),
                 Slot::Sent(delivery) => match delivery.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((error, _))) => Err(error),
-                    Err(_) => Err(KafkaError::Canceled),
+                    Ok(Ok(delivered)) => (Some(delivered.offset), Ok(())),
+                    Ok(Err((error, _))) => (None, Err(error)),
+                    Err(_) => (None, Err(KafkaError::Canceled)),
                 },
             };
-            results.push(RecordResult { size, result });
+            results.push(RecordResult {
+                size,
+                offset,
+                result,
+            });
         }
         if results.iter().any(|r| r.result.is_err()) {
             sink.replace_producer_if_fatal(&self.producer);
         }
         results
+    }
+}
+
+/// Hands one record to the producer, waiting while its queue is full.
+async fn enqueue(producer: &Producer, mut record: FutureRecord<'_, str, [u8]>) -> Slot {
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Slot::Sent(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(QUEUE_FULL_WAIT).await;
+            }
+            Err((error, _)) => return Slot::Refused(error),
+        }
     }
 }
 
@@ -235,27 +257,12 @@ impl KafkaSink {
             let size = encoded.payload.len();
             let headers = encoded.kafka_headers();
             let mut future_record = FutureRecord::to(encoded.topic)
-                .payload(&encoded.payload)
+                .payload(encoded.payload.as_slice())
                 .headers(headers);
             if let Some(key) = encoded.key {
                 future_record = future_record.key(key);
             }
-            loop {
-                match producer.send_result(future_record) {
-                    Ok(delivery) => {
-                        slots.push((size, Slot::Sent(delivery)));
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        future_record = back;
-                        tokio::time::sleep(QUEUE_FULL_WAIT).await;
-                    }
-                    Err((error, _)) => {
-                        slots.push((size, Slot::Refused(error)));
-                        break;
-                    }
-                }
-            }
+            slots.push((size, enqueue(&producer, future_record).await));
         }
         PendingDelivery { producer, slots }
     }
@@ -275,6 +282,11 @@ impl KafkaSink {
     /// reports it, so only the first report replaces it: the others find it already gone.
     /// The records are re-sent by the caller, with the same event ids.
     fn replace_producer_if_fatal(&self, failed: &Arc<Producer>) {
+        // A transactional producer's fatal error is final (it may have been fenced): the
+        // transaction's caller stops, it never goes on under a new producer.
+        if self.exactly_once() {
+            return;
+        }
         let Some((code, reason)) = failed.client().fatal_error() else {
             return;
         };

@@ -57,10 +57,18 @@ impl KafkaSink {
         Ok((brokers, missing.into_iter().map(str::to_owned).collect()))
     }
 
+    /// The topics this instance writes: the state's changelog too in exactly-once delivery.
+    fn needed_topics(&self) -> Vec<&str> {
+        let mut topics = self.topics().all().to_vec();
+        if self.exactly_once() {
+            topics.push(&self.topics().state);
+        }
+        topics
+    }
+
     /// Our topics that are not among `existing`.
     fn missing_from(&self, existing: &[String]) -> Vec<&str> {
-        self.topics()
-            .all()
+        self.needed_topics()
             .into_iter()
             .filter(|n| !existing.iter().any(|e| e == n))
             .collect()
@@ -89,11 +97,19 @@ impl KafkaSink {
         let new_topics: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|name| {
-                NewTopic::new(
-                    name,
-                    settings.topic_partitions,
-                    TopicReplication::Fixed(replication),
-                )
+                if *name == settings.topics.state {
+                    // One partition: one ordered log of the state, one active instance (the
+                    // election group's member assigned it). Compaction keeps the latest
+                    // record per key, so the log stays as large as the state.
+                    NewTopic::new(name, 1, TopicReplication::Fixed(replication))
+                        .set("cleanup.policy", "compact")
+                } else {
+                    NewTopic::new(
+                        name,
+                        settings.topic_partitions,
+                        TopicReplication::Fixed(replication),
+                    )
+                }
             })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(Timeout::After(ADMIN_TIMEOUT)));

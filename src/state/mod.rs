@@ -2,6 +2,7 @@
 //! per widget how far the catch-up got. State advances only after Kafka acknowledged the
 //! events derived from it.
 
+pub mod change;
 pub mod lock;
 mod schema;
 pub mod sqlite;
@@ -9,6 +10,9 @@ pub mod sqlite;
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use change::{Change, ChangeError, page_changes};
 
 pub use lock::StateLock;
 pub use sqlite::SqliteStore;
@@ -62,7 +66,7 @@ fn ensure_dir(dir: &std::path::Path) -> Result<(), StateError> {
 
 /// What the state keeps about one case: what was emitted, and when to look again. The
 /// tracker decides it; the state stores it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CaseRecord {
     pub first_seen: DateTime<Utc>,
     pub chat_end: DateTime<Utc>,
@@ -81,7 +85,7 @@ impl CaseRecord {
 
 /// A case as the state keeps it: the tracker's record, the widget and the day it was created
 /// on (the API is asked by day, so re-checks are asked by day too).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoredCase {
     pub id: String,
     pub widget: String,
@@ -90,7 +94,7 @@ pub struct StoredCase {
 }
 
 /// Per-widget progress.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WidgetProgress {
     /// The first day read for this widget (from `--since` on first start).
     pub since: NaiveDate,
@@ -103,7 +107,7 @@ pub struct WidgetProgress {
 /// Where a window interrupted part-way goes on: the link to its next page, saved with the
 /// commit of the page before it. A restart that plans the same window (the same first-page
 /// URL) resumes there instead of at page 1.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WindowCursor {
     pub widget: String,
     /// The window's first-page URL: the cursor is only good for that window.
@@ -116,7 +120,7 @@ pub struct WindowCursor {
 
 /// A bad input already sent to the dead-letter topic, remembered by the digest of its raw
 /// bytes so it is sent once, not on every read of its day.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetterMark {
     /// SHA-256 (hex) of the raw bytes received.
     pub digest: String,
@@ -133,14 +137,33 @@ pub struct StateStats {
     pub size_bytes: u64,
 }
 
+/// Where the local store stands in the changelog: the next offset to apply, and of which
+/// topic (a store follows one changelog; another topic's offsets mean nothing to it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangelogPosition {
+    pub topic: String,
+    pub next_offset: i64,
+}
+
 /// The state behind the pipeline. Calls are blocking; the pipeline runs them off the async
-/// threads. One `commit_cases` is one transaction.
+/// threads. Every write is a list of [`Change`]s applied in one transaction.
 pub trait StateStore: Send + Sync {
     /// What is known of these ids; unknown ids are absent from the map.
     fn lookup(&self, ids: &[&str]) -> Result<HashMap<String, CaseRecord>, StateError>;
+    /// Applies `changes` in one transaction; with `position`, records in the same
+    /// transaction that the changelog was applied up to there.
+    fn apply(
+        &self,
+        changes: &[Change],
+        position: Option<&ChangelogPosition>,
+    ) -> Result<(), StateError>;
+    /// How far the changelog was applied; `None` if it never was.
+    fn changelog_position(&self) -> Result<Option<ChangelogPosition>, StateError>;
+    /// Forgets everything (the store is rebuilt from the changelog).
+    fn clear(&self) -> Result<(), StateError>;
     /// Records the cases of one page atomically.
     fn commit_cases(&self, cases: &[StoredCase]) -> Result<(), StateError> {
-        self.commit_page(cases, &[], None)
+        self.apply(&page_changes(cases, &[], None), None)
     }
     /// Records the cases and the dead letters of one page atomically, with the window's
     /// cursor past that page when there is a next one.
@@ -149,26 +172,59 @@ pub trait StateStore: Send + Sync {
         cases: &[StoredCase],
         dead_letters: &[DeadLetterMark],
         cursor: Option<&WindowCursor>,
-    ) -> Result<(), StateError>;
+    ) -> Result<(), StateError> {
+        self.apply(&page_changes(cases, dead_letters, cursor), None)
+    }
     /// The saved cursor of `widget`'s window interrupted part-way, if any.
     fn window_cursor(&self, widget: &str) -> Result<Option<WindowCursor>, StateError>;
     /// Forgets `widget`'s cursor: its window was read to the end, or the API refused it.
-    fn clear_window_cursor(&self, widget: &str) -> Result<(), StateError>;
+    fn clear_window_cursor(&self, widget: &str) -> Result<(), StateError> {
+        let widget = widget.to_owned();
+        self.apply(&[Change::CursorCleared { widget }], None)
+    }
     /// Which of these raw-input digests were dead-lettered already.
     fn known_dead_letters(&self, digests: &[&str]) -> Result<HashSet<String>, StateError>;
-    /// Forgets the cases of `widget` on days before `before` on which no case awaits a
-    /// survey re-check any more: such days are never read again, so nothing decided there
-    /// can repeat. At most `max_days` days, one transaction each. Returns the cases removed.
+    /// The cases of `widget` on days before `before` on which no case awaits a survey
+    /// re-check any more (at most `max_days` days): such days are never read again, so
+    /// nothing decided there can repeat, and they can be forgotten.
+    fn prunable_cases(
+        &self,
+        widget: &str,
+        before: NaiveDate,
+        max_days: usize,
+    ) -> Result<Vec<String>, StateError>;
+    /// Forgets the prunable cases ([`StateStore::prunable_cases`]). Returns how many.
     fn prune_days(
         &self,
         widget: &str,
         before: NaiveDate,
         max_days: usize,
-    ) -> Result<u64, StateError>;
+    ) -> Result<u64, StateError> {
+        let ids = self.prunable_cases(widget, before, max_days)?;
+        let changes: Vec<Change> = ids
+            .into_iter()
+            .map(|id| Change::CaseForgotten { id })
+            .collect();
+        self.apply(&changes, None)?;
+        Ok(changes.len() as u64)
+    }
+    /// Digests of dead-letter marks recorded before `before`.
+    fn dead_letters_before(&self, before: DateTime<Utc>) -> Result<Vec<String>, StateError>;
     /// Forgets dead-letter marks recorded before `before`. Returns how many.
-    fn prune_dead_letters(&self, before: DateTime<Utc>) -> Result<u64, StateError>;
+    fn prune_dead_letters(&self, before: DateTime<Utc>) -> Result<u64, StateError> {
+        let changes: Vec<Change> = self
+            .dead_letters_before(before)?
+            .into_iter()
+            .map(|digest| Change::DeadLetterForgotten { digest })
+            .collect();
+        self.apply(&changes, None)?;
+        Ok(changes.len() as u64)
+    }
     fn widget(&self, widget: &str) -> Result<Option<WidgetProgress>, StateError>;
-    fn set_widget(&self, widget: &str, progress: &WidgetProgress) -> Result<(), StateError>;
+    fn set_widget(&self, widget: &str, progress: &WidgetProgress) -> Result<(), StateError> {
+        let (widget, progress) = (widget.to_owned(), progress.clone());
+        self.apply(&[Change::Widget { widget, progress }], None)
+    }
     /// Days before `before` with cases of `widget` whose re-check is due at `now`, oldest first.
     fn due_days(
         &self,

@@ -2,7 +2,7 @@
 
 /// The schema, one step per version: a file at version `v` has had the first `v` steps
 /// applied. Each step is idempotent (IF NOT EXISTS).
-pub(super) const MIGRATIONS: [&str; 3] = [SCHEMA, SCHEMA_V2, SCHEMA_V3];
+pub(super) const MIGRATIONS: [&str; 4] = [SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 /// The length of [`MIGRATIONS`]; an unknown (newer) version refuses to open, older ones are
 /// migrated forward.
@@ -50,5 +50,14 @@ CREATE TABLE IF NOT EXISTS window_cursors (
     window      TEXT NOT NULL,
     next_link   TEXT NOT NULL,
     pages_done  INTEGER NOT NULL
+);
+";
+
+/// Version 4: how far the changelog (exactly-once delivery) was applied to this store.
+const SCHEMA_V4: &str = "
+CREATE TABLE IF NOT EXISTS changelog (
+    id          INTEGER PRIMARY KEY CHECK (id = 0),
+    topic       TEXT NOT NULL,
+    next_offset INTEGER NOT NULL
 );
 ";

@@ -9,8 +9,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::{
-    CaseRecord, DeadLetterMark, StateError, StateStats, StateStore, StoredCase, WidgetProgress,
-    WindowCursor,
+    CaseRecord, Change, ChangelogPosition, StateError, StateStats, StateStore, StoredCase,
+    WidgetProgress, WindowCursor,
 };
 
 use super::schema::{MIGRATIONS, SCHEMA_VERSION};
@@ -159,6 +159,91 @@ fn query_in<T, C: FromIterator<T>>(
     Ok(found.into_iter().collect())
 }
 
+/// One change, inside the caller's transaction.
+fn apply_one(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<()> {
+    match change {
+        Change::Case(case) => {
+            let r = &case.record;
+            tx.prepare_cached(
+                "INSERT INTO cases (id, widget, day, first_seen_ms, chat_end_ms,
+                     created_emitted, survey_digest, next_check_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (id) DO UPDATE SET
+                     widget = excluded.widget, day = excluded.day,
+                     chat_end_ms = excluded.chat_end_ms,
+                     created_emitted = excluded.created_emitted,
+                     survey_digest = excluded.survey_digest,
+                     next_check_ms = excluded.next_check_ms",
+            )?
+            .execute(params![
+                case.id,
+                case.widget,
+                case.day.to_string(),
+                r.first_seen.timestamp_millis(),
+                r.chat_end.timestamp_millis(),
+                r.created_emitted,
+                r.survey_digest,
+                r.next_check.map(|t| t.timestamp_millis()),
+            ])?;
+        }
+        Change::CaseForgotten { id } => {
+            tx.prepare_cached("DELETE FROM cases WHERE id = ?1")?
+                .execute([id])?;
+        }
+        Change::Widget { widget, progress } => {
+            tx.prepare_cached(
+                "INSERT INTO widgets (widget, since, caught_up_through, last_fresh_poll_ms)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (widget) DO UPDATE SET since = excluded.since,
+                     caught_up_through = excluded.caught_up_through,
+                     last_fresh_poll_ms = excluded.last_fresh_poll_ms",
+            )?
+            .execute(params![
+                widget,
+                progress.since.to_string(),
+                progress.caught_up_through.map(|d| d.to_string()),
+                progress.last_fresh_poll.map(|t| t.timestamp_millis()),
+            ])?;
+        }
+        Change::Cursor(c) => {
+            tx.prepare_cached(
+                "INSERT INTO window_cursors (widget, window, next_link, pages_done)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (widget) DO UPDATE SET window = excluded.window,
+                     next_link = excluded.next_link, pages_done = excluded.pages_done",
+            )?
+            .execute(params![
+                c.widget,
+                c.window,
+                c.next,
+                i64::try_from(c.pages_done).unwrap_or(i64::MAX)
+            ])?;
+        }
+        Change::CursorCleared { widget } => {
+            tx.prepare_cached("DELETE FROM window_cursors WHERE widget = ?1")?
+                .execute([widget])?;
+        }
+        Change::DeadLetter(mark) => {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO dead_letters (digest, widget, case_id, reason_code, at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                mark.digest,
+                mark.widget,
+                mark.case_id,
+                mark.reason_code,
+                mark.at.timestamp_millis(),
+            ])?;
+        }
+        Change::DeadLetterForgotten { digest } => {
+            tx.prepare_cached("DELETE FROM dead_letters WHERE digest = ?1")?
+                .execute([digest])?;
+        }
+    }
+    Ok(())
+}
+
 impl StateStore for SqliteStore {
     fn lookup(&self, ids: &[&str]) -> Result<HashMap<String, CaseRecord>, StateError> {
         query_in(
@@ -171,80 +256,64 @@ impl StateStore for SqliteStore {
         .map_err(self.err())
     }
 
-    fn commit_page(
+    fn apply(
         &self,
-        cases: &[StoredCase],
-        dead_letters: &[DeadLetterMark],
-        cursor: Option<&WindowCursor>,
+        changes: &[Change],
+        position: Option<&ChangelogPosition>,
     ) -> Result<(), StateError> {
-        if cases.is_empty() && dead_letters.is_empty() && cursor.is_none() {
+        if changes.is_empty() && position.is_none() {
             return Ok(());
         }
         let mut conn = self.conn();
         let err = self.err();
         let tx = conn.transaction().map_err(&err)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO cases (id, widget, day, first_seen_ms, chat_end_ms,
-                         created_emitted, survey_digest, next_check_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                     ON CONFLICT (id) DO UPDATE SET
-                         widget = excluded.widget, day = excluded.day,
-                         chat_end_ms = excluded.chat_end_ms,
-                         created_emitted = excluded.created_emitted,
-                         survey_digest = excluded.survey_digest,
-                         next_check_ms = excluded.next_check_ms",
-                )
-                .map_err(&err)?;
-            for case in cases {
-                let r = &case.record;
-                stmt.execute(params![
-                    case.id,
-                    case.widget,
-                    case.day.to_string(),
-                    r.first_seen.timestamp_millis(),
-                    r.chat_end.timestamp_millis(),
-                    r.created_emitted,
-                    r.survey_digest,
-                    r.next_check.map(|t| t.timestamp_millis()),
-                ])
-                .map_err(&err)?;
-            }
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO dead_letters (digest, widget, case_id, reason_code, at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(&err)?;
-            for mark in dead_letters {
-                stmt.execute(params![
-                    mark.digest,
-                    mark.widget,
-                    mark.case_id,
-                    mark.reason_code,
-                    mark.at.timestamp_millis(),
-                ])
-                .map_err(&err)?;
-            }
-            if let Some(c) = cursor {
-                tx.prepare_cached(
-                    "INSERT INTO window_cursors (widget, window, next_link, pages_done)
-                     VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (widget) DO UPDATE SET window = excluded.window,
-                         next_link = excluded.next_link, pages_done = excluded.pages_done",
-                )
-                .map_err(&err)?
-                .execute(params![
-                    c.widget,
-                    c.window,
-                    c.next,
-                    i64::try_from(c.pages_done).unwrap_or(i64::MAX)
-                ])
-                .map_err(&err)?;
-            }
+        let mut forgot_cases = false;
+        for change in changes {
+            apply_one(&tx, change).map_err(&err)?;
+            forgot_cases |= matches!(change, Change::CaseForgotten { .. });
         }
-        tx.commit().map_err(&err)
+        if let Some(p) = position {
+            tx.prepare_cached(
+                "INSERT INTO changelog (id, topic, next_offset) VALUES (0, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET topic = excluded.topic,
+                     next_offset = excluded.next_offset",
+            )
+            .map_err(&err)?
+            .execute(params![p.topic, p.next_offset])
+            .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)?;
+        drop(conn);
+        if forgot_cases {
+            self.vacuum_some()?;
+        }
+        Ok(())
+    }
+
+    fn changelog_position(&self) -> Result<Option<ChangelogPosition>, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT topic, next_offset FROM changelog WHERE id = 0",
+                [],
+                |row| {
+                    Ok(ChangelogPosition {
+                        topic: row.get(0)?,
+                        next_offset: row.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    fn clear(&self) -> Result<(), StateError> {
+        self.conn()
+            .execute_batch(
+                "BEGIN; DELETE FROM cases; DELETE FROM widgets; DELETE FROM dead_letters;
+                 DELETE FROM window_cursors; DELETE FROM changelog; COMMIT;",
+            )
+            .map_err(self.err())?;
+        self.vacuum_some()
     }
 
     fn window_cursor(&self, widget: &str) -> Result<Option<WindowCursor>, StateError> {
@@ -265,13 +334,6 @@ impl StateStore for SqliteStore {
             .map_err(self.err())
     }
 
-    fn clear_window_cursor(&self, widget: &str) -> Result<(), StateError> {
-        self.conn()
-            .execute("DELETE FROM window_cursors WHERE widget = ?1", [widget])
-            .map(|_| ())
-            .map_err(self.err())
-    }
-
     fn known_dead_letters(&self, digests: &[&str]) -> Result<HashSet<String>, StateError> {
         query_in(
             &self.conn(),
@@ -282,62 +344,44 @@ impl StateStore for SqliteStore {
         .map_err(self.err())
     }
 
-    fn prune_days(
+    fn prunable_cases(
         &self,
         widget: &str,
         before: NaiveDate,
         max_days: usize,
-    ) -> Result<u64, StateError> {
+    ) -> Result<Vec<String>, StateError> {
+        let conn = self.conn();
         let err = self.err();
-        let days: Vec<String> = {
-            let conn = self.conn();
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT day FROM cases WHERE widget = ?1 AND day < ?2
-                     GROUP BY day HAVING COUNT(next_check_ms) = 0 ORDER BY day LIMIT ?3",
-                )
-                .map_err(&err)?;
-            stmt.query_map(
-                params![
-                    widget,
-                    before.to_string(),
-                    i64::try_from(max_days).unwrap_or(i64::MAX)
-                ],
-                |r| r.get(0),
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id FROM cases WHERE widget = ?1 AND day IN (
+                     SELECT day FROM cases WHERE widget = ?1 AND day < ?2
+                     GROUP BY day HAVING COUNT(next_check_ms) = 0 ORDER BY day LIMIT ?3)",
             )
-            .map_err(&err)?
-            .collect::<Result<_, _>>()
-            .map_err(&err)?
-        };
-        let mut removed = 0u64;
-        for day in days {
-            // One small transaction per day, so the pipeline's page commits never wait long.
-            let conn = self.conn();
-            let n = conn
-                .execute(
-                    "DELETE FROM cases WHERE widget = ?1 AND day = ?2 AND NOT EXISTS (
-                         SELECT 1 FROM cases WHERE widget = ?1 AND day = ?2
-                             AND next_check_ms IS NOT NULL)",
-                    params![widget, day],
-                )
-                .map_err(&err)?;
-            removed += n as u64;
-        }
-        if removed > 0 {
-            self.vacuum_some()?;
-        }
-        Ok(removed)
+            .map_err(&err)?;
+        stmt.query_map(
+            params![
+                widget,
+                before.to_string(),
+                i64::try_from(max_days).unwrap_or(i64::MAX)
+            ],
+            |r| r.get(0),
+        )
+        .map_err(&err)?
+        .collect::<Result<_, _>>()
+        .map_err(&err)
     }
 
-    fn prune_dead_letters(&self, before: DateTime<Utc>) -> Result<u64, StateError> {
-        let n = self
-            .conn()
-            .execute(
-                "DELETE FROM dead_letters WHERE at_ms < ?1",
-                [before.timestamp_millis()],
-            )
-            .map_err(self.err())?;
-        Ok(n as u64)
+    fn dead_letters_before(&self, before: DateTime<Utc>) -> Result<Vec<String>, StateError> {
+        let conn = self.conn();
+        let err = self.err();
+        let mut stmt = conn
+            .prepare_cached("SELECT digest FROM dead_letters WHERE at_ms < ?1")
+            .map_err(&err)?;
+        stmt.query_map([before.timestamp_millis()], |r| r.get(0))
+            .map_err(&err)?
+            .collect::<Result<_, _>>()
+            .map_err(&err)
     }
 
     fn widget(&self, widget: &str) -> Result<Option<WidgetProgress>, StateError> {
@@ -359,25 +403,6 @@ impl StateStore for SqliteStore {
             })
         })
         .transpose()
-    }
-
-    fn set_widget(&self, widget: &str, progress: &WidgetProgress) -> Result<(), StateError> {
-        self.conn()
-            .execute(
-                "INSERT INTO widgets (widget, since, caught_up_through, last_fresh_poll_ms)
-                 VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (widget) DO UPDATE SET since = excluded.since,
-                     caught_up_through = excluded.caught_up_through,
-                     last_fresh_poll_ms = excluded.last_fresh_poll_ms",
-                params![
-                    widget,
-                    progress.since.to_string(),
-                    progress.caught_up_through.map(|d| d.to_string()),
-                    progress.last_fresh_poll.map(|t| t.timestamp_millis()),
-                ],
-            )
-            .map(|_| ())
-            .map_err(self.err())
     }
 
     fn due_days(
@@ -473,6 +498,7 @@ impl StateStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::DeadLetterMark;
     use crate::state::schema::SCHEMA;
 
     fn t(ms: i64) -> DateTime<Utc> {

@@ -107,6 +107,8 @@ pub fn read_topic(bootstrap: &str, topic: &str, idle: Duration) -> Vec<Record> {
         .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        // What consumers of exactly-once delivery must set (librdkafka's default, said here).
+        .set("isolation.level", "read_committed")
         .create()
         .expect("test consumer");
     let metadata = consumer
@@ -285,6 +287,7 @@ pub fn forwarder_config(
         cases: format!("{prefix}.cases"),
         surveys: format!("{prefix}.surveys"),
         deadletter: format!("{prefix}.dead"),
+        state: format!("{prefix}.state"),
     };
     kafka.topic_partitions = 3;
     let mut config = Config::new(api, kafka, simulated.widgets.clone());

@@ -1,0 +1,275 @@
+//! Exactly-once delivery's roles. Instances of one org and group share one changelog and one
+//! transactional id. Each follows the changelog into its local store as a standby until the
+//! election group assigns it the changelog's partition; then it fences every earlier
+//! producer of the id, reads the changelog to its end, and runs the pipeline until shutdown
+//! or until it loses the role (then it stops: a restart makes it a standby).
+//!
+//! The order (fence, then read to the end, then write) is what makes a takeover safe: after
+//! the fence no earlier instance can commit, so the end read is the end.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Health;
+use crate::metrics;
+use crate::pipeline::{Pipeline, PipelineError};
+use crate::sink::KafkaSink;
+use crate::sink::changelog::{ChangelogError, ChangelogReader, Election};
+use crate::sink::config::KafkaSettings;
+use crate::sink::transaction::TransactionError;
+use crate::state::{ChangelogPosition, StateError, StateStore};
+
+/// Changes applied to the store per transaction while reading the changelog.
+const APPLY_BATCH: usize = 10_000;
+/// How long one read waits for records.
+const READ_WAIT: Duration = Duration::from_millis(500);
+/// A store ahead of the changelog's stable end may only be waiting for an open transaction
+/// to end; after this long (more than the transaction timeout) it is stale for good.
+const AHEAD_PATIENCE: Duration = Duration::from_secs(75);
+/// Catch-up progress is logged this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FailoverError {
+    #[error(transparent)]
+    Changelog(#[from] ChangelogError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Transaction(#[from] TransactionError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(
+        "the state directory holds state that was never written to the changelog {topic} (an \
+         at-least-once deployment?), and the changelog is empty: exactly-once delivery would \
+         forget it. Start with an empty state directory (every case in the lookback is \
+         announced again) or stay at at-least-once"
+    )]
+    Unlogged { topic: String },
+    #[error(
+        "this instance lost the active role (another instance of {id} took over); it stops, and \
+         a restart makes it a standby"
+    )]
+    LostRole { id: String },
+    #[error("a changelog task failed: {0}")]
+    Join(String),
+}
+
+/// Reads the changelog into the local store.
+struct Follower {
+    reader: Arc<ChangelogReader>,
+    store: Arc<dyn StateStore>,
+    /// Changes applied since this process started (as a standby, then catching up).
+    applied: std::sync::atomic::AtomicU64,
+}
+
+impl Follower {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&ChangelogReader, &dyn StateStore) -> Result<T, FailoverError>
+        + Send
+        + 'static,
+    ) -> Result<T, FailoverError> {
+        let (reader, store) = (self.reader.clone(), self.store.clone());
+        tokio::task::spawn_blocking(move || call(&reader, store.as_ref()))
+            .await
+            .map_err(|e| FailoverError::Join(e.to_string()))?
+    }
+
+    /// Where to read from: where the store stopped, if that is still in the changelog;
+    /// otherwise the store is cleared and rebuilt from the changelog's start.
+    async fn start(&self, shutdown: &CancellationToken) -> Result<(), FailoverError> {
+        let started = Instant::now();
+        loop {
+            let decided = self
+                .blocking(move |reader, store| {
+                    let topic = reader.topic().to_owned();
+                    let (low, end) = reader.bounds()?;
+                    let from = match store.changelog_position()? {
+                        Some(p) if p.topic == topic && (low..=end).contains(&p.next_offset) => {
+                            p.next_offset
+                        }
+                        Some(p) if p.topic == topic && p.next_offset > end => {
+                            if started.elapsed() < AHEAD_PATIENCE {
+                                return Ok(None);
+                            }
+                            tracing::warn!(store = p.next_offset, end, "the local store is ahead of the changelog (was the topic recreated?); rebuilding it from the changelog");
+                            store.clear()?;
+                            low
+                        }
+                        Some(p) => {
+                            tracing::warn!(topic = %p.topic, offset = p.next_offset, low, "the local store followed another changelog or a part that is gone; rebuilding it from the changelog");
+                            store.clear()?;
+                            low
+                        }
+                        None if store.stats()?.known_cases > 0 => {
+                            if end == low {
+                                return Err(FailoverError::Unlogged { topic });
+                            }
+                            tracing::warn!("the local store was never applied from the changelog; rebuilding it from the changelog");
+                            store.clear()?;
+                            low
+                        }
+                        None => low,
+                    };
+                    reader.seek(from)?;
+                    tracing::info!(topic = %topic, from, end, "following the state changelog");
+                    Ok(Some(from))
+                })
+                .await?;
+            if decided.is_some() {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Reads what the changelog has now (at most a batch) and applies it, with the offset it
+    /// reached. Returns the changes applied and the offset the store reached.
+    async fn step(&self) -> Result<(usize, Option<i64>), FailoverError> {
+        self.blocking(|reader, store| {
+            let changes = reader.read(APPLY_BATCH, READ_WAIT)?;
+            let Some(next_offset) = reader.position()? else {
+                return Ok((0, None));
+            };
+            let position = ChangelogPosition {
+                topic: reader.topic().to_owned(),
+                next_offset,
+            };
+            let moved = store
+                .changelog_position()?
+                .is_none_or(|p| p.next_offset != next_offset);
+            if !changes.is_empty() || moved {
+                store.apply(&changes, Some(&position))?;
+                metrics::changelog_applied(changes.len() as u64);
+            }
+            Ok((changes.len(), Some(next_offset)))
+        })
+        .await
+        .inspect(|(n, _)| {
+            self.applied
+                .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
+        })
+    }
+
+    /// Reads the changelog to its stable end as of now. Returns the changes applied.
+    async fn catch_up(
+        &self,
+        health: &Health,
+        shutdown: &CancellationToken,
+    ) -> Result<u64, FailoverError> {
+        let started = Instant::now();
+        let (_, end) = self.blocking(|reader, _| Ok(reader.bounds()?)).await?;
+        let mut reached = self
+            .store
+            .changelog_position()?
+            .map_or(0, |p| p.next_offset);
+        let (mut applied, mut shown) = (0u64, Instant::now());
+        while reached < end && !shutdown.is_cancelled() {
+            health.beat();
+            let (n, at) = self.step().await?;
+            applied += n as u64;
+            reached = at.unwrap_or(reached);
+            if shown.elapsed() >= PROGRESS_EVERY {
+                shown = Instant::now();
+                tracing::info!(reached, end, applied, "reading the state changelog");
+            }
+        }
+        let since_start = self.applied.load(std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            applied,
+            since_start,
+            end,
+            took_ms = started.elapsed().as_millis() as u64,
+            "the local store caught up with the state changelog"
+        );
+        Ok(applied)
+    }
+}
+
+/// Brings `store` up to the changelog's end, rebuilding it from the start if it is empty or
+/// follows another changelog. Returns the changes applied. (Start-up does this as a standby
+/// and after fencing; this is the same reading on its own, for tools and benchmarks.)
+pub async fn restore(
+    settings: &KafkaSettings,
+    store: Arc<dyn StateStore>,
+    shutdown: &CancellationToken,
+) -> Result<u64, FailoverError> {
+    let follower = Follower {
+        reader: Arc::new(ChangelogReader::new(settings)?),
+        store,
+        applied: Default::default(),
+    };
+    follower.start(shutdown).await?;
+    follower.catch_up(&Health::default(), shutdown).await
+}
+
+/// Runs one instance in exactly-once delivery until shutdown: a standby until elected, then
+/// the active instance.
+pub async fn run(
+    settings: &KafkaSettings,
+    pipeline: Pipeline,
+    sink: Arc<KafkaSink>,
+    store: Arc<dyn StateStore>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> Result<(), FailoverError> {
+    let follower = Follower {
+        reader: Arc::new(ChangelogReader::new(settings)?),
+        store,
+        applied: Default::default(),
+    };
+    health.set_active(false);
+    follower.start(&shutdown).await?;
+    let election = Election::join(settings)?;
+    let id = sink.transactional_id();
+    tracing::info!(group = %id, "standby: following the state changelog until elected");
+    // One read at a time (never abandoned half-way: a read and its apply go together), each
+    // short, so the role and shutdown are looked at twice a second.
+    while !election.is_active() {
+        health.beat();
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        follower.step().await?;
+    }
+    tracing::info!(group = %id, "elected the active instance; fencing earlier producers");
+    tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        fenced = sink.init_transactions() => fenced?,
+    }
+    follower.catch_up(&health, &shutdown).await?;
+    if shutdown.is_cancelled() {
+        return Ok(());
+    }
+    health.set_active(true);
+    // The pipeline stops at shutdown, or when the role is lost (a rebalance gave the
+    // partition to another member: it may fence this one any moment).
+    let stop = shutdown.child_token();
+    let mut role = election.watch();
+    let watcher = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while *role.borrow_and_update() {
+                if role.changed().await.is_err() {
+                    return;
+                }
+            }
+            stop.cancel();
+        })
+    };
+    let result = pipeline.run(stop).await;
+    watcher.abort();
+    let lost = !election.is_active();
+    health.set_active(false);
+    result?;
+    if lost && !shutdown.is_cancelled() {
+        return Err(FailoverError::LostRole { id });
+    }
+    Ok(())
+}

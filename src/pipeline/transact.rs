@@ -1,0 +1,240 @@
+//! Exactly-once delivery: a page's events, its dead letters and its state changes go out in
+//! one Kafka transaction; the local store applies the changes only once it committed.
+//!
+//! Any record that fails makes the transaction abortable, so it is aborted and the whole
+//! page is sent again: what Kafka refused for good alone becomes a dead letter (as in
+//! at-least-once delivery), and a state record Kafka refuses stops the pipeline.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Pipeline, PipelineError};
+use crate::metrics;
+use crate::sink::transaction::TransactionError;
+use crate::sink::{ErrorClass, Outgoing, RecordResult, classify, encode};
+use crate::state::{Change, ChangelogPosition};
+
+/// At shutdown, how long the abort of a transaction in flight may take.
+const SHUTDOWN_ABORT_GRACE: Duration = Duration::from_secs(5);
+
+/// How a transaction attempt went.
+enum Attempt {
+    /// Every record was acknowledged: the transaction may commit.
+    Sent(Vec<RecordResult>),
+    /// Some record failed: abort, then send again.
+    Failed,
+}
+
+impl Pipeline {
+    /// Writes state changes that come with no records (a window's end, pruning): through the
+    /// changelog in exactly-once delivery, straight to the store otherwise. A write cut short
+    /// by shutdown is lost, as an unfinished window is: it is done again after the restart.
+    pub(super) async fn write(
+        &self,
+        changes: Vec<Change>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        if self.sink.exactly_once() {
+            self.transact(Vec::new(), changes, shutdown).await?;
+            Ok(())
+        } else {
+            self.state(move |s| s.apply(&changes, None)).await
+        }
+    }
+
+    /// Publishes `records` and `changes` in one Kafka transaction, then applies the changes to
+    /// the local store with the changelog offset they reached. Returns false when shutdown
+    /// came first: the transaction is aborted and nothing of it counts.
+    pub(super) async fn transact(
+        &self,
+        records: Vec<Outgoing>,
+        changes: Vec<Change>,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, PipelineError> {
+        let mut delays = crate::sink::kafka_retry_delays();
+        // (record, sent alone)
+        let mut round: Vec<(Outgoing, bool)> = records.into_iter().map(|r| (r, false)).collect();
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(false);
+            }
+            self.sink
+                .begin_transaction()
+                .await
+                .map_err(|e| self.stopped(e))?;
+            let attempt = tokio::select! {
+                attempt = self.attempt(&mut round, &changes) => attempt?,
+                _ = shutdown.cancelled() => {
+                    self.abort_at_shutdown().await;
+                    return Ok(false);
+                }
+            };
+            if let Attempt::Sent(state) = attempt {
+                match self.sink.commit_transaction().await {
+                    Ok(()) => {
+                        self.health.set_deliveries_ok(true);
+                        for (record, _) in &round {
+                            if let Outgoing::Event(event) = record {
+                                metrics::event_published(event.event_type.name());
+                            }
+                        }
+                        self.apply_committed(changes, &state).await?;
+                        return Ok(true);
+                    }
+                    Err(
+                        TransactionError::Abortable(reason) | TransactionError::Retriable(reason),
+                    ) => {
+                        tracing::warn!(%reason, "Kafka did not commit the transaction; aborting it and sending the page again");
+                    }
+                    Err(fatal) => return Err(self.stopped(fatal)),
+                }
+            }
+            self.abort().await?;
+            self.health.beat();
+            self.health.set_deliveries_ok(false);
+            metrics::kafka_delivery_error();
+            let delay = delays.next().unwrap_or(Duration::from_secs(30));
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(false),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Sends the round (records refused once in a batch go alone, each awaited) and the
+    /// changes, and sorts what failed: records refused alone become dead letters, anything
+    /// refused for its topic stops the pipeline.
+    async fn attempt(
+        &self,
+        round: &mut Vec<(Outgoing, bool)>,
+        changes: &[Change],
+    ) -> Result<Attempt, PipelineError> {
+        let mut results = Vec::with_capacity(round.len());
+        for (record, alone) in round.iter() {
+            if *alone {
+                let sent = self.sink.start_publish(std::slice::from_ref(record)).await;
+                results.extend(sent.wait(&self.sink).await);
+            }
+        }
+        let together: Vec<Outgoing> = round
+            .iter()
+            .filter(|(_, alone)| !alone)
+            .map(|(r, _)| r.clone())
+            .collect();
+        let batch = self.sink.start_publish(&together).await;
+        let state = self.sink.start_changes(changes).await;
+        let mut together_results = batch.wait(&self.sink).await.into_iter();
+        let state = state.wait(&self.sink).await;
+        // Back in the round's order: the alone ones were sent first.
+        let mut alone_results = results.into_iter();
+        let mut failed = false;
+        let mut next = Vec::with_capacity(round.len());
+        for (record, alone) in round.drain(..) {
+            let outcome = if alone {
+                alone_results.next()
+            } else {
+                together_results.next()
+            }
+            .unwrap_or_else(|| unreachable!("one result per record sent"));
+            let Err(error) = outcome.result else {
+                next.push((record, alone));
+                continue;
+            };
+            failed = true;
+            match classify(&error) {
+                ErrorClass::Transient => next.push((record, alone)),
+                ErrorClass::Topic => {
+                    let topic = encode::topic(&record, self.sink.topics()).to_owned();
+                    return Err(self.refused(topic, error.to_string()).await);
+                }
+                ErrorClass::Record if !alone => next.push((record, true)),
+                ErrorClass::Record => {
+                    if let Some(dead) = self.dead_letter_for(record, &error, outcome.size) {
+                        next.push((Outgoing::DeadLetter(dead), false));
+                    }
+                }
+            }
+        }
+        *round = next;
+        for outcome in &state {
+            if let Err(error) = &outcome.result {
+                failed = true;
+                if classify(error) != ErrorClass::Transient {
+                    let topic = self.sink.topics().state.clone();
+                    return Err(self.refused(topic, error.to_string()).await);
+                }
+                tracing::warn!(error = %error, "Kafka did not take a changelog record; the transaction is sent again");
+            }
+        }
+        Ok(if failed {
+            Attempt::Failed
+        } else {
+            Attempt::Sent(state)
+        })
+    }
+
+    /// The local store takes the committed changes, with the changelog offset past them.
+    async fn apply_committed(
+        &self,
+        changes: Vec<Change>,
+        state: &[RecordResult],
+    ) -> Result<(), PipelineError> {
+        let Some(last) = state.iter().filter_map(|r| r.offset).max() else {
+            return Ok(());
+        };
+        let position = ChangelogPosition {
+            topic: self.sink.topics().state.clone(),
+            next_offset: last + 1,
+        };
+        self.state(move |s| s.apply(&changes, Some(&position)))
+            .await
+    }
+
+    /// Aborts the open transaction; a fenced or fatal producer stops the pipeline.
+    async fn abort(&self) -> Result<(), PipelineError> {
+        loop {
+            match self.sink.abort_transaction().await {
+                Ok(()) => return Ok(()),
+                Err(TransactionError::Retriable(reason)) => {
+                    tracing::warn!(%reason, "aborting the Kafka transaction failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(other) => return Err(self.stopped(other)),
+            }
+        }
+    }
+
+    /// At shutdown the open transaction is aborted if Kafka answers soon; otherwise the next
+    /// instance's fencing (or the transaction timeout) aborts it.
+    async fn abort_at_shutdown(&self) {
+        match tokio::time::timeout(SHUTDOWN_ABORT_GRACE, self.sink.abort_transaction()).await {
+            Ok(Ok(())) => tracing::info!("aborted the open Kafka transaction at shutdown"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not abort the Kafka transaction at shutdown")
+            }
+            Err(_) => tracing::warn!(
+                "Kafka did not abort the transaction in time at shutdown; the next active instance will"
+            ),
+        }
+    }
+
+    /// The pipeline stops on a fenced or fatal producer; readiness says why.
+    fn stopped(&self, error: TransactionError) -> PipelineError {
+        let error = PipelineError::Transaction(error);
+        self.health.set_fatal(error.to_string());
+        error
+    }
+
+    /// A topic refuses records: the open transaction is aborted and the pipeline stops.
+    async fn refused(&self, topic: String, error: String) -> PipelineError {
+        let _ = self.sink.abort_transaction().await;
+        let failure = PipelineError::KafkaRefused { topic, error };
+        self.health.set_deliveries_ok(false);
+        self.health.set_fatal(failure.to_string());
+        failure
+    }
+}

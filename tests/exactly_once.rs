@@ -1,0 +1,385 @@
+//! Exactly-once delivery against the real broker: the real process, SIGKILLed at random
+//! points of its active life, restarted once with its state directory deleted, two instances
+//! failing over, and a frozen (SIGSTOP) active instance coming back as a zombie. A consumer
+//! reading `read_committed` finds every case's `case.created` and every settled survey
+//! exactly once.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use casestream::clock::Clock;
+use casestream::simulator::SimConfig;
+use casestream::simulator::http::RunningSimulator;
+use casestream::snapengage::Case;
+use common::*;
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+
+/// The election group's session timeout in these tests (the broker's floor is 6 s).
+const FAILOVER_TIMEOUT: &str = "6s";
+
+/// Live traffic on two widgets with some history, surveys landing within seconds.
+async fn live_simulator() -> RunningSimulator {
+    start_simulator(
+        SimConfig {
+            widgets: vec!["w1".into(), "w2".into()],
+            cases_per_hour: 1200.0,
+            history: Duration::from_secs(3 * 3600),
+            survey_delay: Duration::from_secs(2),
+            survey_spread: Duration::from_secs(3),
+            survey_late_max: Duration::from_secs(10),
+            index_delay: Duration::from_millis(200),
+            ..SimConfig::default()
+        },
+        Clock::system(),
+    )
+    .await
+}
+
+/// One instance's environment: exactly-once, its own state directory and admin port.
+fn instance_env(
+    sim: &RunningSimulator,
+    bootstrap: &str,
+    prefix: &str,
+    state_dir: &std::path::Path,
+    admin: u16,
+) -> Vec<(String, String)> {
+    let admin = format!("127.0.0.1:{admin}");
+    let state_topic = format!("{prefix}.state");
+    process_env(
+        sim,
+        bootstrap,
+        prefix,
+        state_dir,
+        &[
+            ("CASESTREAM_DELIVERY", "exactly-once"),
+            ("CASESTREAM_TOPIC_STATE", &state_topic),
+            // Each test its own group: runs of the suite never fence each other.
+            ("CASESTREAM_GROUP", prefix),
+            ("CASESTREAM_FAILOVER_TIMEOUT", FAILOVER_TIMEOUT),
+            ("CASESTREAM_POLL_INTERVAL", "1s"),
+            ("CASESTREAM_SETTLE", "2s"),
+            ("CASESTREAM_RATE_LIMIT", "20"),
+            ("CASESTREAM_ADMIN_ADDR", &admin),
+        ],
+    )
+}
+
+/// `casestream_active` of the instance at `admin`; `None` while it does not answer.
+async fn active(admin: u16) -> Option<bool> {
+    let (_, body) = admin_get(format!("127.0.0.1:{admin}"), "/metrics").await?;
+    let line = body.lines().find(|l| l.starts_with("casestream_active "))?;
+    Some(line.trim_end().ends_with(" 1"))
+}
+
+/// Every case and settled survey the simulator shows, read back `read_committed`: each
+/// exactly once, under one event id, nothing missing. Returns (cases, surveys) checked.
+async fn assert_exactly_once(
+    sim: &RunningSimulator,
+    bootstrap: &str,
+    prefix: &str,
+    until: chrono::DateTime<chrono::Utc>,
+) -> (usize, usize) {
+    let idle = Duration::from_secs(2);
+    let created = event_ids_by_case(bootstrap, &format!("{prefix}.cases"), idle).await;
+    let surveys = event_ids_by_case(bootstrap, &format!("{prefix}.surveys"), idle).await;
+    for (topic, events) in [("cases", &created), ("surveys", &surveys)] {
+        let repeated: HashMap<&String, usize> = events
+            .iter()
+            .filter(|(_, (_, records))| *records != 1)
+            .map(|(case, (_, records))| (case, *records))
+            .collect();
+        assert!(
+            repeated.is_empty(),
+            "{} cases have more than one {topic} event visible to read_committed: {repeated:?}",
+            repeated.len()
+        );
+    }
+    let (mut cases, mut due) = (0, 0);
+    for w in ["w1", "w2"] {
+        for (value, survey_at) in sim.sim.visible_cases_with_survey_times(w) {
+            let case = Case::from_value(value).unwrap();
+            let chat_end = case.chat_end().unwrap();
+            if chat_end >= until {
+                continue;
+            }
+            cases += 1;
+            assert!(
+                created.contains_key(case.id()),
+                "case.created of {} missing",
+                case.id()
+            );
+            let settled = chat_end + chrono::Duration::seconds(2) < until;
+            let appeared = survey_at
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .is_some_and(|at| at < until);
+            if settled && appeared {
+                due += 1;
+                assert!(
+                    surveys.contains_key(case.id()),
+                    "case.survey of {} missing",
+                    case.id()
+                );
+            }
+        }
+    }
+    assert!(
+        cases > 1000 && due > 50,
+        "too small: {cases} cases, {due} surveys"
+    );
+    (cases, due)
+}
+
+/// Waits until every case that ended before `until` was announced.
+async fn wait_for_all(sim: &RunningSimulator, bootstrap: &str, prefix: &str, limit: Duration) {
+    let until = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let topic = format!("{prefix}.cases");
+    eventually(limit, "every case announced", async || {
+        let created = event_ids_by_case(bootstrap, &topic, Duration::from_secs(1)).await;
+        ["w1", "w2"]
+            .iter()
+            .flat_map(|w| sim.sim.visible_cases(w))
+            .filter_map(|v| Case::from_value(v).ok())
+            .filter(|c| c.chat_end().unwrap() < until)
+            .all(|c| created.contains_key(c.id()))
+    })
+    .await;
+}
+
+fn signal(child: &std::process::Child, signal: &str) {
+    let sent = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {signal}");
+}
+
+async fn stop(mut forwarder: Forwarder, log: &std::path::Path) {
+    assert!(sigterm(&forwarder.0));
+    let status = tokio::task::spawn_blocking(move || forwarder.0.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM exits 0; log {}",
+        log.display()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_sigkills_and_a_lost_state_directory_still_deliver_every_event_exactly_once() {
+    let bootstrap = kafka_bootstrap().await;
+    let sim = live_simulator().await;
+    let prefix = unique_prefix("eos-kill");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let log = dir.path().join("forwarder.log");
+    let admin = free_port();
+    let mut env = instance_env(&sim, &bootstrap, &prefix, &state, admin);
+    // A slow catch-up (~15 s), so the first kills land in the middle of it.
+    env.push(("CASESTREAM_RATE_LIMIT".into(), "5".into()));
+    let cases_topic = format!("{prefix}.cases");
+    let seed: u64 = rand::random();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    println!("kill points from seed {seed}");
+
+    for kill in 1..=10 {
+        if kill == 6 {
+            // This start has no local state: it is rebuilt from the changelog alone.
+            std::fs::remove_dir_all(&state).unwrap();
+        }
+        let mut forwarder = spawn_forwarder(&env, &log);
+        eventually(
+            Duration::from_secs(60),
+            "the restarted instance becomes active",
+            async || active(admin).await == Some(true),
+        )
+        .await;
+        // A random point of its active life: mid-transaction, mid-commit, between pages.
+        let after = Duration::from_millis(rng.random_range(0..3000));
+        tokio::time::sleep(after).await;
+        forwarder.0.kill().unwrap();
+        forwarder.0.wait().unwrap();
+        let announced = event_ids_by_case(&bootstrap, &cases_topic, Duration::from_secs(1))
+            .await
+            .len();
+        println!("kill {kill} after {after:?} active, {announced} cases announced");
+        if kill == 1 {
+            let total: usize = ["w1", "w2"]
+                .iter()
+                .map(|w| sim.sim.visible_cases(w).len())
+                .sum();
+            assert!(
+                announced < total,
+                "the first kill lands mid catch-up ({announced} of {total} announced)"
+            );
+        }
+    }
+    let forwarder = spawn_forwarder(&env, &log);
+    wait_for_all(&sim, &bootstrap, &prefix, Duration::from_secs(180)).await;
+    let until = chrono::Utc::now() - chrono::Duration::seconds(10);
+    // Surveys settle and are read again for a few seconds more.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop(forwarder, &log).await;
+    let (cases, surveys) = assert_exactly_once(&sim, &bootstrap, &prefix, until).await;
+    let logs = std::fs::read_to_string(&log).unwrap();
+    let applied: Vec<u64> = logs
+        .lines()
+        .filter(|l| l.contains("the local store caught up with the state changelog"))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["since_start"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    println!("changes applied from the changelog at each start: {applied:?}");
+    assert_eq!(applied.len(), 11, "every start reads the changelog");
+    // The start without a state directory rebuilt every case from the changelog alone.
+    assert!(applied[5] > 1000, "the lost state was rebuilt: {applied:?}");
+    println!(
+        "{cases} cases and {surveys} surveys exactly once after 10 SIGKILLs and a lost state directory"
+    );
+    sim.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_from_a_killed_and_from_a_frozen_active_instance() {
+    let bootstrap = kafka_bootstrap().await;
+    let sim = live_simulator().await;
+    let prefix = unique_prefix("eos-failover");
+    let dir = tempfile::tempdir().unwrap();
+    let (admin_a, admin_b) = (free_port(), free_port());
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let env_a = instance_env(&sim, &bootstrap, &prefix, &dir.path().join("a"), admin_a);
+    let env_b = instance_env(&sim, &bootstrap, &prefix, &dir.path().join("b"), admin_b);
+
+    // Started together: one becomes active, the other a standby.
+    let mut a = Some(spawn_forwarder(&env_a, &log_a));
+    let mut b = Some(spawn_forwarder(&env_b, &log_b));
+    let roles = async || (active(admin_a).await, active(admin_b).await);
+    eventually(
+        Duration::from_secs(60),
+        "one active, one standby",
+        async || {
+            matches!(
+                roles().await,
+                (Some(true), Some(false)) | (Some(false), Some(true))
+            )
+        },
+    )
+    .await;
+    // For a while: still one active, and only it publishes.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (ra, rb) = roles().await;
+        assert_ne!(ra, rb, "exactly one instance is active");
+    }
+    let a_active = roles().await.0 == Some(true);
+    let (standby_admin, standby_env, standby_log) = if a_active {
+        (admin_b, &env_b, &log_b)
+    } else {
+        (admin_a, &env_a, &log_a)
+    };
+    let published = |admin: u16| async move {
+        let (_, body) = admin_get(format!("127.0.0.1:{admin}"), "/metrics")
+            .await
+            .unwrap();
+        body.contains("casestream_events_published_total")
+    };
+    assert!(
+        !published(standby_admin).await,
+        "the standby published nothing"
+    );
+    let (readiness, _) = readyz(format!("127.0.0.1:{standby_admin}")).await.unwrap();
+    assert_eq!(readiness, 200, "a standby is ready");
+
+    // SIGKILL the active one: the standby takes over after the session timeout.
+    let killed = if a_active { a.take() } else { b.take() };
+    let mut killed = killed.unwrap();
+    killed.0.kill().unwrap();
+    killed.0.wait().unwrap();
+    let killed_at = Instant::now();
+    eventually(
+        Duration::from_secs(60),
+        "the standby takes over",
+        async || active(standby_admin).await == Some(true),
+    )
+    .await;
+    let failover = killed_at.elapsed();
+    println!("failover after SIGKILL: {failover:?} (session timeout {FAILOVER_TIMEOUT})");
+    assert!(
+        failover < Duration::from_secs(30),
+        "took over in {failover:?}, far beyond the documented session timeout + fencing"
+    );
+    // The killed one, restarted, is a standby.
+    let (restarted_admin, restarted_env, restarted_log) = if a_active {
+        (admin_a, &env_a, &log_a)
+    } else {
+        (admin_b, &env_b, &log_b)
+    };
+    let restarted = spawn_forwarder(restarted_env, restarted_log);
+    eventually(
+        Duration::from_secs(60),
+        "the restarted one is a standby",
+        async || active(restarted_admin).await == Some(false),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        (active(restarted_admin).await, active(standby_admin).await),
+        (Some(false), Some(true)),
+        "the restarted instance stays a standby"
+    );
+
+    // The zombie: freeze the active one (the former standby) until the restarted standby
+    // takes over, then let it run again. It must stop by itself, having made nothing visible.
+    let zombie = if a_active { b.take() } else { a.take() };
+    let mut zombie = zombie.unwrap();
+    let _ = standby_env;
+    signal(&zombie.0, "-STOP");
+    eventually(
+        Duration::from_secs(60),
+        "the standby takes over from a frozen active instance",
+        async || active(restarted_admin).await == Some(true),
+    )
+    .await;
+    // Let the new active instance commit transactions before the zombie wakes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    signal(&zombie.0, "-CONT");
+    let exited = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(90) {
+            if let Some(status) = zombie.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        None
+    })
+    .await
+    .unwrap();
+    let status = exited.expect("the zombie stops by itself");
+    assert!(
+        !status.success(),
+        "the zombie exits with an error: {status:?}"
+    );
+    let zombie_log = std::fs::read_to_string(standby_log).unwrap();
+    assert!(
+        zombie_log.contains("fenced") || zombie_log.contains("lost the active role"),
+        "the zombie says why it stopped: {}",
+        standby_log.display()
+    );
+
+    wait_for_all(&sim, &bootstrap, &prefix, Duration::from_secs(120)).await;
+    let until = chrono::Utc::now() - chrono::Duration::seconds(10);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop(restarted, restarted_log).await;
+    let (cases, surveys) = assert_exactly_once(&sim, &bootstrap, &prefix, until).await;
+    println!("{cases} cases and {surveys} surveys exactly once across a failover and a zombie");
+    sim.stop().await.unwrap();
+}
