@@ -48,7 +48,7 @@ trap 'rm -rf "$rendered"' EXIT
 
 docker-compose -f docker-compose.yml config -q
 echo "docker-compose.yml: valid"
-for dir in deploy/base deploy/overlays/example; do
+for dir in deploy/base deploy/overlays/example deploy/overlays/exactly-once; do
   out=$rendered/$(basename "$dir").yaml
   kustomize "$dir" >"$out"
   printf '%s: ' "$dir"
@@ -100,6 +100,13 @@ rejects "a misspelt field (enableServiceLink)" "'enableServiceLink' was unexpect
   sed 's/enableServiceLinks:/enableServiceLink:/'
 rejects "a string where an integer belongs (replicas)" "spec.replicas" schema_check \
   sed 's/replicas: 1/replicas: "1"/'
+
+# The exactly-once overlay's replicas are standbys only in exactly-once delivery.
+base=$rendered/exactly-once.yaml
+rejects "a Deployment of two at-least-once replicas" "CASESTREAM_DELIVERY exactly-once" "$rules" \
+  sed 's/CASESTREAM_DELIVERY: exactly-once/CASESTREAM_DELIVERY: at-least-once/'
+rejects "a Deployment of one replica" "at least two replicas" "$rules" \
+  sed 's/replicas: 2/replicas: 1/'
 
 # The image: the build stage builds with exactly what it copies; issue 9's Dockerfile fails.
 bash scripts/check-image-build.sh --self-test

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks the rendered Kubernetes objects (`kubectl kustomize deploy/overlays/example`) against
 what the project promises an operator: valid object shapes for the kinds used, one replica with
-a state volume, probes on the admin port, resources, a restricted security context, the token
+a state volume (or, in exactly-once delivery, a Deployment of standbys with no volume claim), probes on the admin port, resources, a restricted security context, the token
 from a Secret, a grace period longer than the shutdown needs, exactly one Prometheus scrape path
 (the Pod's annotations, not also the Service's), Parallel pod management (a rollout replaces an
 unready pod), a ReadWriteOncePod state claim (one writer), no service-link variables, and no
@@ -18,6 +18,7 @@ API_VERSIONS = {
     "ConfigMap": "v1",
     "Service": "v1",
     "StatefulSet": "apps/v1",
+    "Deployment": "apps/v1",  # the exactly-once overlay: standbys, no volume
     "PodDisruptionBudget": "policy/v1",  # recognised, to be refused with a reason below
 }
 problems = []
@@ -59,27 +60,39 @@ for doc in docs:
             need("TOKEN" not in key or key.endswith("_FILE"), f"ConfigMap {name}: secret {key} belongs in a Secret")
             need("PASSWORD" not in key, f"ConfigMap {name}: secret {key} belongs in a Secret")
 
-for kind in ["ConfigMap", "Service", "StatefulSet", "ServiceAccount"]:
+for kind in ["ConfigMap", "Service", "ServiceAccount"]:
     need(len(by_kind.get(kind, [])) == 1, f"expected one {kind}, found {len(by_kind.get(kind, []))}")
+workloads = by_kind.get("StatefulSet", []) + by_kind.get("Deployment", [])
+need(len(workloads) == 1, f"expected one StatefulSet or Deployment, found {len(workloads)}")
 if problems:
     print("\n".join(problems))
     sys.exit(1)
 
-sts = by_kind["StatefulSet"][0]
+sts = workloads[0]
+kind = sts["kind"]
 svc = by_kind["Service"][0]
 cm = by_kind["ConfigMap"][0]
 spec = sts["spec"]
 pod = dig(spec, "template", "spec")
 labels = dig(spec, "template", "metadata", "labels", default={})
-need(spec.get("replicas") == 1, "StatefulSet: exactly one replica per org")
-need(spec.get("serviceName") == svc["metadata"]["name"], "StatefulSet: serviceName must name the Service")
-need(spec.get("podManagementPolicy") == "Parallel", "StatefulSet: podManagementPolicy Parallel (with OrderedReady a rollout never replaces an unready pod)")
+exactly_once = cm["data"].get("CASESTREAM_DELIVERY") == "exactly-once"
+if kind == "StatefulSet":
+    need(spec.get("replicas") == 1, "StatefulSet: exactly one replica per org")
+    need(spec.get("serviceName") == svc["metadata"]["name"], "StatefulSet: serviceName must name the Service")
+    need(spec.get("podManagementPolicy") == "Parallel", "StatefulSet: podManagementPolicy Parallel (with OrderedReady a rollout never replaces an unready pod)")
+else:
+    # Standbys: only exactly-once delivery elects one active instance; at-least-once replicas
+    # would each announce every case.
+    need(exactly_once, "Deployment: replicas need CASESTREAM_DELIVERY exactly-once (one active instance, the others standbys)")
+    need(int(spec.get("replicas") or 1) >= 2, "Deployment: at least two replicas (a standby)")
+    need(not spec.get("volumeClaimTemplates"), "Deployment: no state volume claim (the state lives in the changelog)")
 need(pod.get("enableServiceLinks") is False, "pod enableServiceLinks false (service-link variables such as KAFKA_UI_SERVICE_HOST reach casestream's KAFKA_* settings)")
 selector = dig(spec, "selector", "matchLabels", default={})
 need(selector and all(labels.get(k) == v for k, v in selector.items()), "StatefulSet: selector must match the pod labels")
 need(all(labels.get(k) == v for k, v in (dig(svc, "spec", "selector", default={}) or {}).items()) and dig(svc, "spec", "selector"), "Service: selector must match the pods")
 claims = spec.get("volumeClaimTemplates") or []
-need(any(dig(c, "spec", "resources", "requests", "storage") for c in claims), "StatefulSet: a volume claim for the state")
+if kind == "StatefulSet":
+    need(any(dig(c, "spec", "resources", "requests", "storage") for c in claims), "StatefulSet: a volume claim for the state")
 for claim in claims:
     need(dig(claim, "spec", "accessModes") == ["ReadWriteOncePod"], f"volume claim {dig(claim, 'metadata', 'name')}: accessModes [ReadWriteOncePod] (one writer)")
 need(int(pod.get("terminationGracePeriodSeconds", 30)) >= 30, "terminationGracePeriodSeconds must leave time to finish a page and flush")

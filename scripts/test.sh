@@ -42,4 +42,6 @@ passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END 
 echo "== benchmark harness, small size (proves it works; the numbers mean nothing in a debug build)"
 BENCH_KAFKA_BOOTSTRAP=$TEST_KAFKA_BOOTSTRAP cargo test --locked --bench pipeline -- --bench \
   --cases 3000 --widgets 2 --state-sizes 20000 --history-days 10 --latency-samples 5 --idle-secs 2
+BENCH_KAFKA_BOOTSTRAP=$TEST_KAFKA_BOOTSTRAP cargo test --locked --bench pipeline -- --bench \
+  --only-exactly-once --cases 3000 --widgets 2 --rebuild-sizes 20000
 echo "tests: $passed passed, 0 failed"

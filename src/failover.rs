@@ -28,6 +28,10 @@ const READ_WAIT: Duration = Duration::from_millis(500);
 /// A store ahead of the changelog's stable end may only be waiting for an open transaction
 /// to end; after this long (more than the transaction timeout) it is stale for good.
 const AHEAD_PATIENCE: Duration = Duration::from_secs(75);
+/// How long tombstones surely stay in a compacted topic: half of Kafka's default
+/// `delete.retention.ms` (1 day). A store that stopped reading longer ago may have missed a
+/// deletion, so it is rebuilt instead.
+const TOMBSTONES_KEPT: chrono::TimeDelta = chrono::TimeDelta::hours(12);
 /// Catch-up progress is logged this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
@@ -42,10 +46,10 @@ pub enum FailoverError {
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     #[error(
-        "the state directory holds state that was never written to the changelog {topic} (an \
-         at-least-once deployment?), and the changelog is empty: exactly-once delivery would \
-         forget it. Start with an empty state directory (every case in the lookback is \
-         announced again) or stay at at-least-once"
+        "the state directory holds state the changelog {topic} does not have (written in \
+         at-least-once delivery): exactly-once delivery would decide on it while standbys and \
+         rebuilt pods could not. Start with an empty state directory (the lookback's cases are \
+         announced again, once) or stay at at-least-once"
     )]
     Unlogged { topic: String },
     #[error(
@@ -55,6 +59,28 @@ pub enum FailoverError {
     LostRole { id: String },
     #[error("a changelog task failed: {0}")]
     Join(String),
+}
+
+/// Runs `attempt` again while Kafka fails for a passing reason (an outage; a partition without
+/// a leader yet, right after the topic was created), with growing delays; `None` at shutdown.
+async fn patiently<T, F: std::future::Future<Output = Result<T, FailoverError>>>(
+    shutdown: &CancellationToken,
+    mut attempt: impl FnMut() -> F,
+) -> Result<Option<T>, FailoverError> {
+    let mut delays = crate::sink::kafka_retry_delays();
+    loop {
+        match attempt().await {
+            Err(FailoverError::Changelog(ChangelogError::Kafka { topic, error })) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(%topic, %error, retry_in = ?delay, "reading the state changelog failed; trying again");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            other => return other.map(Some),
+        }
+    }
 }
 
 /// Reads the changelog into the local store.
@@ -83,34 +109,32 @@ impl Follower {
     async fn start(&self, shutdown: &CancellationToken) -> Result<(), FailoverError> {
         let started = Instant::now();
         loop {
-            let decided = self
-                .blocking(move |reader, store| {
+            let decide = || {
+                self.blocking(move |reader, store| {
                     let topic = reader.topic().to_owned();
                     let (low, end) = reader.bounds()?;
                     let from = match store.changelog_position()? {
-                        Some(p) if p.topic == topic && (low..=end).contains(&p.next_offset) => {
+                        Some(p)
+                            if p.topic == topic
+                                && (low..=end).contains(&p.next_offset)
+                                && chrono::Utc::now() - p.applied_at < TOMBSTONES_KEPT =>
+                        {
                             p.next_offset
                         }
-                        Some(p) if p.topic == topic && p.next_offset > end => {
-                            if started.elapsed() < AHEAD_PATIENCE {
-                                return Ok(None);
-                            }
-                            tracing::warn!(store = p.next_offset, end, "the local store is ahead of the changelog (was the topic recreated?); rebuilding it from the changelog");
-                            store.clear()?;
-                            low
+                        Some(p)
+                            if p.topic == topic
+                                && p.next_offset > end
+                                && started.elapsed() < AHEAD_PATIENCE =>
+                        {
+                            return Ok(None);
                         }
                         Some(p) => {
-                            tracing::warn!(topic = %p.topic, offset = p.next_offset, low, "the local store followed another changelog or a part that is gone; rebuilding it from the changelog");
+                            tracing::warn!(topic = %p.topic, offset = p.next_offset, applied_at = %p.applied_at, low, end, "the local store followed another changelog, is ahead of it (recreated?), stopped before what compaction removed, or stopped reading too long ago to have seen every tombstone; rebuilding it from the changelog");
                             store.clear()?;
                             low
                         }
                         None if store.stats()?.known_cases > 0 => {
-                            if end == low {
-                                return Err(FailoverError::Unlogged { topic });
-                            }
-                            tracing::warn!("the local store was never applied from the changelog; rebuilding it from the changelog");
-                            store.clear()?;
-                            low
+                            return Err(FailoverError::Unlogged { topic });
                         }
                         None => low,
                     };
@@ -118,9 +142,10 @@ impl Follower {
                     tracing::info!(topic = %topic, from, end, "following the state changelog");
                     Ok(Some(from))
                 })
-                .await?;
-            if decided.is_some() {
-                return Ok(());
+            };
+            match patiently(shutdown, decide).await? {
+                None | Some(Some(_)) => return Ok(()),
+                Some(None) => {}
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -133,13 +158,25 @@ impl Follower {
     /// reached. Returns the changes applied and the offset the store reached.
     async fn step(&self) -> Result<(usize, Option<i64>), FailoverError> {
         self.blocking(|reader, store| {
-            let changes = reader.read(APPLY_BATCH, READ_WAIT)?;
+            let changes = match reader.read(APPLY_BATCH, READ_WAIT) {
+                Err(ChangelogError::Gone { .. }) => {
+                    // The offset left the log (recreated, truncated): start over from its
+                    // first record, never on top of what the store holds.
+                    tracing::warn!(topic = reader.topic(), "the state changelog no longer holds the offset the store reached; rebuilding the store from the changelog");
+                    store.clear()?;
+                    let (low, _) = reader.bounds()?;
+                    reader.seek(low)?;
+                    return Ok((0, None));
+                }
+                other => other?,
+            };
             let Some(next_offset) = reader.position()? else {
                 return Ok((0, None));
             };
             let position = ChangelogPosition {
                 topic: reader.topic().to_owned(),
                 next_offset,
+                applied_at: chrono::Utc::now(),
             };
             let moved = store
                 .changelog_position()?
@@ -164,7 +201,10 @@ impl Follower {
         shutdown: &CancellationToken,
     ) -> Result<u64, FailoverError> {
         let started = Instant::now();
-        let (_, end) = self.blocking(|reader, _| Ok(reader.bounds()?)).await?;
+        let bounds = || self.blocking(|reader, _| Ok(reader.bounds()?));
+        let Some((_, end)) = patiently(shutdown, bounds).await? else {
+            return Ok(0);
+        };
         let mut reached = self
             .store
             .changelog_position()?
@@ -172,7 +212,9 @@ impl Follower {
         let (mut applied, mut shown) = (0u64, Instant::now());
         while reached < end && !shutdown.is_cancelled() {
             health.beat();
-            let (n, at) = self.step().await?;
+            let Some((n, at)) = patiently(shutdown, || self.step()).await? else {
+                break;
+            };
             applied += n as u64;
             reached = at.unwrap_or(reached);
             if shown.elapsed() >= PROGRESS_EVERY {
@@ -236,16 +278,24 @@ pub async fn run(
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        follower.step().await?;
+        patiently(&shutdown, || follower.step()).await?;
     }
     tracing::info!(group = %id, "elected the active instance; fencing earlier producers");
     tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         fenced = sink.init_transactions() => fenced?,
     }
+    // Lost while fencing (a slow coordinator, a pause): the newer active instance may have
+    // fenced already, and this fence would fence it back.
+    if !election.is_active() {
+        return Err(FailoverError::LostRole { id });
+    }
     follower.catch_up(&health, &shutdown).await?;
     if shutdown.is_cancelled() {
         return Ok(());
+    }
+    if !election.is_active() {
+        return Err(FailoverError::LostRole { id });
     }
     health.set_active(true);
     // The pipeline stops at shutdown, or when the role is lost (a rebalance gave the
@@ -263,12 +313,12 @@ pub async fn run(
             stop.cancel();
         })
     };
-    let result = pipeline.run(stop).await;
+    let result = pipeline.run(stop.clone()).await;
     watcher.abort();
-    let lost = !election.is_active();
-    health.set_active(false);
+    // The stop came from the watcher, not from shutdown: the role was lost.
+    let lost = stop.is_cancelled() && !shutdown.is_cancelled();
     result?;
-    if lost && !shutdown.is_cancelled() {
+    if lost {
         return Err(FailoverError::LostRole { id });
     }
     Ok(())

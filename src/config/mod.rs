@@ -86,6 +86,7 @@ impl Config {
     /// Defaults everywhere but what has none: the API, Kafka and the widgets.
     pub fn new(api: ClientConfig, mut kafka: KafkaSettings, widgets: Vec<String>) -> Self {
         kafka.failover.org = api.org_id.clone();
+        kafka.fill_state_topic();
         Self {
             api,
             kafka,
@@ -240,6 +241,7 @@ impl Config {
                 *name = given;
             }
         }
+        kafka.fill_state_topic();
 
         Ok(Config {
             api,
@@ -458,6 +460,22 @@ rate_limit = 2
             (
                 &[("CASESTREAM_TOPIC_CASES", "bad topic!")],
                 "CASESTREAM_TOPIC_CASES = `bad topic!` is invalid",
+            ),
+            (
+                &[("CASESTREAM_DELIVERY", "exactly-twice")],
+                "CASESTREAM_DELIVERY = `exactly-twice` is invalid: must be `at-least-once` or `exactly-once`",
+            ),
+            (
+                &[("CASESTREAM_FAILOVER_TIMEOUT", "2s")],
+                "CASESTREAM_FAILOVER_TIMEOUT = `2s` is invalid",
+            ),
+            (
+                &[("CASESTREAM_GROUP", "blue green")],
+                "CASESTREAM_GROUP = `blue green` is invalid",
+            ),
+            (
+                &[("CASESTREAM_TOPIC_STATE", "")],
+                "CASESTREAM_TOPIC_STATE = `` is invalid",
             ),
             (
                 &[("SNAPENGAGE_API_URL", "ftp://x")],

@@ -74,7 +74,7 @@ impl Pipeline {
                 }
             };
             if let Attempt::Sent(state) = attempt {
-                match self.sink.commit_transaction().await {
+                match self.commit(shutdown).await {
                     Ok(()) => {
                         self.health.set_deliveries_ok(true);
                         for (record, _) in &round {
@@ -93,7 +93,9 @@ impl Pipeline {
                     Err(fatal) => return Err(self.stopped(fatal)),
                 }
             }
-            self.abort().await?;
+            if !self.abort(shutdown).await? {
+                return Ok(false);
+            }
             self.health.beat();
             self.health.set_deliveries_ok(false);
             metrics::kafka_delivery_error();
@@ -189,19 +191,44 @@ impl Pipeline {
         let position = ChangelogPosition {
             topic: self.sink.topics().state.clone(),
             next_offset: last + 1,
+            applied_at: chrono::Utc::now(),
         };
         self.state(move |s| s.apply(&changes, Some(&position)))
             .await
     }
 
-    /// Aborts the open transaction; a fenced or fatal producer stops the pipeline.
-    async fn abort(&self) -> Result<(), PipelineError> {
+    /// Commits the open transaction, calling again while the failure is a passing one (the
+    /// outcome is then still open: only a new commit call settles it). Shutdown gives up:
+    /// the next active instance's fencing settles it.
+    async fn commit(&self, shutdown: &CancellationToken) -> Result<(), TransactionError> {
+        loop {
+            match self.sink.commit_transaction().await {
+                Err(TransactionError::Retriable(reason)) => {
+                    self.health.beat();
+                    tracing::warn!(%reason, "committing the Kafka transaction failed for a passing reason; committing again");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Err(TransactionError::Retriable(reason)),
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Aborts the open transaction; a fenced or fatal producer stops the pipeline. False when
+    /// shutdown came first (the next fencing aborts it).
+    async fn abort(&self, shutdown: &CancellationToken) -> Result<bool, PipelineError> {
         loop {
             match self.sink.abort_transaction().await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(true),
                 Err(TransactionError::Retriable(reason)) => {
+                    self.health.beat();
                     tracing::warn!(%reason, "aborting the Kafka transaction failed; trying again");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(false),
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
                 }
                 Err(other) => return Err(self.stopped(other)),
             }

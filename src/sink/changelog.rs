@@ -17,7 +17,8 @@ use super::{ADMIN_TIMEOUT, SinkError, setup_error};
 use crate::state::{Change, ChangeError};
 
 /// The changelog has one partition.
-const PARTITION: i32 = 0;
+pub const CHANGELOG_PARTITION: i32 = 0;
+const PARTITION: i32 = CHANGELOG_PARTITION;
 /// How often the election's consumer is polled: it serves the group's heartbeats and
 /// rebalances, so it must turn well within the session timeout.
 const ELECTION_POLL: Duration = Duration::from_millis(200);
@@ -32,6 +33,9 @@ pub enum ChangelogError {
         offset: i64,
         error: ChangeError,
     },
+    /// The offset read from is no longer in the log (the topic was recreated or truncated).
+    #[error("the state changelog {topic} no longer holds the offset being read")]
+    Gone { topic: String },
     #[error(transparent)]
     Setup(#[from] SinkError),
 }
@@ -44,10 +48,10 @@ pub struct ChangelogReader {
 
 impl ChangelogReader {
     pub fn new(settings: &KafkaSettings) -> Result<Self, ChangelogError> {
-        let consumer: BaseConsumer = settings
-            .consumer_config(None)
-            .create()
-            .map_err(setup_error)?;
+        let mut config = settings.consumer_config(None);
+        // An offset that left the log is an error to handle, never a silent jump.
+        config.set("auto.offset.reset", "error");
+        let consumer: BaseConsumer = config.create().map_err(setup_error)?;
         Ok(Self {
             consumer,
             topic: settings.topics.state.clone(),
@@ -102,7 +106,12 @@ impl ChangelogReader {
             let Some(message) = self.consumer.poll(left) else {
                 break;
             };
-            let message = message.map_err(self.kafka())?;
+            let message = message.map_err(|error| match error.rdkafka_error_code() {
+                Some(rdkafka::error::RDKafkaErrorCode::AutoOffsetReset) => ChangelogError::Gone {
+                    topic: self.topic.clone(),
+                },
+                _ => self.kafka()(error),
+            })?;
             let change = Change::decode(message.key().unwrap_or_default(), message.payload())
                 .map_err(|error| ChangelogError::Bad {
                     topic: self.topic.clone(),

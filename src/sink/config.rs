@@ -26,7 +26,6 @@ pub const BOOTSTRAP_SERVERS: &str = "bootstrap.servers";
 pub const DEFAULT_TOPIC_CASES: &str = "snapengage.cases";
 pub const DEFAULT_TOPIC_SURVEYS: &str = "snapengage.surveys";
 pub const DEFAULT_TOPIC_DEADLETTER: &str = "snapengage.deadletter";
-pub const DEFAULT_TOPIC_STATE: &str = "casestream.state";
 pub const DEFAULT_TOPIC_PARTITIONS: i32 = 6;
 /// The election group's session timeout: how long a dead active instance keeps its role.
 /// Brokers accept 6 s to 30 min (classic protocol, `group.min.session.timeout.ms`).
@@ -36,7 +35,7 @@ const TRANSACTION_TIMEOUT_MS: &str = "60000";
 /// In exactly-once delivery a record must fail well before its transaction times out, or
 /// the coordinator aborts it and fences the producer first; librdkafka refuses a value above
 /// `transaction.timeout.ms`.
-const TRANSACTIONAL_MESSAGE_TIMEOUT_MS: &str = "30000";
+const TRANSACTIONAL_MESSAGE_TIMEOUT_MS: u64 = 30_000;
 /// Properties of a producer only: left out of the changelog's consumers, which would warn.
 const PRODUCER_ONLY: &[&str] = &[
     "acks",
@@ -58,6 +57,22 @@ const PRODUCER_ONLY: &[&str] = &[
     "transaction.timeout.ms",
     "partitioner",
     "sticky.partitioning.linger.ms",
+];
+
+/// Consumer properties the changelog's reader and election set themselves: the election needs
+/// the classic protocol (KIP-848 refuses a client-side session timeout) and dynamic members
+/// (a static member leaves no group, and a duplicate instance id fences the other member).
+const CONSUMER_FORCED: &[&str] = &[
+    "group.protocol",
+    "group.instance.id",
+    "group.id",
+    "enable.partition.eof",
+    "isolation.level",
+    "enable.auto.commit",
+    "auto.offset.reset",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "partition.assignment.strategy",
 ];
 
 /// What a consumer of casestream's topics is promised.
@@ -142,7 +157,10 @@ pub struct Topics {
     pub cases: String,
     pub surveys: String,
     pub deadletter: String,
-    /// The changelog of the state (exactly-once delivery only).
+    /// The changelog of the state (exactly-once delivery only); by default
+    /// `casestream.<org>[.<group>].state`, one per deployment: a changelog shared by two
+    /// deployments would mix their states, and one's open transaction would hold back the
+    /// other's reads (the last stable offset is the whole partition's).
     pub state: String,
 }
 
@@ -152,7 +170,8 @@ impl Default for Topics {
             cases: DEFAULT_TOPIC_CASES.into(),
             surveys: DEFAULT_TOPIC_SURVEYS.into(),
             deadletter: DEFAULT_TOPIC_DEADLETTER.into(),
-            state: DEFAULT_TOPIC_STATE.into(),
+            // Derived from the org and group ([`KafkaSettings::fill_state_topic`]).
+            state: String::new(),
         }
     }
 }
@@ -252,10 +271,23 @@ impl KafkaSettings {
                 config.set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS);
             }
             if !self.properties.contains_key("message.timeout.ms") {
-                config.set("message.timeout.ms", TRANSACTIONAL_MESSAGE_TIMEOUT_MS);
+                // Half the transaction's time, at most 30 s.
+                let txn: u64 = config
+                    .get("transaction.timeout.ms")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(60_000);
+                let timeout = (txn / 2).clamp(1, TRANSACTIONAL_MESSAGE_TIMEOUT_MS);
+                config.set("message.timeout.ms", timeout.to_string());
             }
         }
         config
+    }
+
+    /// Names the changelog after the org and group unless it was named.
+    pub fn fill_state_topic(&mut self) {
+        if self.topics.state.is_empty() {
+            self.topics.state = format!("{}.state", self.failover.id());
+        }
     }
 
     /// A consumer of the changelog: the connection and security properties the operator set,
@@ -263,11 +295,12 @@ impl KafkaSettings {
     pub fn consumer_config(&self, group: Option<&str>) -> ClientConfig {
         let mut config = ClientConfig::new();
         for (k, v) in &self.properties {
-            if !PRODUCER_ONLY.contains(&k.as_str()) {
+            if !PRODUCER_ONLY.contains(&k.as_str()) && !CONSUMER_FORCED.contains(&k.as_str()) {
                 config.set(k, v);
             }
         }
         config
+            .set("enable.partition.eof", "false")
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -449,6 +482,57 @@ mod tests {
         assert_eq!(plain.get("enable.idempotence"), Some("true"));
         assert_eq!(plain.get("acks"), Some("all"));
         assert_eq!(plain.get("message.timeout.ms"), Some("120000"));
+    }
+
+    #[test]
+    fn exactly_once_makes_a_transactional_producer_whose_records_fail_before_the_transaction() {
+        let mut eo = settings(&[("bootstrap.servers", "k:9092")]);
+        eo.delivery = Delivery::ExactlyOnce;
+        eo.failover.org = "org1".into();
+        let config = eo.client_config();
+        assert_eq!(config.get("transactional.id"), Some("casestream.org1"));
+        assert_eq!(config.get("transaction.timeout.ms"), Some("60000"));
+        assert_eq!(config.get("message.timeout.ms"), Some("30000"));
+        eo.failover.group = Some("blue".into());
+        eo.properties
+            .insert("message.timeout.ms".into(), "20000".into());
+        let config = eo.client_config();
+        assert_eq!(config.get("transactional.id"), Some("casestream.org1.blue"));
+        assert_eq!(
+            config.get("message.timeout.ms"),
+            Some("20000"),
+            "the operator's value"
+        );
+        let alo = settings(&[("bootstrap.servers", "k:9092")]).client_config();
+        assert_eq!(alo.get("transactional.id"), None);
+    }
+
+    #[test]
+    fn changelog_consumers_take_the_connection_but_not_the_producer_properties() {
+        let mut eo = settings(&[
+            ("bootstrap.servers", "k:9093"),
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.password", "pw"),
+            ("linger.ms", "50"),
+            ("acks", "all"),
+        ]);
+        eo.failover.org = "org1".into();
+        let reader = eo.consumer_config(None);
+        assert_eq!(reader.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(reader.get("sasl.password"), Some("pw"));
+        assert_eq!(reader.get("isolation.level"), Some("read_committed"));
+        assert_eq!(reader.get("enable.auto.commit"), Some("false"));
+        for producer_only in ["linger.ms", "acks"] {
+            assert_eq!(reader.get(producer_only), None, "{producer_only}");
+        }
+        let election = eo.consumer_config(Some("casestream.org1"));
+        assert_eq!(election.get("group.id"), Some("casestream.org1"));
+        assert_eq!(election.get("session.timeout.ms"), Some("10000"));
+        assert_eq!(election.get("heartbeat.interval.ms"), Some("3333"));
+        assert_eq!(
+            election.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use crate::events::CloudEvent;
 use crate::metrics;
-use config::{ENV_CREATE_TOPICS, property_env_name};
+use config::{ENV_CREATE_TOPICS, ENV_TOPIC_STATE, property_env_name};
 pub use config::{EventFormat, KafkaSettings, Topics};
 pub use dead_letter::{DeadLetter, ErrorClass, classify};
 use diagnose::KafkaContext;
@@ -51,6 +51,11 @@ pub enum SinkError {
     CreateTopic { topic: String, reason: String },
     #[error("topic {topic} does not exist and {ENV_CREATE_TOPICS} is false")]
     TopicMissing { topic: String },
+    #[error(
+        "the state changelog {topic} has {partitions} partitions; it needs exactly one (and \
+         cleanup.policy=compact): name another topic in {ENV_TOPIC_STATE} and casestream creates it"
+    )]
+    ChangelogLayout { topic: String, partitions: usize },
 }
 
 /// Delays between attempts while Kafka is unreachable or not acknowledging: jittered,
@@ -169,6 +174,18 @@ fn setup_error(error: KafkaError) -> SinkError {
                 env: property_env_name(&property),
                 property,
                 reason,
+            }
+        }
+        // librdkafka names a property between backquotes when it refuses a combination (a
+        // transactional producer's `message.timeout.ms`, say): name its setting too.
+        KafkaError::ClientCreation(message) => {
+            let message = crate::redact::redact(&message).into_owned();
+            match message.split('`').nth(1).filter(|p| p.contains('.')) {
+                Some(property) => SinkError::Setup(format!(
+                    "{message} (set by {} or the config file's [kafka] table)",
+                    property_env_name(property)
+                )),
+                None => SinkError::Setup(message),
             }
         }
         other => SinkError::Setup(crate::redact::redact(&other.to_string()).into_owned()),
@@ -350,5 +367,21 @@ mod tests {
             .insert("message.max.bytes".into(), "5000000".into());
         let sink = KafkaSink::new(&settings).unwrap();
         assert_eq!(sink.max_record_bytes(), 5_000_000);
+    }
+
+    /// librdkafka refuses a transactional producer whose records could outlive their
+    /// transaction; the error names the setting, not a generic failure.
+    #[test]
+    fn a_message_timeout_above_the_transaction_timeout_is_refused_by_name() {
+        let mut settings = KafkaSettings::new("127.0.0.1:1");
+        settings.delivery = config::Delivery::ExactlyOnce;
+        settings
+            .properties
+            .insert("message.timeout.ms".into(), "120000".into());
+        let error = KafkaSink::new(&settings).unwrap_err().to_string();
+        assert!(
+            error.contains("KAFKA_MESSAGE_TIMEOUT_MS") && error.contains("transaction.timeout.ms"),
+            "{error}"
+        );
     }
 }

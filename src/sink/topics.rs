@@ -74,8 +74,39 @@ impl KafkaSink {
             .collect()
     }
 
+    /// The changelog must have one partition: its reader and the election use partition 0,
+    /// and one log orders every change (a topic made by hand may differ).
+    async fn check_changelog(&self) -> Result<(), SinkError> {
+        if !self.exactly_once() {
+            return Ok(());
+        }
+        let producer = self.producer();
+        let topic = self.topics().state.clone();
+        let partitions = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), ADMIN_TIMEOUT)
+                .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
+        })
+        .await
+        .map_err(|_| SinkError::Unreachable(KafkaError::Canceled))?
+        .map_err(SinkError::Unreachable)?;
+        if partitions > 1 {
+            return Err(SinkError::ChangelogLayout {
+                topic: self.topics().state.clone(),
+                partitions,
+            });
+        }
+        Ok(())
+    }
+
     /// Creates missing topics (or, when creation is off, checks they exist).
     pub async fn ensure_topics(&self) -> Result<(), SinkError> {
+        self.create_missing_topics().await?;
+        self.check_changelog().await
+    }
+
+    async fn create_missing_topics(&self) -> Result<(), SinkError> {
         let settings = &self.settings;
         let (existing, brokers) = self.metadata(None, ADMIN_TIMEOUT).await?;
         let missing = self.missing_from(&existing);

@@ -11,6 +11,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 
+use super::changelog::CHANGELOG_PARTITION;
 use super::config::Delivery;
 use super::{KafkaSink, PendingDelivery, Producer, enqueue};
 use crate::metrics;
@@ -80,7 +81,7 @@ impl KafkaSink {
             Err(error) => {
                 // A fenced or fatal producer says why; the call's error often only says "fatal".
                 let error = match self.producer().client().fatal_error() {
-                    Some((code, reason)) if code == RDKafkaErrorCode::Fenced => {
+                    Some((RDKafkaErrorCode::Fenced, reason)) => {
                         return Err(TransactionError::Fenced {
                             id,
                             reason: crate::redact::redact(&reason).into_owned(),
@@ -147,7 +148,10 @@ impl KafkaSink {
         let mut slots = Vec::with_capacity(changes.len());
         for change in changes {
             let (key, value) = (change.key(), change.value());
-            let mut record = FutureRecord::<str, [u8]>::to(topic).key(key.as_str());
+            // The one partition, whatever the partitioner would pick for the key.
+            let mut record = FutureRecord::<str, [u8]>::to(topic)
+                .key(key.as_str())
+                .partition(CHANGELOG_PARTITION);
             if let Some(value) = &value {
                 record = record.payload(value.as_slice());
             }

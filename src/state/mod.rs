@@ -143,6 +143,9 @@ pub struct StateStats {
 pub struct ChangelogPosition {
     pub topic: String,
     pub next_offset: i64,
+    /// When the store last applied the changelog: tombstones older than the topic's
+    /// `delete.retention.ms` may be gone, so a store that stopped reading long ago is stale.
+    pub applied_at: DateTime<Utc>,
 }
 
 /// The state behind the pipeline. Calls are blocking; the pipeline runs them off the async
@@ -151,7 +154,8 @@ pub trait StateStore: Send + Sync {
     /// What is known of these ids; unknown ids are absent from the map.
     fn lookup(&self, ids: &[&str]) -> Result<HashMap<String, CaseRecord>, StateError>;
     /// Applies `changes` in one transaction; with `position`, records in the same
-    /// transaction that the changelog was applied up to there.
+    /// transaction that the changelog was applied up to there; without, forgets any position
+    /// (the store now holds what the changelog does not).
     fn apply(
         &self,
         changes: &[Change],

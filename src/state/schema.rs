@@ -58,6 +58,7 @@ const SCHEMA_V4: &str = "
 CREATE TABLE IF NOT EXISTS changelog (
     id          INTEGER PRIMARY KEY CHECK (id = 0),
     topic       TEXT NOT NULL,
-    next_offset INTEGER NOT NULL
+    next_offset INTEGER NOT NULL,
+    applied_at_ms INTEGER NOT NULL
 );
 ";

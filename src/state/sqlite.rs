@@ -15,6 +15,9 @@ use super::{
 
 use super::schema::{MIGRATIONS, SCHEMA_VERSION};
 
+mod apply;
+use apply::apply_one;
+
 pub const STATE_FILE: &str = "casestream.sqlite";
 
 /// Free pages handed back to the file system after a prune turn, at most (4 KiB each).
@@ -159,91 +162,6 @@ fn query_in<T, C: FromIterator<T>>(
     Ok(found.into_iter().collect())
 }
 
-/// One change, inside the caller's transaction.
-fn apply_one(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<()> {
-    match change {
-        Change::Case(case) => {
-            let r = &case.record;
-            tx.prepare_cached(
-                "INSERT INTO cases (id, widget, day, first_seen_ms, chat_end_ms,
-                     created_emitted, survey_digest, next_check_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (id) DO UPDATE SET
-                     widget = excluded.widget, day = excluded.day,
-                     chat_end_ms = excluded.chat_end_ms,
-                     created_emitted = excluded.created_emitted,
-                     survey_digest = excluded.survey_digest,
-                     next_check_ms = excluded.next_check_ms",
-            )?
-            .execute(params![
-                case.id,
-                case.widget,
-                case.day.to_string(),
-                r.first_seen.timestamp_millis(),
-                r.chat_end.timestamp_millis(),
-                r.created_emitted,
-                r.survey_digest,
-                r.next_check.map(|t| t.timestamp_millis()),
-            ])?;
-        }
-        Change::CaseForgotten { id } => {
-            tx.prepare_cached("DELETE FROM cases WHERE id = ?1")?
-                .execute([id])?;
-        }
-        Change::Widget { widget, progress } => {
-            tx.prepare_cached(
-                "INSERT INTO widgets (widget, since, caught_up_through, last_fresh_poll_ms)
-                 VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (widget) DO UPDATE SET since = excluded.since,
-                     caught_up_through = excluded.caught_up_through,
-                     last_fresh_poll_ms = excluded.last_fresh_poll_ms",
-            )?
-            .execute(params![
-                widget,
-                progress.since.to_string(),
-                progress.caught_up_through.map(|d| d.to_string()),
-                progress.last_fresh_poll.map(|t| t.timestamp_millis()),
-            ])?;
-        }
-        Change::Cursor(c) => {
-            tx.prepare_cached(
-                "INSERT INTO window_cursors (widget, window, next_link, pages_done)
-                 VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (widget) DO UPDATE SET window = excluded.window,
-                     next_link = excluded.next_link, pages_done = excluded.pages_done",
-            )?
-            .execute(params![
-                c.widget,
-                c.window,
-                c.next,
-                i64::try_from(c.pages_done).unwrap_or(i64::MAX)
-            ])?;
-        }
-        Change::CursorCleared { widget } => {
-            tx.prepare_cached("DELETE FROM window_cursors WHERE widget = ?1")?
-                .execute([widget])?;
-        }
-        Change::DeadLetter(mark) => {
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO dead_letters (digest, widget, case_id, reason_code, at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![
-                mark.digest,
-                mark.widget,
-                mark.case_id,
-                mark.reason_code,
-                mark.at.timestamp_millis(),
-            ])?;
-        }
-        Change::DeadLetterForgotten { digest } => {
-            tx.prepare_cached("DELETE FROM dead_letters WHERE digest = ?1")?
-                .execute([digest])?;
-        }
-    }
-    Ok(())
-}
-
 impl StateStore for SqliteStore {
     fn lookup(&self, ids: &[&str]) -> Result<HashMap<String, CaseRecord>, StateError> {
         query_in(
@@ -272,15 +190,31 @@ impl StateStore for SqliteStore {
             apply_one(&tx, change).map_err(&err)?;
             forgot_cases |= matches!(change, Change::CaseForgotten { .. });
         }
-        if let Some(p) = position {
-            tx.prepare_cached(
-                "INSERT INTO changelog (id, topic, next_offset) VALUES (0, ?1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET topic = excluded.topic,
-                     next_offset = excluded.next_offset",
-            )
-            .map_err(&err)?
-            .execute(params![p.topic, p.next_offset])
-            .map_err(&err)?;
+        match position {
+            Some(p) => {
+                tx.prepare_cached(
+                    "INSERT INTO changelog (id, topic, next_offset, applied_at_ms)
+                     VALUES (0, ?1, ?2, ?3)
+                     ON CONFLICT (id) DO UPDATE SET topic = excluded.topic,
+                         next_offset = excluded.next_offset,
+                         applied_at_ms = excluded.applied_at_ms",
+                )
+                .map_err(&err)?
+                .execute(params![
+                    p.topic,
+                    p.next_offset,
+                    p.applied_at.timestamp_millis()
+                ])
+                .map_err(&err)?;
+            }
+            // A change the changelog does not have (at-least-once delivery): the store is no
+            // longer a view of the changelog, and must never be taken for one.
+            None => {
+                tx.prepare_cached("DELETE FROM changelog")
+                    .map_err(&err)?
+                    .execute([])
+                    .map_err(&err)?;
+            }
         }
         tx.commit().map_err(&err)?;
         drop(conn);
@@ -293,12 +227,13 @@ impl StateStore for SqliteStore {
     fn changelog_position(&self) -> Result<Option<ChangelogPosition>, StateError> {
         self.conn()
             .query_row(
-                "SELECT topic, next_offset FROM changelog WHERE id = 0",
+                "SELECT topic, next_offset, applied_at_ms FROM changelog WHERE id = 0",
                 [],
                 |row| {
                     Ok(ChangelogPosition {
                         topic: row.get(0)?,
                         next_offset: row.get(1)?,
+                        applied_at: ms_to_time(row.get(2)?),
                     })
                 },
             )
@@ -671,6 +606,35 @@ mod tests {
         assert_eq!(store.window_cursor("w2").unwrap(), None);
         store.clear_window_cursor("w1").unwrap();
         assert_eq!(store.window_cursor("w1").unwrap(), None);
+    }
+
+    #[test]
+    fn the_changelog_position_commits_with_its_changes_and_clear_forgets_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.changelog_position().unwrap(), None);
+        let position = ChangelogPosition {
+            topic: "t.state".into(),
+            next_offset: 42,
+            applied_at: t(5_000),
+        };
+        let case = stored("c1", "2026-11-01", None);
+        store
+            .apply(&[Change::Case(case.clone())], Some(&position))
+            .unwrap();
+        let reopened = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.changelog_position().unwrap(), Some(position));
+        assert_eq!(reopened.lookup(&["c1"]).unwrap()["c1"], case.record);
+        reopened
+            .apply(&[Change::CaseForgotten { id: "c1".into() }], None)
+            .unwrap();
+        assert!(reopened.lookup(&["c1"]).unwrap().is_empty());
+        // A write the changelog does not have: no longer a view of it.
+        reopened.apply(&[Change::Case(case)], None).unwrap();
+        assert_eq!(reopened.changelog_position().unwrap(), None);
+        reopened.clear().unwrap();
+        assert_eq!(reopened.stats().unwrap().known_cases, 0);
+        assert_eq!(reopened.changelog_position().unwrap(), None);
     }
 
     #[test]
