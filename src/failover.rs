@@ -297,6 +297,8 @@ pub async fn run(
     if !election.is_active() {
         return Err(FailoverError::LostRole { id });
     }
+    // From here this instance writes the changelog; its reader would only buffer them.
+    follower.blocking(|reader, _| Ok(reader.stop()?)).await?;
     health.set_active(true);
     // The pipeline stops at shutdown, or when the role is lost (a rebalance gave the
     // partition to another member: it may fence this one any moment).

@@ -25,6 +25,8 @@ pub(super) struct Flight {
     pub dead_letters: HashSet<String>,
     /// Once shutdown came: until when pages in flight may still be acknowledged.
     pub shutdown_deadline: Option<tokio::time::Instant>,
+    /// Exactly-once delivery: pages decided for the next transaction, with their `seq`.
+    held: Vec<(u64, PageBatch)>,
 }
 
 impl Flight {
@@ -44,16 +46,36 @@ impl Flight {
 
     /// A page now handed to Kafka.
     pub fn push(&mut self, batch: PageBatch, delivery: PendingDelivery) {
+        self.hold(batch);
+        let (seq, batch) = self
+            .held
+            .pop()
+            .unwrap_or_else(|| unreachable!("the page was just held"));
+        self.pages.push_back(InFlightPage {
+            seq,
+            batch,
+            delivery,
+        });
+    }
+
+    /// A page decided for the next transaction (exactly-once delivery): later pages see its
+    /// records until it commits.
+    pub fn hold(&mut self, batch: PageBatch) {
         self.seq += 1;
         for case in &batch.changed {
             self.records
                 .insert(case.id.clone(), (case.record.clone(), self.seq));
         }
-        self.pages.push_back(InFlightPage {
-            seq: self.seq,
-            batch,
-            delivery,
-        });
+        self.held.push((self.seq, batch));
+    }
+
+    pub fn held_pages(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The pages held for the transaction, oldest first.
+    pub fn take_held(&mut self) -> Vec<(u64, PageBatch)> {
+        std::mem::take(&mut self.held)
     }
 
     /// The page `seq` is committed: its records are the state's now, unless a later page in

@@ -44,6 +44,9 @@ const PREFETCH_PAGES: usize = 2;
 /// Pages handed to Kafka before the oldest must be acknowledged and committed. Bounded, so
 /// memory stays flat and a crash re-sends at most this many pages (same event ids).
 const MAX_PAGES_IN_FLIGHT: usize = 4;
+/// Exactly-once delivery: pages per Kafka transaction, at most (a window's last pages commit
+/// when it ends).
+const PAGES_PER_TRANSACTION: usize = 10;
 /// Re-check days read per widget per cycle, so old surveys never crowd out fresh cases.
 const RECHECK_DAYS_PER_CYCLE: usize = 4;
 /// How often (on the pipeline's clock) state that no decision needs any more is pruned.

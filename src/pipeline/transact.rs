@@ -1,4 +1,4 @@
-//! Exactly-once delivery: a page's events, its dead letters and its state changes go out in
+//! Exactly-once delivery: the events, dead letters and state changes of a few pages go out in
 //! one Kafka transaction; the local store applies the changes only once it committed.
 //!
 //! Any record that fails makes the transaction abortable, so it is aborted and the whole
@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::flight::Flight;
 use super::{Pipeline, PipelineError};
 use crate::metrics;
 use crate::sink::transaction::TransactionError;
 use crate::sink::{ErrorClass, Outgoing, RecordResult, classify, encode};
-use crate::state::{Change, ChangelogPosition};
+use crate::state::{Change, ChangelogPosition, page_changes};
 
 /// At shutdown, how long the abort of a transaction in flight may take.
 const SHUTDOWN_ABORT_GRACE: Duration = Duration::from_secs(5);
@@ -44,6 +45,37 @@ impl Pipeline {
         } else {
             self.state(move |s| s.apply(&changes, None)).await
         }
+    }
+
+    /// Commits the pages held in `flight` in one transaction (nothing if none is held).
+    /// Returns false when shutdown came first.
+    pub(super) async fn commit_held(
+        &self,
+        flight: &mut Flight,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, PipelineError> {
+        let held = flight.take_held();
+        if held.is_empty() {
+            return Ok(true);
+        }
+        let (mut records, mut changes, mut pages) = (Vec::new(), Vec::new(), Vec::new());
+        for (seq, batch) in held {
+            changes.extend(page_changes(
+                &batch.changed,
+                &batch.dead_letters,
+                batch.cursor.as_ref(),
+            ));
+            records.extend(batch.outgoing);
+            let ids: Vec<String> = batch.changed.into_iter().map(|c| c.id).collect();
+            pages.push((seq, ids));
+        }
+        if !self.transact(records, changes, shutdown).await? {
+            return Ok(false);
+        }
+        for (seq, ids) in pages {
+            flight.committed(seq, &ids);
+        }
+        Ok(true)
     }
 
     /// Publishes `records` and `changes` in one Kafka transaction, then applies the changes to

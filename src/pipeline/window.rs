@@ -8,10 +8,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::flight::Flight;
 use super::scheduler::Task;
-use super::{CycleStats, MAX_PAGES_IN_FLIGHT, PREFETCH_PAGES, Pipeline, PipelineError};
+use super::{
+    CycleStats, MAX_PAGES_IN_FLIGHT, PAGES_PER_TRANSACTION, PREFETCH_PAGES, Pipeline, PipelineError,
+};
 use crate::metrics;
 use crate::snapengage::{ClientError, Window};
-use crate::state::{Change, WindowCursor, page_changes};
+use crate::state::{Change, WindowCursor};
 
 /// How a window's reading ended.
 pub(super) enum WindowEnd {
@@ -80,14 +82,12 @@ impl Pipeline {
                     let mut batch = self.decide(page, &mut flight, stats).await?;
                     batch.cursor = cursor;
                     if self.sink.exactly_once() {
-                        // One transaction per page, so no page is in flight when the next
-                        // is decided.
-                        let changes = page_changes(
-                            &batch.changed,
-                            &batch.dead_letters,
-                            batch.cursor.as_ref(),
-                        );
-                        if !self.transact(batch.outgoing, changes, shutdown).await? {
+                        // Pages go out in transactions of several: a commit costs a round
+                        // trip to the coordinator and a marker per partition.
+                        flight.hold(batch);
+                        if flight.held_pages() >= PAGES_PER_TRANSACTION
+                            && !self.commit_held(&mut flight, shutdown).await?
+                        {
                             return Ok(WindowEnd::Interrupted);
                         }
                         continue;
@@ -105,7 +105,10 @@ impl Pipeline {
                 }
             }
         };
-        // Pages already handed to Kafka are finished, whatever ends the window.
+        // Pages already decided or handed to Kafka are finished, whatever ends the window.
+        if !self.commit_held(&mut flight, shutdown).await? {
+            return Ok(WindowEnd::Interrupted);
+        }
         while !flight.pages.is_empty() {
             if !self.settle_oldest(&mut flight, shutdown).await? {
                 return Ok(WindowEnd::Interrupted);

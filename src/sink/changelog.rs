@@ -85,6 +85,11 @@ impl ChangelogReader {
         self.consumer.assign(&list).map_err(self.kafka())
     }
 
+    /// Stops fetching (the active instance writes the changelog; it need not read it back).
+    pub fn stop(&self) -> Result<(), ChangelogError> {
+        self.consumer.unassign().map_err(self.kafka())
+    }
+
     /// The offset the next read starts at (past transaction markers and aborted records
     /// already passed); `None` before the first fetch.
     pub fn position(&self) -> Result<Option<i64>, ChangelogError> {
