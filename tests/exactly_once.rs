@@ -181,12 +181,14 @@ async fn ten_sigkills_and_a_lost_state_directory_still_deliver_every_event_exact
     let log = dir.path().join("forwarder.log");
     let admin = free_port();
     let mut env = instance_env(&sim, &bootstrap, &prefix, &state, admin);
-    // A slow catch-up (~15 s), so the first kills land in the middle of it.
-    env.push(("CASESTREAM_RATE_LIMIT".into(), "5".into()));
+    // A catch-up of several seconds (10 pages, one transaction, a second), so the first kills
+    // land in the middle of it.
+    env.push(("CASESTREAM_RATE_LIMIT".into(), "10".into()));
     let cases_topic = format!("{prefix}.cases");
     let seed: u64 = rand::random();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     println!("kill points from seed {seed}");
+    let mut announced_before_loss = 0;
 
     for kill in 1..=10 {
         if kill == 6 {
@@ -200,6 +202,15 @@ async fn ten_sigkills_and_a_lost_state_directory_still_deliver_every_event_exact
             async || active(admin).await == Some(true),
         )
         .await;
+        if kill == 5 {
+            // The state about to be deleted must hold something to rebuild.
+            eventually(Duration::from_secs(60), "a first commit", async || {
+                !event_ids_by_case(&bootstrap, &cases_topic, Duration::from_secs(1))
+                    .await
+                    .is_empty()
+            })
+            .await;
+        }
         // A random point of its active life: mid-transaction, mid-commit, between pages.
         let after = Duration::from_millis(rng.random_range(0..3000));
         tokio::time::sleep(after).await;
@@ -209,6 +220,9 @@ async fn ten_sigkills_and_a_lost_state_directory_still_deliver_every_event_exact
             .await
             .len();
         println!("kill {kill} after {after:?} active, {announced} cases announced");
+        if kill == 5 {
+            announced_before_loss = announced;
+        }
         if kill == 1 {
             let total: usize = ["w1", "w2"]
                 .iter()
@@ -239,8 +253,12 @@ async fn ten_sigkills_and_a_lost_state_directory_still_deliver_every_event_exact
         .collect();
     println!("changes applied from the changelog at each start: {applied:?}");
     assert_eq!(applied.len(), 11, "every start reads the changelog");
-    // The start without a state directory rebuilt every case from the changelog alone.
-    assert!(applied[5] > 1000, "the lost state was rebuilt: {applied:?}");
+    // The start without a state directory rebuilt every case from the changelog alone (each
+    // announced case has its record in the changelog, committed with its event).
+    assert!(
+        announced_before_loss > 0 && applied[5] >= announced_before_loss as u64,
+        "the lost state was rebuilt: {applied:?}, {announced_before_loss} cases announced before"
+    );
     println!(
         "{cases} cases and {surveys} surveys exactly once after 10 SIGKILLs and a lost state directory"
     );
