@@ -261,7 +261,7 @@ pub async fn serve(
     sink: Arc<KafkaSink>,
     thresholds: Thresholds,
     shutdown: CancellationToken,
-) -> std::io::Result<SocketAddr> {
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     metrics::prometheus();
     let listener = TcpListener::bind(settings.addr).await?;
     let bound = listener.local_addr()?;
@@ -283,7 +283,9 @@ pub async fn serve(
             tracing::error!(error = %e, "admin server failed");
         }
     });
-    tokio::spawn(async move {
+    // Handed back so the caller can wait for it: the probe holds the sink, and a Kafka client
+    // outliving its caller's shutdown would talk to brokers already gone (the demo's).
+    let probe = tokio::spawn(async move {
         loop {
             let reachable = sink.ping(KAFKA_PROBE_TIMEOUT).await.is_ok();
             health.kafka_reachable.store(reachable, Ordering::Relaxed);
@@ -294,5 +296,5 @@ pub async fn serve(
         }
     });
     tracing::info!(addr = %bound, "admin endpoints: /metrics /livez /readyz");
-    Ok(bound)
+    Ok((bound, probe))
 }

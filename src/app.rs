@@ -79,12 +79,15 @@ pub async fn run(
         Arc::new(ClientMetrics::new(health.clone())),
     )?;
     let sink = Arc::new(KafkaSink::new(&config.kafka)?);
-    crate::admin::serve(
+    // The admin endpoints live as long as this function: a guard stops them on every return.
+    let admin_stop = shutdown.child_token();
+    let _admin_guard = admin_stop.clone().drop_guard();
+    let (_, probe) = crate::admin::serve(
         config.admin,
         health.clone(),
         sink.clone(),
         crate::admin::Thresholds::for_poll_interval(config.pipeline.poll_interval),
-        shutdown.clone(),
+        admin_stop.clone(),
     )
     .await
     .map_err(|source| AppError::Admin {
@@ -125,5 +128,8 @@ pub async fn run(
     if let Err(e) = sink.flush(SHUTDOWN_FLUSH) {
         tracing::warn!(error = %e, "Kafka flush at shutdown failed");
     }
+    // Every Kafka client is gone when this returns (the probe's too).
+    admin_stop.cancel();
+    let _ = probe.await;
     Ok(())
 }
