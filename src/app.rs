@@ -79,15 +79,13 @@ pub async fn run(
         Arc::new(ClientMetrics::new(health.clone())),
     )?;
     let sink = Arc::new(KafkaSink::new(&config.kafka)?);
-    // The admin endpoints live as long as this function: a guard stops them on every return.
-    let admin_stop = shutdown.child_token();
-    let _admin_guard = admin_stop.clone().drop_guard();
+    // The admin endpoints stay up after a fatal error (readiness names it) until shutdown.
     let (_, probe) = crate::admin::serve(
         config.admin,
         health.clone(),
         sink.clone(),
         crate::admin::Thresholds::for_poll_interval(config.pipeline.poll_interval),
-        admin_stop.clone(),
+        shutdown.clone(),
     )
     .await
     .map_err(|source| AppError::Admin {
@@ -128,8 +126,7 @@ pub async fn run(
     if let Err(e) = sink.flush(SHUTDOWN_FLUSH) {
         tracing::warn!(error = %e, "Kafka flush at shutdown failed");
     }
-    // Every Kafka client is gone when this returns (the probe's too).
-    admin_stop.cancel();
+    // A clean stop returns only once every Kafka client is gone: the probe holds the sink.
     let _ = probe.await;
     Ok(())
 }
