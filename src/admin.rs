@@ -253,15 +253,15 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 }
 
 /// Binds the admin port and serves until `shutdown`; also probes Kafka in the background so
-/// readiness reflects an outage even when nothing is being published. Returns the bound
-/// address (port 0 picks a free one).
+/// readiness reflects an outage even when nothing is being published. The bound address
+/// (port 0 picks a free one) is in [`Health::admin_addr`]; the probe's task is returned.
 pub async fn serve(
     settings: AdminSettings,
     health: Arc<Health>,
     sink: Arc<KafkaSink>,
     thresholds: Thresholds,
     shutdown: CancellationToken,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     metrics::prometheus();
     let listener = TcpListener::bind(settings.addr).await?;
     let bound = listener.local_addr()?;
@@ -296,5 +296,5 @@ pub async fn serve(
         }
     });
     tracing::info!(addr = %bound, "admin endpoints: /metrics /livez /readyz");
-    Ok((bound, probe))
+    Ok(probe)
 }

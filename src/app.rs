@@ -80,7 +80,7 @@ pub async fn run(
     )?;
     let sink = Arc::new(KafkaSink::new(&config.kafka)?);
     // The admin endpoints stay up after a fatal error (readiness names it) until shutdown.
-    let (_, probe) = crate::admin::serve(
+    let probe = crate::admin::serve(
         config.admin,
         health.clone(),
         sink.clone(),

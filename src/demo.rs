@@ -18,7 +18,7 @@ use crate::admin::Health;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::simulator::{SimConfig, Simulator};
-use crate::sink::{KafkaSettings, Topics};
+use crate::sink::KafkaSettings;
 use crate::snapengage::ClientConfig;
 
 const PARTITIONS: i32 = 3;
@@ -59,12 +59,7 @@ pub async fn run(
     shutdown: CancellationToken,
     out: &mut (dyn Write + Send),
 ) -> Result<DemoSummary, DemoError> {
-    // The default topics, as the forwarder's default settings name them.
-    let topics = Topics::default();
     let cluster = MockCluster::new(1)?;
-    for topic in topics.all() {
-        cluster.create_topic(topic, PARTITIONS, 1)?;
-    }
     let bootstrap = cluster.bootstrap_servers();
     let clock = Clock::scaled(Utc::now(), options.speed);
     let sim = Arc::new(Simulator::new(
@@ -98,6 +93,11 @@ pub async fn run(
     config.state_dir = state_dir.clone();
     config.admin.addr = ([127, 0, 0, 1], 0).into();
     let settle = config.pipeline.tracker.settle;
+    // The forwarder's default topics, as its settings name them.
+    let topics = config.kafka.topics.clone();
+    for topic in topics.all() {
+        cluster.create_topic(topic, PARTITIONS, 1)?;
+    }
 
     writeln!(
         out,

@@ -8,6 +8,7 @@
 //! the fence no earlier instance can commit, so the end read is the end.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -83,12 +84,46 @@ async fn patiently<T, F: std::future::Future<Output = Result<T, FailoverError>>>
     }
 }
 
+/// Where the store goes on reading the changelog, and seeks the reader there. `None`: the
+/// store is ahead of the changelog's stable end, which an open transaction may explain; ask
+/// again (for [`AHEAD_PATIENCE`] after `waited`, then the store is rebuilt).
+fn resume_from(
+    reader: &ChangelogReader,
+    store: &dyn StateStore,
+    waited: Duration,
+) -> Result<Option<i64>, FailoverError> {
+    let topic = reader.topic().to_owned();
+    let (low, end) = reader.bounds()?;
+    let from = match store.changelog_position()? {
+        Some(p)
+            if p.topic == topic
+                && (low..=end).contains(&p.next_offset)
+                && chrono::Utc::now() - p.applied_at < TOMBSTONES_KEPT =>
+        {
+            p.next_offset
+        }
+        Some(p) if p.topic == topic && p.next_offset > end && waited < AHEAD_PATIENCE => {
+            return Ok(None);
+        }
+        Some(p) => {
+            tracing::warn!(topic = %p.topic, offset = p.next_offset, applied_at = %p.applied_at, low, end, "the local store followed another changelog, is ahead of it (recreated?), stopped before what compaction removed, or stopped reading too long ago to have seen every tombstone; rebuilding it from the changelog");
+            store.clear()?;
+            low
+        }
+        None if store.stats()?.known_cases > 0 => return Err(FailoverError::Unlogged { topic }),
+        None => low,
+    };
+    reader.seek(from)?;
+    tracing::info!(topic = %topic, from, end, "following the state changelog");
+    Ok(Some(from))
+}
+
 /// Reads the changelog into the local store.
 struct Follower {
     reader: Arc<ChangelogReader>,
     store: Arc<dyn StateStore>,
     /// Changes applied since this process started (as a standby, then catching up).
-    applied: std::sync::atomic::AtomicU64,
+    applied: AtomicU64,
 }
 
 impl Follower {
@@ -104,45 +139,20 @@ impl Follower {
             .map_err(|e| FailoverError::Join(e.to_string()))?
     }
 
-    /// Where to read from: where the store stopped, if that is still in the changelog;
-    /// otherwise the store is cleared and rebuilt from the changelog's start.
+    fn new(settings: &KafkaSettings, store: Arc<dyn StateStore>) -> Result<Self, FailoverError> {
+        Ok(Self {
+            reader: Arc::new(ChangelogReader::new(settings)?),
+            store,
+            applied: Default::default(),
+        })
+    }
+
+    /// Seeks to where the store stopped, if that is still in the changelog; otherwise the
+    /// store is cleared and rebuilt from the changelog's start ([`resume_from`]).
     async fn start(&self, shutdown: &CancellationToken) -> Result<(), FailoverError> {
         let started = Instant::now();
         loop {
-            let decide = || {
-                self.blocking(move |reader, store| {
-                    let topic = reader.topic().to_owned();
-                    let (low, end) = reader.bounds()?;
-                    let from = match store.changelog_position()? {
-                        Some(p)
-                            if p.topic == topic
-                                && (low..=end).contains(&p.next_offset)
-                                && chrono::Utc::now() - p.applied_at < TOMBSTONES_KEPT =>
-                        {
-                            p.next_offset
-                        }
-                        Some(p)
-                            if p.topic == topic
-                                && p.next_offset > end
-                                && started.elapsed() < AHEAD_PATIENCE =>
-                        {
-                            return Ok(None);
-                        }
-                        Some(p) => {
-                            tracing::warn!(topic = %p.topic, offset = p.next_offset, applied_at = %p.applied_at, low, end, "the local store followed another changelog, is ahead of it (recreated?), stopped before what compaction removed, or stopped reading too long ago to have seen every tombstone; rebuilding it from the changelog");
-                            store.clear()?;
-                            low
-                        }
-                        None if store.stats()?.known_cases > 0 => {
-                            return Err(FailoverError::Unlogged { topic });
-                        }
-                        None => low,
-                    };
-                    reader.seek(from)?;
-                    tracing::info!(topic = %topic, from, end, "following the state changelog");
-                    Ok(Some(from))
-                })
-            };
+            let decide = || self.blocking(move |r, s| resume_from(r, s, started.elapsed()));
             match patiently(shutdown, decide).await? {
                 None | Some(Some(_)) => return Ok(()),
                 Some(None) => {}
@@ -158,6 +168,7 @@ impl Follower {
     /// reached. Returns the changes applied and the offset the store reached.
     async fn step(&self) -> Result<(usize, Option<i64>), FailoverError> {
         self.blocking(|reader, store| {
+            let before = reader.position()?;
             let changes = match reader.read(APPLY_BATCH, READ_WAIT) {
                 Err(ChangelogError::Gone { .. }) => {
                     // The offset left the log (recreated, truncated): start over from its
@@ -178,10 +189,8 @@ impl Follower {
                 next_offset,
                 applied_at: chrono::Utc::now(),
             };
-            let moved = store
-                .changelog_position()?
-                .is_none_or(|p| p.next_offset != next_offset);
-            if !changes.is_empty() || moved {
+            // Transaction markers move the offset too: the store records where it reached.
+            if !changes.is_empty() || before != Some(next_offset) {
                 store.apply(&changes, Some(&position))?;
                 metrics::changelog_applied(changes.len() as u64);
             }
@@ -189,8 +198,7 @@ impl Follower {
         })
         .await
         .inspect(|(n, _)| {
-            self.applied
-                .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
+            self.applied.fetch_add(*n as u64, Ordering::Relaxed);
         })
     }
 
@@ -201,28 +209,31 @@ impl Follower {
         shutdown: &CancellationToken,
     ) -> Result<u64, FailoverError> {
         let started = Instant::now();
-        let bounds = || self.blocking(|reader, _| Ok(reader.bounds()?));
-        let Some((_, end)) = patiently(shutdown, bounds).await? else {
+        let before = self.applied.load(Ordering::Relaxed);
+        let ends = || {
+            self.blocking(|reader, store| {
+                let reached = store.changelog_position()?.map_or(0, |p| p.next_offset);
+                Ok((reached, reader.bounds()?.1))
+            })
+        };
+        let Some((mut reached, end)) = patiently(shutdown, ends).await? else {
             return Ok(0);
         };
-        let mut reached = self
-            .store
-            .changelog_position()?
-            .map_or(0, |p| p.next_offset);
-        let (mut applied, mut shown) = (0u64, Instant::now());
+        let mut shown = Instant::now();
         while reached < end && !shutdown.is_cancelled() {
             health.beat();
-            let Some((n, at)) = patiently(shutdown, || self.step()).await? else {
+            let Some((_, at)) = patiently(shutdown, || self.step()).await? else {
                 break;
             };
-            applied += n as u64;
             reached = at.unwrap_or(reached);
             if shown.elapsed() >= PROGRESS_EVERY {
                 shown = Instant::now();
+                let applied = self.applied.load(Ordering::Relaxed) - before;
                 tracing::info!(reached, end, applied, "reading the state changelog");
             }
         }
-        let since_start = self.applied.load(std::sync::atomic::Ordering::Relaxed);
+        let since_start = self.applied.load(Ordering::Relaxed);
+        let applied = since_start - before;
         tracing::info!(
             applied,
             since_start,
@@ -242,11 +253,7 @@ pub async fn restore(
     store: Arc<dyn StateStore>,
     shutdown: &CancellationToken,
 ) -> Result<u64, FailoverError> {
-    let follower = Follower {
-        reader: Arc::new(ChangelogReader::new(settings)?),
-        store,
-        applied: Default::default(),
-    };
+    let follower = Follower::new(settings, store)?;
     follower.start(shutdown).await?;
     follower.catch_up(&Health::default(), shutdown).await
 }
@@ -261,11 +268,7 @@ pub async fn run(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<(), FailoverError> {
-    let follower = Follower {
-        reader: Arc::new(ChangelogReader::new(settings)?),
-        store,
-        applied: Default::default(),
-    };
+    let follower = Follower::new(settings, store)?;
     health.set_active(false);
     follower.start(&shutdown).await?;
     let election = Election::join(settings)?;

@@ -8,8 +8,6 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use casestream::clock::Clock;
-use casestream::simulator::SimConfig;
 use casestream::snapengage::Case;
 use common::*;
 
@@ -43,20 +41,7 @@ async fn delivery_errors_counted(admin: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_commits_before_kafka_acknowledges() {
     let (broker, bootstrap) = OwnBroker::start("ack");
-    let sim = start_simulator(
-        SimConfig {
-            widgets: vec!["w1".into(), "w2".into()],
-            cases_per_hour: 3600.0,
-            history: Duration::from_secs(600),
-            survey_delay: Duration::from_secs(2),
-            survey_spread: Duration::from_secs(3),
-            survey_late_max: Duration::from_secs(10),
-            index_delay: Duration::from_millis(200),
-            ..SimConfig::default()
-        },
-        Clock::system(),
-    )
-    .await;
+    let sim = start_live_simulator(3600.0, Duration::from_secs(600)).await;
     let prefix = unique_prefix("ack");
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("forwarder.log");

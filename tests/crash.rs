@@ -6,8 +6,6 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use casestream::clock::Clock;
-use casestream::simulator::SimConfig;
 use casestream::snapengage::Case;
 use common::*;
 
@@ -19,20 +17,7 @@ async fn created_events(bootstrap: &str, topic: &str) -> HashMap<String, (HashSe
 async fn sigkill_mid_run_loses_nothing_and_sigterm_exits_cleanly() {
     let bootstrap = kafka_bootstrap().await;
     // Real time, short delays: the process has its own clock.
-    let sim = start_simulator(
-        SimConfig {
-            widgets: vec!["w1".into(), "w2".into()],
-            cases_per_hour: 1200.0,
-            history: Duration::from_secs(5 * 3600),
-            survey_delay: Duration::from_secs(2),
-            survey_spread: Duration::from_secs(3),
-            survey_late_max: Duration::from_secs(10),
-            index_delay: Duration::from_millis(200),
-            ..SimConfig::default()
-        },
-        Clock::system(),
-    )
-    .await;
+    let sim = start_live_simulator(1200.0, Duration::from_secs(5 * 3600)).await;
     let prefix = unique_prefix("crash");
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("forwarder.log");

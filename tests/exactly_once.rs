@@ -7,11 +7,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use casestream::clock::Clock;
-use casestream::simulator::SimConfig;
 use casestream::simulator::http::RunningSimulator;
 use casestream::snapengage::Case;
 use common::*;
@@ -23,20 +20,7 @@ const FAILOVER_TIMEOUT: &str = "6s";
 
 /// Live traffic on two widgets with some history, surveys landing within seconds.
 async fn live_simulator() -> RunningSimulator {
-    start_simulator(
-        SimConfig {
-            widgets: vec!["w1".into(), "w2".into()],
-            cases_per_hour: 1200.0,
-            history: Duration::from_secs(3 * 3600),
-            survey_delay: Duration::from_secs(2),
-            survey_spread: Duration::from_secs(3),
-            survey_late_max: Duration::from_secs(10),
-            index_delay: Duration::from_millis(200),
-            ..SimConfig::default()
-        },
-        Clock::system(),
-    )
-    .await
+    start_live_simulator(1200.0, Duration::from_secs(3 * 3600)).await
 }
 
 /// One instance's environment: exactly-once, its own state directory and admin port.
@@ -147,14 +131,6 @@ async fn wait_for_all(sim: &RunningSimulator, bootstrap: &str, prefix: &str, lim
             .all(|c| created.contains_key(c.id()))
     })
     .await;
-}
-
-fn signal(child: &std::process::Child, signal: &str) {
-    let sent = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success(), "kill {signal}");
 }
 
 async fn stop(mut forwarder: Forwarder, log: &std::path::Path) {
@@ -359,7 +335,7 @@ async fn a_standby_takes_over_from_a_killed_and_from_a_frozen_active_instance() 
     let zombie = if a_active { b.take() } else { a.take() };
     let mut zombie = zombie.unwrap();
     let _ = standby_env;
-    signal(&zombie.0, "-STOP");
+    assert!(signal(&zombie.0, "-STOP"));
     eventually(
         Duration::from_secs(60),
         "the standby takes over from a frozen active instance",
@@ -368,7 +344,7 @@ async fn a_standby_takes_over_from_a_killed_and_from_a_frozen_active_instance() 
     .await;
     // Let the new active instance commit transactions before the zombie wakes.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    signal(&zombie.0, "-CONT");
+    assert!(signal(&zombie.0, "-CONT"));
     let exited = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(90) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{ConfigError, SETTINGS};
 use crate::pipeline::ENV_WIDGET_IDS;
-use crate::sink::config::{KAFKA_ENV_PREFIX, property_of_env};
+use crate::sink::config::property_of_env;
 use crate::snapengage::settings::{ENV_API_TOKEN, ENV_API_TOKEN_FILE};
 
 /// One setting's value as given, kept as text until the component that owns it parses it.
@@ -130,9 +130,7 @@ impl Layer {
         for (name, value) in vars {
             if let Some(env) = SETTINGS.iter().find(|env| **env == name) {
                 layer.values.insert(env, Value::Text(value));
-            } else if name.starts_with(KAFKA_ENV_PREFIX)
-                && let Some(property) = property_of_env(&name)
-            {
+            } else if let Some(property) = property_of_env(&name) {
                 layer.kafka.insert(property, value);
             }
         }

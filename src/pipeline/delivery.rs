@@ -122,26 +122,14 @@ impl Pipeline {
                     }
                     Err(error) => error,
                 };
-                match classify(&error) {
-                    ErrorClass::Transient => {
-                        passing.get_or_insert(error);
-                        again.push((record, alone));
-                    }
-                    ErrorClass::Topic => {
-                        let failure = PipelineError::KafkaRefused {
-                            topic: encode::topic(&record, self.sink.topics()).to_owned(),
-                            error: error.to_string(),
-                        };
-                        self.health.set_deliveries_ok(false);
-                        self.health.set_fatal(failure.to_string());
-                        return Err(failure);
-                    }
-                    ErrorClass::Record if !alone => again.push((record, true)),
-                    ErrorClass::Record => {
-                        if let Some(dead) = self.dead_letter_for(record, &error, outcome.size) {
-                            again.push((Outgoing::DeadLetter(dead), false));
-                        }
-                    }
+                let transient = classify(&error) == ErrorClass::Transient;
+                match self.after_failure(record, alone, &error, outcome.size) {
+                    Ok(Some(retry)) => again.push(retry),
+                    Ok(None) => {}
+                    Err(failure) => return Err(self.refusal(failure)),
+                }
+                if transient {
+                    passing.get_or_insert(error);
                 }
             }
             if again.is_empty() {
@@ -198,9 +186,43 @@ impl Pipeline {
         }
     }
 
+    /// What becomes of a record Kafka did not take (in [`Pipeline::deliver`] and in a
+    /// transaction alike): sent again, as it was, for a passing reason; sent again alone when
+    /// refused for good in a batch (a broker refuses a whole batch as too large); replaced by its
+    /// dead letter when refused alone (`None` if even that was refused); and `Err` when its
+    /// topic refuses every record.
+    pub(super) fn after_failure(
+        &self,
+        record: Outgoing,
+        alone: bool,
+        error: &rdkafka::error::KafkaError,
+        size: usize,
+    ) -> Result<Option<(Outgoing, bool)>, PipelineError> {
+        Ok(match classify(error) {
+            ErrorClass::Transient => Some((record, alone)),
+            ErrorClass::Topic => {
+                return Err(PipelineError::KafkaRefused {
+                    topic: encode::topic(&record, self.sink.topics()).to_owned(),
+                    error: error.to_string(),
+                });
+            }
+            ErrorClass::Record if !alone => Some((record, true)),
+            ErrorClass::Record => self
+                .dead_letter_for(record, error, size)
+                .map(|dead| (Outgoing::DeadLetter(dead), false)),
+        })
+    }
+
+    /// The pipeline stops on a refusal; readiness says why.
+    pub(super) fn refusal(&self, failure: PipelineError) -> PipelineError {
+        self.health.set_deliveries_ok(false);
+        self.health.set_fatal(failure.to_string());
+        failure
+    }
+
     /// The dead letter that replaces a record Kafka refused for good; `None` when even a cut
     /// dead letter was refused (then it is logged as an error, with the case id and digest).
-    pub(super) fn dead_letter_for(
+    fn dead_letter_for(
         &self,
         record: Outgoing,
         error: &rdkafka::error::KafkaError,

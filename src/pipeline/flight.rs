@@ -46,11 +46,7 @@ impl Flight {
 
     /// A page now handed to Kafka.
     pub fn push(&mut self, batch: PageBatch, delivery: PendingDelivery) {
-        self.hold(batch);
-        let (seq, batch) = self
-            .held
-            .pop()
-            .unwrap_or_else(|| unreachable!("the page was just held"));
+        let seq = self.remember(&batch);
         self.pages.push_back(InFlightPage {
             seq,
             batch,
@@ -61,12 +57,18 @@ impl Flight {
     /// A page decided for the next transaction (exactly-once delivery): later pages see its
     /// records until it commits.
     pub fn hold(&mut self, batch: PageBatch) {
+        let seq = self.remember(&batch);
+        self.held.push((seq, batch));
+    }
+
+    /// Numbers a page and makes its records what later pages see. Returns its `seq`.
+    fn remember(&mut self, batch: &PageBatch) -> u64 {
         self.seq += 1;
         for case in &batch.changed {
             self.records
                 .insert(case.id.clone(), (case.record.clone(), self.seq));
         }
-        self.held.push((self.seq, batch));
+        self.seq
     }
 
     pub fn held_pages(&self) -> usize {

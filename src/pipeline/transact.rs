@@ -13,11 +13,28 @@ use super::flight::Flight;
 use super::{Pipeline, PipelineError};
 use crate::metrics;
 use crate::sink::transaction::TransactionError;
-use crate::sink::{ErrorClass, Outgoing, RecordResult, classify, encode};
+use crate::sink::{ErrorClass, Outgoing, RecordResult, classify};
 use crate::state::{Change, ChangelogPosition, page_changes};
 
 /// At shutdown, how long the abort of a transaction in flight may take.
 const SHUTDOWN_ABORT_GRACE: Duration = Duration::from_secs(5);
+
+/// The records of a transaction: sent in one batch, but for those Kafka refused for good in a
+/// batch, which go alone.
+struct Round {
+    together: Vec<Outgoing>,
+    alone: Vec<Outgoing>,
+}
+
+impl Round {
+    fn push(&mut self, record: Outgoing, alone: bool) {
+        if alone {
+            self.alone.push(record);
+        } else {
+            self.together.push(record);
+        }
+    }
+}
 
 /// How a transaction attempt went.
 enum Attempt {
@@ -88,8 +105,10 @@ impl Pipeline {
         shutdown: &CancellationToken,
     ) -> Result<bool, PipelineError> {
         let mut delays = crate::sink::kafka_retry_delays();
-        // (record, sent alone)
-        let mut round: Vec<(Outgoing, bool)> = records.into_iter().map(|r| (r, false)).collect();
+        let mut round = Round {
+            together: records,
+            alone: Vec::new(),
+        };
         loop {
             if shutdown.is_cancelled() {
                 return Ok(false);
@@ -109,7 +128,7 @@ impl Pipeline {
                 match self.commit(shutdown).await {
                     Ok(()) => {
                         self.health.set_deliveries_ok(true);
-                        for (record, _) in &round {
+                        for record in round.together.iter().chain(&round.alone) {
                             if let Outgoing::Event(event) = record {
                                 metrics::event_published(event.event_type.name());
                             }
@@ -139,67 +158,55 @@ impl Pipeline {
         }
     }
 
-    /// Sends the round (records refused once in a batch go alone, each awaited) and the
-    /// changes, and sorts what failed: records refused alone become dead letters, anything
-    /// refused for its topic stops the pipeline.
+    /// Sends the round and the changes, and sorts what failed ([`Pipeline::after_failure`]):
+    /// the round becomes what the next attempt sends.
     async fn attempt(
         &self,
-        round: &mut Vec<(Outgoing, bool)>,
+        round: &mut Round,
         changes: &[Change],
     ) -> Result<Attempt, PipelineError> {
-        let mut results = Vec::with_capacity(round.len());
-        for (record, alone) in round.iter() {
-            if *alone {
-                let sent = self.sink.start_publish(std::slice::from_ref(record)).await;
-                results.extend(sent.wait(&self.sink).await);
-            }
+        // Each record refused in a batch goes alone, awaited, before the rest.
+        let mut alone_results = Vec::with_capacity(round.alone.len());
+        for record in &round.alone {
+            let sent = self.sink.start_publish(std::slice::from_ref(record)).await;
+            alone_results.extend(sent.wait(&self.sink).await);
         }
-        let together: Vec<Outgoing> = round
-            .iter()
-            .filter(|(_, alone)| !alone)
-            .map(|(r, _)| r.clone())
-            .collect();
-        let batch = self.sink.start_publish(&together).await;
+        let batch = self.sink.start_publish(&round.together).await;
         let state = self.sink.start_changes(changes).await;
-        let mut together_results = batch.wait(&self.sink).await.into_iter();
+        let together_results = batch.wait(&self.sink).await;
         let state = state.wait(&self.sink).await;
-        // Back in the round's order: the alone ones were sent first.
-        let mut alone_results = results.into_iter();
+        let sent = std::mem::take(&mut round.alone)
+            .into_iter()
+            .zip(alone_results)
+            .map(|(record, outcome)| (record, true, outcome))
+            .chain(
+                std::mem::take(&mut round.together)
+                    .into_iter()
+                    .zip(together_results)
+                    .map(|(record, outcome)| (record, false, outcome)),
+            );
         let mut failed = false;
-        let mut next = Vec::with_capacity(round.len());
-        for (record, alone) in round.drain(..) {
-            let outcome = if alone {
-                alone_results.next()
-            } else {
-                together_results.next()
-            }
-            .unwrap_or_else(|| unreachable!("one result per record sent"));
+        for (record, alone, outcome) in sent {
             let Err(error) = outcome.result else {
-                next.push((record, alone));
+                round.push(record, alone);
                 continue;
             };
             failed = true;
-            match classify(&error) {
-                ErrorClass::Transient => next.push((record, alone)),
-                ErrorClass::Topic => {
-                    let topic = encode::topic(&record, self.sink.topics()).to_owned();
-                    return Err(self.refused(topic, error.to_string()).await);
-                }
-                ErrorClass::Record if !alone => next.push((record, true)),
-                ErrorClass::Record => {
-                    if let Some(dead) = self.dead_letter_for(record, &error, outcome.size) {
-                        next.push((Outgoing::DeadLetter(dead), false));
-                    }
-                }
+            match self.after_failure(record, alone, &error, outcome.size) {
+                Ok(Some((record, alone))) => round.push(record, alone),
+                Ok(None) => {}
+                Err(failure) => return Err(self.refused(failure).await),
             }
         }
-        *round = next;
         for outcome in &state {
             if let Err(error) = &outcome.result {
                 failed = true;
                 if classify(error) != ErrorClass::Transient {
-                    let topic = self.sink.topics().state.clone();
-                    return Err(self.refused(topic, error.to_string()).await);
+                    let failure = PipelineError::KafkaRefused {
+                        topic: self.sink.topics().state.clone(),
+                        error: error.to_string(),
+                    };
+                    return Err(self.refused(failure).await);
                 }
                 tracing::warn!(error = %error, "Kafka did not take a changelog record; the transaction is sent again");
             }
@@ -289,11 +296,8 @@ impl Pipeline {
     }
 
     /// A topic refuses records: the open transaction is aborted and the pipeline stops.
-    async fn refused(&self, topic: String, error: String) -> PipelineError {
+    async fn refused(&self, failure: PipelineError) -> PipelineError {
         let _ = self.sink.abort_transaction().await;
-        let failure = PipelineError::KafkaRefused { topic, error };
-        self.health.set_deliveries_ok(false);
-        self.health.set_fatal(failure.to_string());
-        failure
+        self.refusal(failure)
     }
 }

@@ -18,7 +18,6 @@ use crate::state::{Change, ChangeError};
 
 /// The changelog has one partition.
 pub const CHANGELOG_PARTITION: i32 = 0;
-const PARTITION: i32 = CHANGELOG_PARTITION;
 /// How often the election's consumer is polled: it serves the group's heartbeats and
 /// rebalances, so it must turn well within the session timeout.
 const ELECTION_POLL: Duration = Duration::from_millis(200);
@@ -73,14 +72,14 @@ impl ChangelogReader {
     /// reader can reach now (the last stable offset: no open transaction's records).
     pub fn bounds(&self) -> Result<(i64, i64), ChangelogError> {
         self.consumer
-            .fetch_watermarks(&self.topic, PARTITION, ADMIN_TIMEOUT)
+            .fetch_watermarks(&self.topic, CHANGELOG_PARTITION, ADMIN_TIMEOUT)
             .map_err(self.kafka())
     }
 
     /// Reads on from `offset`.
     pub fn seek(&self, offset: i64) -> Result<(), ChangelogError> {
         let mut list = TopicPartitionList::new();
-        list.add_partition_offset(&self.topic, PARTITION, Offset::Offset(offset))
+        list.add_partition_offset(&self.topic, CHANGELOG_PARTITION, Offset::Offset(offset))
             .map_err(self.kafka())?;
         self.consumer.assign(&list).map_err(self.kafka())
     }
@@ -95,7 +94,7 @@ impl ChangelogReader {
     pub fn position(&self) -> Result<Option<i64>, ChangelogError> {
         let list = self.consumer.position().map_err(self.kafka())?;
         Ok(list
-            .find_partition(&self.topic, PARTITION)
+            .find_partition(&self.topic, CHANGELOG_PARTITION)
             .and_then(|p| match p.offset() {
                 Offset::Offset(o) => Some(o),
                 _ => None,
@@ -142,8 +141,10 @@ impl ClientContext for ElectionContext {}
 
 impl ConsumerContext for ElectionContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let ours =
-            |list: &TopicPartitionList| list.find_partition(&self.topic, PARTITION).is_some();
+        let ours = |list: &TopicPartitionList| {
+            list.find_partition(&self.topic, CHANGELOG_PARTITION)
+                .is_some()
+        };
         match rebalance {
             Rebalance::Assign(list) if ours(list) => {
                 self.active.send_replace(true);

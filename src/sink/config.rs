@@ -59,17 +59,13 @@ const PRODUCER_ONLY: &[&str] = &[
     "sticky.partitioning.linger.ms",
 ];
 
-/// Consumer properties the changelog's reader and election set themselves: the election needs
-/// the classic protocol (KIP-848 refuses a client-side session timeout) and dynamic members
-/// (a static member leaves no group, and a duplicate instance id fences the other member).
+/// Consumer properties an operator may not pass on to the changelog's reader and election,
+/// which set only some of them (the rest they always set, over the operator's): the election
+/// needs the classic protocol (KIP-848 refuses a client-side session timeout) and dynamic
+/// members (a static member leaves no group, and a duplicate instance id fences the other).
 const CONSUMER_FORCED: &[&str] = &[
     "group.protocol",
     "group.instance.id",
-    "group.id",
-    "enable.partition.eof",
-    "isolation.level",
-    "enable.auto.commit",
-    "auto.offset.reset",
     "session.timeout.ms",
     "heartbeat.interval.ms",
     "partition.assignment.strategy",

@@ -15,13 +15,13 @@ use super::{ADMIN_TIMEOUT, KafkaSink, SinkError, setup_error};
 const MAX_DEFAULT_REPLICATION: i32 = 3;
 
 impl KafkaSink {
-    /// Topic names and broker count, for one topic or (`None`) the whole cluster; fails unless a
-    /// broker answers in time.
+    /// Topics (name, partitions) and broker count, for one topic or (`None`) the whole
+    /// cluster; fails unless a broker answers in time.
     async fn metadata(
         &self,
         topic: Option<&str>,
         timeout: Duration,
-    ) -> Result<(Vec<String>, usize), SinkError> {
+    ) -> Result<(Vec<(String, usize)>, usize), SinkError> {
         let producer = self.producer();
         let topic = topic.map(str::to_owned);
         tokio::task::spawn_blocking(move || {
@@ -29,8 +29,9 @@ impl KafkaSink {
                 .client()
                 .fetch_metadata(topic.as_deref(), timeout)
                 .map(|m| {
-                    let names = m.topics().iter().map(|t| t.name().to_owned()).collect();
-                    (names, m.brokers().len())
+                    let topics = m.topics().iter();
+                    let topics = topics.map(|t| (t.name().to_owned(), t.partitions().len()));
+                    (topics.collect(), m.brokers().len())
                 })
         })
         .await
@@ -67,48 +68,30 @@ impl KafkaSink {
     }
 
     /// Our topics that are not among `existing`.
-    fn missing_from(&self, existing: &[String]) -> Vec<&str> {
+    fn missing_from(&self, existing: &[(String, usize)]) -> Vec<&str> {
         self.needed_topics()
             .into_iter()
-            .filter(|n| !existing.iter().any(|e| e == n))
+            .filter(|n| !existing.iter().any(|(e, _)| e == n))
             .collect()
     }
 
-    /// The changelog must have one partition: its reader and the election use partition 0,
+    /// Creates missing topics (or, when creation is off, checks they exist), and checks that
+    /// an existing changelog has one partition: its reader and the election use partition 0,
     /// and one log orders every change (a topic made by hand may differ).
-    async fn check_changelog(&self) -> Result<(), SinkError> {
-        if !self.exactly_once() {
-            return Ok(());
-        }
-        let producer = self.producer();
-        let topic = self.topics().state.clone();
-        let partitions = tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(Some(&topic), ADMIN_TIMEOUT)
-                .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
-        })
-        .await
-        .map_err(|_| SinkError::Unreachable(KafkaError::Canceled))?
-        .map_err(SinkError::Unreachable)?;
-        if partitions > 1 {
-            return Err(SinkError::ChangelogLayout {
-                topic: self.topics().state.clone(),
-                partitions,
-            });
-        }
-        Ok(())
-    }
-
-    /// Creates missing topics (or, when creation is off, checks they exist).
     pub async fn ensure_topics(&self) -> Result<(), SinkError> {
-        self.create_missing_topics().await?;
-        self.check_changelog().await
-    }
-
-    async fn create_missing_topics(&self) -> Result<(), SinkError> {
         let settings = &self.settings;
         let (existing, brokers) = self.metadata(None, ADMIN_TIMEOUT).await?;
+        if self.exactly_once()
+            && let Some((topic, partitions)) = existing
+                .iter()
+                .find(|(name, _)| *name == settings.topics.state)
+            && *partitions > 1
+        {
+            return Err(SinkError::ChangelogLayout {
+                topic: topic.clone(),
+                partitions: *partitions,
+            });
+        }
         let missing = self.missing_from(&existing);
         if missing.is_empty() {
             return Ok(());

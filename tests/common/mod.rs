@@ -253,6 +253,26 @@ pub fn event_from_binary(record: &Record) -> Value {
 }
 
 /// A simulator on a free port.
+/// Live traffic on real time for the real process (which has its own clock): widgets `w1`
+/// and `w2`, `history` already there, surveys landing seconds after a chat, the index a moment
+/// behind.
+pub async fn start_live_simulator(cases_per_hour: f64, history: Duration) -> RunningSimulator {
+    start_simulator(
+        SimConfig {
+            widgets: vec!["w1".into(), "w2".into()],
+            cases_per_hour,
+            history,
+            survey_delay: Duration::from_secs(2),
+            survey_spread: Duration::from_secs(3),
+            survey_late_max: Duration::from_secs(10),
+            index_delay: Duration::from_millis(200),
+            ..SimConfig::default()
+        },
+        Clock::system(),
+    )
+    .await
+}
+
 pub async fn start_simulator(config: SimConfig, clock: Clock) -> RunningSimulator {
     let sim = Arc::new(Simulator::new(config, clock));
     casestream::simulator::http::start(sim, "127.0.0.1:0".parse().unwrap())
@@ -584,8 +604,13 @@ pub fn finish(mut child: std::process::Child, output: tempfile::NamedTempFile) -
 
 /// Sends SIGTERM to `child`; whether `kill` succeeded.
 pub fn sigterm(child: &Child) -> bool {
+    signal(child, "-TERM")
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`, ...) to `child`; whether `kill` succeeded.
+pub fn signal(child: &Child, signal: &str) -> bool {
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap()
         .success()
