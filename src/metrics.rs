@@ -140,6 +140,20 @@ const WINDOW_LAG: Metric = metric(
     "Seconds since the fresh window of a widget was last read completely",
     &["widget"],
 );
+const BUDGET_USE: Metric = metric(
+    "casestream_budget_use_ratio",
+    Gauge,
+    None,
+    "Logs API requests the last poll cycle spent, over those the rate limit allows per poll interval",
+    &[],
+);
+const STALENESS: Metric = metric(
+    "casestream_widget_staleness_intervals",
+    Gauge,
+    None,
+    "Poll intervals since the fresh window of a widget was last read completely, as of the last cycle",
+    &["widget"],
+);
 const WINDOW_SECONDS: Metric = metric(
     "casestream_window_seconds",
     Histogram,
@@ -220,6 +234,8 @@ const ALL: &[&Metric] = &[
     &STATE_SIZE,
     &STATE_PRUNED,
     &WINDOW_LAG,
+    &BUDGET_USE,
+    &STALENESS,
     &WINDOW_SECONDS,
     &WINDOW_ERRORS,
     &WINDOWS_RESUMED,
@@ -344,6 +360,14 @@ pub fn window_lag(widget: &str, age: Duration) {
     gauge!(WINDOW_LAG.name, labels(&WINDOW_LAG, [widget])).set(age.as_secs_f64());
 }
 
+pub fn budget_use(ratio: f64) {
+    gauge!(BUDGET_USE.name).set(ratio);
+}
+
+pub fn widget_staleness(widget: &str, intervals: f64) {
+    gauge!(STALENESS.name, labels(&STALENESS, [widget])).set(intervals);
+}
+
 /// A window read completely, by task kind.
 pub fn window_read(kind: &str, took: Duration) {
     histogram!(WINDOW_SECONDS.name, labels(&WINDOW_SECONDS, [kind])).record(took.as_secs_f64());
@@ -404,6 +428,8 @@ mod tests {
             event_published("com.snapengage.case.created");
             dead_letter("w", "missing_id");
             dead_letter_refused();
+            budget_use(0.5);
+            widget_staleness("w", 1.0);
             state_size(1, 2, 3);
             state_pruned(4, 5);
             window_lag("w", d);

@@ -383,3 +383,89 @@ async fn binary_mode_events_validate_too() {
     assert!(counts["cases"] > 100, "{counts:?}");
     sim.stop().await.unwrap();
 }
+
+/// Yesterday is no longer re-read every poll, so a case of yesterday that becomes visible after
+/// midnight must still be found: a chat across midnight, and cases indexed late, visible
+/// within the late-visibility period (30 min). Cases of today visible within the overlap are
+/// found by the rolling window of `datetimes` mode. The widget is otherwise quiet and yesterday
+/// holds no known case: no survey re-check reads yesterday for another reason.
+async fn across_midnight(mode: casestream::snapengage::WindowMode, name: &str) {
+    let bootstrap = kafka_bootstrap().await;
+    let schemas = Schemas::load();
+    let start: DateTime<Utc> = "2026-03-09T23:00:00Z".parse().unwrap();
+    let clock = Clock::scaled(start, SPEED);
+    let sim = start_simulator(sim_config(0.0), clock.clone()).await;
+    let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+    let late = [
+        // (id, created, chat seconds, visible)
+        (
+            "crosses-midnight",
+            at("2026-03-09T23:50:00Z"),
+            1800,
+            at("2026-03-10T00:22:00Z"),
+        ),
+        (
+            "indexed-late",
+            at("2026-03-09T23:20:00Z"),
+            300,
+            at("2026-03-10T00:28:00Z"),
+        ),
+        (
+            "today-long-chat",
+            at("2026-03-10T00:40:00Z"),
+            1440,
+            at("2026-03-10T01:05:00Z"),
+        ),
+    ];
+    for (id, created, chat_secs, visible) in late {
+        let body = json!({
+            "id": id, "type": "chat", "description": "a late case",
+            "created_at_date": created.timestamp_millis(),
+            "created_at_seconds": created.timestamp(),
+            "created_at_milliseconds": 0,
+            "chat_waittime": 0, "chat_duration": chat_secs,
+        });
+        sim.sim.add_case("w1", body, Some(visible), None);
+    }
+    let prefix = unique_prefix(name);
+    let dir = tempfile::tempdir().unwrap();
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |c| {
+        c.api.window_mode = mode;
+    });
+    let forwarder = RunningForwarder::start(config, clock.clone());
+    eventually(
+        Duration::from_secs(90),
+        "the virtual clock past 01:40",
+        async || clock.now() > at("2026-03-10T01:40:00Z"),
+    )
+    .await;
+    forwarder.stop().await;
+    let truth = Truth::of(&sim);
+    assert_eq!(
+        truth.cases.len(),
+        late.len(),
+        "only the late cases are served"
+    );
+    let created = read_events(&bootstrap, &format!("{prefix}.cases"), &schemas).await;
+    let announced = by_subject(&created);
+    for (id, ..) in late {
+        let times = announced.get(id).map_or(0, Vec::len);
+        assert_eq!(times, 1, "{id} announced {times} times in {mode:?} mode");
+    }
+    assert_eq!(created.len(), late.len());
+    sim.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cases_visible_late_across_midnight_are_found_in_dates_mode() {
+    across_midnight(casestream::snapengage::WindowMode::Dates, "midnight-dates").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cases_visible_late_across_midnight_are_found_in_datetimes_mode() {
+    across_midnight(
+        casestream::snapengage::WindowMode::Datetimes,
+        "midnight-datetimes",
+    )
+    .await;
+}

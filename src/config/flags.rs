@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use super::{Config, ConfigError, ENV_CONFIG, Layer};
 use crate::admin::ENV_ADMIN_ADDR;
 use crate::pipeline::tracker::{ENV_SETTLE, ENV_SURVEY_HORIZON};
-use crate::pipeline::{ENV_LOOKBACK, ENV_POLL_INTERVAL, ENV_SINCE, ENV_WIDGET_IDS};
+use crate::pipeline::{
+    ENV_LATE_VISIBILITY, ENV_LOOKBACK, ENV_MAX_STALENESS, ENV_POLL_INTERVAL, ENV_SINCE,
+    ENV_WIDGET_IDS, ENV_WINDOW_OVERLAP,
+};
 use crate::sink::config::{BOOTSTRAP_SERVERS, ENV_EVENT_FORMAT};
 use crate::snapengage::settings::{ENV_API_TOKEN_FILE, ENV_API_URL, ENV_ORG_ID, ENV_RATE_LIMIT};
 use crate::state::ENV_STATE_DIR;
@@ -43,9 +46,18 @@ pub struct Flags {
     /// Survey settle window after chat end (CASESTREAM_SETTLE).
     #[arg(long)]
     pub settle: Option<String>,
-    /// Days re-read on every poll besides today (CASESTREAM_LOOKBACK).
+    /// Upper bound on the days before today the fresh window reaches (CASESTREAM_LOOKBACK).
     #[arg(long)]
     pub lookback: Option<String>,
+    /// How long after its day ends a case may still appear (CASESTREAM_LATE_VISIBILITY).
+    #[arg(long)]
+    pub late_visibility: Option<String>,
+    /// datetimes mode: the rolling window's reach before the last read (CASESTREAM_WINDOW_OVERLAP).
+    #[arg(long)]
+    pub window_overlap: Option<String>,
+    /// Poll intervals a widget may go unread under a short budget (CASESTREAM_MAX_STALENESS).
+    #[arg(long)]
+    pub max_staleness: Option<String>,
     /// How long after chat end a survey is still looked for (CASESTREAM_SURVEY_HORIZON).
     #[arg(long)]
     pub survey_horizon: Option<String>,
@@ -105,6 +117,9 @@ impl Flags {
                 (ENV_POLL_INTERVAL, self.poll_interval.clone()),
                 (ENV_SETTLE, self.settle.clone()),
                 (ENV_LOOKBACK, self.lookback.clone()),
+                (ENV_LATE_VISIBILITY, self.late_visibility.clone()),
+                (ENV_WINDOW_OVERLAP, self.window_overlap.clone()),
+                (ENV_MAX_STALENESS, self.max_staleness.clone()),
                 (ENV_SURVEY_HORIZON, self.survey_horizon.clone()),
                 (ENV_SINCE, self.since.clone()),
                 (ENV_EVENT_FORMAT, self.event_format.clone()),

@@ -17,7 +17,8 @@ use sources::Layer;
 use crate::admin::{AdminSettings, ENV_ADMIN_ADDR};
 use crate::pipeline::tracker::{ENV_SETTLE, ENV_SURVEY_HORIZON};
 use crate::pipeline::{
-    ENV_LOOKBACK, ENV_POLL_INTERVAL, ENV_SINCE, ENV_WIDGET_IDS, PipelineSettings,
+    ENV_LATE_VISIBILITY, ENV_LOOKBACK, ENV_MAX_STALENESS, ENV_POLL_INTERVAL, ENV_SINCE,
+    ENV_WIDGET_IDS, ENV_WINDOW_OVERLAP, PipelineSettings,
 };
 use crate::sink::config::{
     ENV_CREATE_TOPICS, ENV_DELIVERY, ENV_EVENT_FORMAT, ENV_FAILOVER_TIMEOUT, ENV_GROUP,
@@ -55,6 +56,9 @@ pub const SETTINGS: &[&str] = &[
     ENV_POLL_INTERVAL,
     ENV_SETTLE,
     ENV_LOOKBACK,
+    ENV_LATE_VISIBILITY,
+    ENV_WINDOW_OVERLAP,
+    ENV_MAX_STALENESS,
     ENV_SURVEY_HORIZON,
     ENV_SINCE,
     ENV_TOPIC_CASES,
@@ -177,6 +181,15 @@ impl Config {
         }
         if let Some(lookback) = layer.duration(ENV_LOOKBACK)? {
             pipeline.lookback = lookback;
+        }
+        if let Some(late) = layer.duration(ENV_LATE_VISIBILITY)? {
+            pipeline.late_visibility = late;
+        }
+        if let Some(overlap) = layer.duration(ENV_WINDOW_OVERLAP)? {
+            pipeline.window_overlap = overlap;
+        }
+        if let Some(cap) = layer.positive(ENV_MAX_STALENESS)? {
+            pipeline.max_staleness = cap;
         }
         if let Some(horizon) = layer.duration(ENV_SURVEY_HORIZON)? {
             pipeline.tracker.horizon = horizon;

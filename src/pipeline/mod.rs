@@ -30,10 +30,11 @@ use crate::sink::{KafkaSink, Outgoing};
 use crate::snapengage::{Case, LogsClient, Page};
 use crate::state::{Change, StateError, StateStore, WidgetProgress};
 use flight::Flight;
+use futures::{StreamExt, TryStreamExt};
 pub use observe::ClientMetrics;
 use page::{Known, PageBatch, PageCases, PageContext};
 use progress::CatchUpProgress;
-use scheduler::Task;
+use scheduler::{Activity, FreshDemand, Schedule, Task};
 pub use settings::*;
 use window::{WindowEnd, WindowFailure};
 
@@ -47,6 +48,10 @@ const MAX_PAGES_IN_FLIGHT: usize = 4;
 /// Exactly-once delivery: pages per Kafka transaction, at most (a window's last pages commit
 /// when it ends).
 const PAGES_PER_TRANSACTION: usize = 10;
+/// Widgets whose windows are read at once, sharing the request budget: the pages of one
+/// window come one after another (each link is in the page before), so only several windows
+/// in flight keep the budget, not the wait for each response, the limit.
+const MAX_CONCURRENT_WIDGETS: usize = 4;
 /// Re-check days read per widget per cycle, so old surveys never crowd out fresh cases.
 const RECHECK_DAYS_PER_CYCLE: usize = 4;
 /// How often (on the pipeline's clock) state that no decision needs any more is pruned.
@@ -67,6 +72,25 @@ pub enum PipelineError {
     Transaction(#[from] crate::sink::transaction::TransactionError),
 }
 
+/// What one widget's reads of a cycle did, for the cycle's line and the budget's estimates.
+#[derive(Debug, Default)]
+struct WidgetCycle {
+    widget: String,
+    stats: CycleStats,
+    catch_up_days: u64,
+    fresh: Option<FreshRead>,
+    day_pages: Vec<u64>,
+    recheck_pages: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FreshRead {
+    pages: u64,
+    created: u64,
+    /// Poll intervals since the read before.
+    staleness: f64,
+}
+
 /// What one cycle did, for its summary line.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CycleStats {
@@ -80,6 +104,19 @@ pub struct CycleStats {
     pub pruned: u64,
 }
 
+impl CycleStats {
+    fn add(&mut self, other: &CycleStats) {
+        self.windows += other.windows;
+        self.pages += other.pages;
+        self.cases += other.cases;
+        self.created += other.created;
+        self.surveys += other.surveys;
+        self.dead_letters += other.dead_letters;
+        self.window_errors += other.window_errors;
+        self.pruned += other.pruned;
+    }
+}
+
 pub struct Pipeline {
     settings: PipelineSettings,
     client: LogsClient,
@@ -88,6 +125,9 @@ pub struct Pipeline {
     clock: Clock,
     health: Arc<Health>,
     stats_cache: std::sync::Mutex<Option<(Instant, crate::state::StateStats)>>,
+    /// Exactly-once delivery: one transaction at a time (windows of several widgets are read
+    /// concurrently; the producer has one transactional id).
+    transaction: tokio::sync::Mutex<()>,
 }
 
 impl Pipeline {
@@ -110,6 +150,7 @@ impl Pipeline {
             clock,
             health,
             stats_cache: std::sync::Mutex::new(None),
+            transaction: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -155,7 +196,13 @@ impl Pipeline {
             };
             progress.insert(widget.clone(), p);
         }
+        let schedule = self.schedule();
         let mut catch_up = CatchUpProgress::new(&progress, self.fresh_start());
+        let mut activity: HashMap<String, Activity> = widgets
+            .iter()
+            .map(|w| (w.clone(), Activity::default()))
+            .collect();
+        let mut budget_note = None;
         // The first prune comes one period after start, not at once: a start is busy enough
         // (a catch-up's first days, a migrated state's first prune would both land together).
         let mut last_prune = Instant::now();
@@ -163,68 +210,48 @@ impl Pipeline {
         while !shutdown.is_cancelled() {
             self.health.beat();
             let cycle_started = Instant::now();
+            let requests_before = self.client.requests_sent();
             let now = self.clock.now();
-            let today = now.date_naive();
-            let fresh_start = self.fresh_start();
+            let recheck_before = scheduler::recheck_before(now, &schedule);
             let mut plans = Vec::new();
             for widget in &widgets {
-                let (w, before) = (widget.clone(), fresh_start);
+                let w = widget.clone();
                 let due = self
-                    .state(move |s| s.due_days(&w, now, before, RECHECK_DAYS_PER_CYCLE))
+                    .state(move |s| s.due_days(&w, now, recheck_before, RECHECK_DAYS_PER_CYCLE))
                     .await?;
-                let tasks = scheduler::plan_widget(
-                    &progress[widget],
-                    today,
-                    now,
-                    self.settings.poll_interval,
-                    self.settings.lookback,
-                    &due,
-                );
+                let tasks = scheduler::plan_widget(&progress[widget], now, &schedule, &due);
                 plans.push((widget.clone(), tasks));
             }
+            let plans = self.ration(plans, &progress, &activity, now, &mut budget_note);
             let mut stats = CycleStats::default();
-            for (widget, task) in scheduler::interleave(plans) {
-                if shutdown.is_cancelled() {
-                    break;
+            let cycles: Vec<WidgetCycle> = {
+                let mut slots: HashMap<&String, &mut WidgetProgress> =
+                    progress.iter_mut().collect();
+                let mut reads = Vec::new();
+                for (widget, tasks) in &plans {
+                    if let Some(p) = slots.remove(widget) {
+                        reads.push(self.read_widget(widget, tasks, p, now, &shutdown));
+                    }
                 }
-                self.health.beat();
-                let window = scheduler::window_for(
-                    task,
-                    today,
-                    self.settings.lookback,
-                    self.client.config().window_mode,
-                );
-                let started = Instant::now();
-                let window_started = self.clock.now();
-                match self
-                    .read_window(&widget, task, window, &shutdown, &mut stats)
-                    .await
-                {
-                    Ok(WindowEnd::Complete) => {
-                        stats.windows += 1;
-                        self.health.poll_ok();
-                        metrics::window_read(task.label(), started.elapsed());
-                        let p = progress
-                            .get_mut(&widget)
-                            .unwrap_or_else(|| unreachable!("every planned widget has progress"));
-                        self.window_done(&widget, task, now, window_started, p, &shutdown)
-                            .await?;
-                        if let Task::CatchUp(_) = task {
-                            catch_up.day_done();
-                        }
-                    }
-                    Ok(WindowEnd::Interrupted) => break,
-                    Err(WindowFailure::Client(e)) => {
-                        stats.window_errors += 1;
-                        metrics::window_error(&widget, e.kind());
-                        let level_error = !e.is_transient();
-                        if level_error {
-                            tracing::error!(widget = %widget, window = %window, error = %e, "reading the Logs API failed; will try again next cycle");
-                        } else {
-                            tracing::warn!(widget = %widget, window = %window, error = %e, "Logs API window gave up after retries; will try again next cycle");
-                        }
-                    }
-                    Err(WindowFailure::Pipeline(e)) => return Err(e),
+                futures::stream::iter(reads)
+                    .buffer_unordered(MAX_CONCURRENT_WIDGETS)
+                    .try_collect()
+                    .await?
+            };
+            for cycle in cycles {
+                stats.add(&cycle.stats);
+                let a = activity.entry(cycle.widget).or_default();
+                if let Some(fresh) = cycle.fresh {
+                    a.fresh_read(fresh.pages, fresh.created, fresh.staleness);
+                }
+                for pages in cycle.day_pages {
+                    a.day_read(pages);
+                }
+                for pages in cycle.recheck_pages {
+                    a.recheck_read(pages);
+                }
+                for _ in 0..cycle.catch_up_days {
+                    catch_up.day_done();
                 }
             }
             if !shutdown.is_cancelled()
@@ -233,12 +260,15 @@ impl Pipeline {
                 stats.pruned = self.prune(&progress, &shutdown).await?;
                 last_prune = Instant::now();
             }
+            let spent = self.client.requests_sent().saturating_sub(requests_before);
+            metrics::budget_use(spent as f64 / self.budget_per_interval().max(1e-9));
+            let fresh_start = self.fresh_start();
             self.report_cycle(&stats, cycle_started.elapsed(), &progress, fresh_start)
                 .await;
-            catch_up.show(&progress, self.fresh_start());
+            catch_up.show(&progress, fresh_start);
             let still_catching_up = progress
                 .values()
-                .any(|p| scheduler::next_catch_up(p, self.fresh_start()).is_some());
+                .any(|p| scheduler::next_catch_up(p, fresh_start).is_some());
             if shutdown.is_cancelled() || (still_catching_up && stats.window_errors == 0) {
                 continue;
             }
@@ -257,8 +287,191 @@ impl Pipeline {
         Ok(())
     }
 
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            poll_interval: self.settings.poll_interval,
+            lookback: self.settings.lookback,
+            late_visibility: self.settings.late_visibility,
+            overlap: self.settings.window_overlap,
+            max_staleness: self.settings.max_staleness,
+            mode: self.client.config().window_mode,
+        }
+    }
+
+    /// Requests the rate limit allows per poll interval (of real time: a virtual clock runs
+    /// the interval faster, the rate limit does not).
+    fn budget_per_interval(&self) -> f64 {
+        self.client.config().rate_limit_per_sec
+            * self
+                .clock
+                .real_duration(self.settings.poll_interval)
+                .as_secs_f64()
+    }
+
+    /// Keeps the fresh windows a short budget can pay for this cycle ([`scheduler::ration`])
+    /// and orders the widgets to read: rationed fresh windows first, by their claim. Says so,
+    /// once, when the budget stops covering every widget, and again when it covers all again.
+    fn ration(
+        &self,
+        plans: Vec<(String, Vec<Task>)>,
+        progress: &HashMap<String, WidgetProgress>,
+        activity: &HashMap<String, Activity>,
+        now: DateTime<Utc>,
+        note: &mut Option<usize>,
+    ) -> Vec<(String, Vec<Task>)> {
+        let interval = self.settings.poll_interval;
+        let budget = self.budget_per_interval();
+        let of = |widget: &String| activity.get(widget).copied().unwrap_or_default();
+        for (widget, p) in progress {
+            let stale = scheduler::staleness(p, now, interval);
+            metrics::widget_staleness(widget, if stale.is_finite() { stale } else { -1.0 });
+        }
+        // Catch-up days and re-checks are due whatever the budget: fresh windows share what
+        // they leave.
+        let fixed: f64 = plans
+            .iter()
+            .flat_map(|(w, tasks)| tasks.iter().map(move |t| (w, t)))
+            .map(|(w, task)| match task {
+                Task::CatchUp(_) => of(w).day_pages,
+                Task::Recheck(_) => of(w).recheck_pages,
+                Task::Fresh => 0.0,
+            })
+            .sum();
+        let fresh_budget = (budget - fixed).max(0.0);
+        let covered =
+            scheduler::widgets_covered(fresh_budget, progress.keys().map(|w| of(w).fresh_pages));
+        let widgets = progress.len();
+        if covered < widgets {
+            if *note != Some(covered) {
+                let per_widget =
+                    progress.keys().map(|w| of(w).fresh_pages).sum::<f64>() / widgets.max(1) as f64;
+                tracing::warn!(
+                    budget_per_interval = format!("{budget:.0}"),
+                    requests_per_fresh_read = format!("{per_widget:.1}"),
+                    "the Logs API budget covers the fresh windows of {covered} of {widgets} widgets \
+                     each poll interval at the observed volume; the others are read by expected \
+                     new cases per request, each at least every {} poll intervals",
+                    self.settings.max_staleness
+                );
+                *note = Some(covered);
+            }
+        } else if note.take().is_some() {
+            tracing::info!("the Logs API budget covers every widget's fresh window again");
+        }
+
+        let with_fresh: Vec<usize> = (0..plans.len())
+            .filter(|&i| plans[i].1.contains(&Task::Fresh))
+            .collect();
+        let demands: Vec<FreshDemand> = with_fresh
+            .iter()
+            .map(|&i| {
+                let (widget, a) = (&plans[i].0, of(&plans[i].0));
+                FreshDemand {
+                    cost: a.fresh_pages,
+                    new_per_interval: a.new_per_interval,
+                    staleness: progress
+                        .get(widget)
+                        .map_or(f64::INFINITY, |p| scheduler::staleness(p, now, interval)),
+                }
+            })
+            .collect();
+        let ration = scheduler::ration(&demands, fresh_budget, self.settings.max_staleness);
+        let mut plans: Vec<Option<(String, Vec<Task>)>> = plans.into_iter().map(Some).collect();
+        let mut ordered = Vec::with_capacity(plans.len());
+        for d in ration.read {
+            if let Some(plan) = plans[with_fresh[d]].take() {
+                ordered.push(plan);
+            }
+        }
+        for d in ration.deferred {
+            if let Some((widget, mut tasks)) = plans[with_fresh[d]].take() {
+                tasks.retain(|t| *t != Task::Fresh);
+                ordered.push((widget, tasks));
+            }
+        }
+        ordered.extend(plans.into_iter().flatten());
+        ordered.retain(|(_, tasks)| !tasks.is_empty());
+        ordered
+    }
+
+    /// Reads one widget's windows of this cycle, in order.
+    async fn read_widget(
+        &self,
+        widget: &str,
+        tasks: &[Task],
+        progress: &mut WidgetProgress,
+        cycle_started: DateTime<Utc>,
+        shutdown: &CancellationToken,
+    ) -> Result<WidgetCycle, PipelineError> {
+        let schedule = self.schedule();
+        let mut out = WidgetCycle {
+            widget: widget.to_owned(),
+            ..WidgetCycle::default()
+        };
+        for &task in tasks {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            self.health.beat();
+            let window = scheduler::window_for(task, progress, cycle_started, &schedule);
+            let started = Instant::now();
+            let window_started = self.clock.now();
+            let mut read = CycleStats::default();
+            let end = self
+                .read_window(widget, task, window, shutdown, &mut read)
+                .await;
+            out.stats.add(&read);
+            match end {
+                Ok(WindowEnd::Complete) => {
+                    out.stats.windows += 1;
+                    self.health.poll_ok();
+                    metrics::window_read(task.label(), started.elapsed());
+                    match task {
+                        Task::Fresh => {
+                            out.fresh = Some(FreshRead {
+                                pages: read.pages,
+                                created: read.created,
+                                staleness: scheduler::staleness(
+                                    progress,
+                                    cycle_started,
+                                    schedule.poll_interval,
+                                ),
+                            });
+                        }
+                        Task::CatchUp(_) => {
+                            out.catch_up_days += 1;
+                            out.day_pages.push(read.pages);
+                        }
+                        Task::Recheck(_) => out.recheck_pages.push(read.pages),
+                    }
+                    self.window_done(
+                        widget,
+                        task,
+                        cycle_started,
+                        window_started,
+                        progress,
+                        shutdown,
+                    )
+                    .await?;
+                }
+                Ok(WindowEnd::Interrupted) => break,
+                Err(WindowFailure::Client(e)) => {
+                    out.stats.window_errors += 1;
+                    metrics::window_error(widget, e.kind());
+                    if e.is_transient() {
+                        tracing::warn!(widget, window = %window, error = %e, "Logs API window gave up after retries; will try again next cycle");
+                    } else {
+                        tracing::error!(widget, window = %window, error = %e, "reading the Logs API failed; will try again next cycle");
+                    }
+                }
+                Err(WindowFailure::Pipeline(e)) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     fn fresh_start(&self) -> NaiveDate {
-        scheduler::fresh_start(self.clock.now().date_naive(), self.settings.lookback)
+        scheduler::fresh_start(self.clock.now(), &self.schedule())
     }
 
     async fn report_cycle(
@@ -326,7 +539,8 @@ impl Pipeline {
                 progress.last_fresh_poll = Some(cycle_started);
                 self.health.fresh_poll_done(widget);
             }
-            Task::Recheck(day) => {
+            Task::Recheck(due) => {
+                let day = due.day;
                 // Due cases the API no longer returned: move their next check on, or they
                 // would make this day due forever. Due as of the window's start: a case that
                 // fell due while the window was read was read before it was due, and its

@@ -9,12 +9,17 @@ use crate::events::{EventKind, survey_digest};
 use crate::snapengage::Case;
 use crate::state::CaseRecord;
 
-/// Re-check offsets after the settle time; past the last, twice a day until the horizon.
-const RECHECK_STEPS: [Duration; 4] = [
-    Duration::from_secs(10 * 60),
-    Duration::from_secs(30 * 60),
-    Duration::from_secs(2 * 3600),
-    Duration::from_secs(6 * 3600),
+/// Survey re-checks run on fixed grids of wall-clock time, so every pending case of a day (of
+/// every widget) falls due at the same instants and a day is read once per re-check time, not
+/// once per case. In the first hours after chat end, where answers cluster (the simulator
+/// spreads late ones over 6 h), a check every 10 min keeps a survey within ~10 min of
+/// appearing; later, every 2 h to a day, then twice a day to the horizon.
+const RECHECK_GRIDS: [(Duration, Duration); 2] = [
+    (Duration::from_secs(6 * 3600), Duration::from_secs(10 * 60)),
+    (
+        Duration::from_secs(24 * 3600),
+        Duration::from_secs(2 * 3600),
+    ),
 ];
 const RECHECK_LATE_EVERY: Duration = Duration::from_secs(12 * 3600);
 
@@ -54,8 +59,9 @@ fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-/// The next time to look for a survey after `now`: at settle, then backing off with age, never
-/// past the horizon; `None` once the horizon has passed.
+/// The next time to look for a survey after `now`: the first grid point at or after settle,
+/// then the next point of the grid for the case's age, never past the horizon (the last check
+/// is at the horizon); `None` from then on.
 pub fn next_check(
     chat_end: DateTime<Utc>,
     now: DateTime<Utc>,
@@ -65,12 +71,34 @@ pub fn next_check(
     if now >= horizon {
         return None;
     }
-    let mut at = add(chat_end, settings.settle);
-    let mut steps = RECHECK_STEPS.iter();
-    while at <= now {
-        at = add(at, *steps.next().unwrap_or(&RECHECK_LATE_EVERY));
-    }
+    let settled = add(chat_end, settings.settle);
+    let from = settled.max(now);
+    let age = (from - chat_end).to_std().unwrap_or_default();
+    let grid = RECHECK_GRIDS
+        .iter()
+        .find(|(until, _)| age < settings.settle + *until)
+        .map_or(RECHECK_LATE_EVERY, |(_, every)| *every);
+    let at = if now < settled {
+        grid_at_or_after(settled, grid)
+    } else {
+        grid_after(now, grid)
+    };
     Some(at.min(horizon))
+}
+
+/// The first point of a grid of `every` (counted from the Unix epoch) at or after `t`.
+fn grid_at_or_after(t: DateTime<Utc>, every: Duration) -> DateTime<Utc> {
+    let step = i64::try_from(every.as_millis()).unwrap_or(i64::MAX).max(1);
+    let ms = t.timestamp_millis();
+    let at = ms
+        .div_euclid(step)
+        .saturating_add(i64::from(ms.rem_euclid(step) != 0));
+    DateTime::from_timestamp_millis(at.saturating_mul(step)).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// The first point of a grid of `every` strictly after `t`.
+fn grid_after(t: DateTime<Utc>, every: Duration) -> DateTime<Utc> {
+    grid_at_or_after(t + chrono::Duration::milliseconds(1), every)
 }
 
 /// Decides what one observation of a case means.
@@ -147,7 +175,8 @@ mod tests {
         assert_eq!(d.events, [EventKind::Created]);
         assert_eq!(d.record.chat_end, t(100));
         assert_eq!(d.record.first_seen, t(100));
-        assert_eq!(d.record.next_check, Some(t(400)));
+        let first = d.record.next_check.unwrap();
+        assert!(first >= t(400) && first < t(1_000) && first.timestamp() % 600 == 0);
     }
 
     #[test]
@@ -196,17 +225,49 @@ mod tests {
     }
 
     #[test]
-    fn rechecks_back_off_and_end_at_the_horizon() {
+    fn rechecks_follow_grids_and_end_at_the_horizon() {
         let end = t(100);
-        let checks: Vec<i64> = std::iter::successors(next_check(end, end, &SETTINGS), |at| {
-            next_check(end, *at, &SETTINGS)
-        })
-        .map(|at| (at - end).num_minutes())
-        .collect();
-        assert_eq!(&checks[..6], &[5, 15, 45, 165, 525, 1245]);
-        assert_eq!(*checks.last().unwrap(), 7 * 24 * 60);
+        let checks: Vec<DateTime<Utc>> =
+            std::iter::successors(next_check(end, end, &SETTINGS), |at| {
+                next_check(end, *at, &SETTINGS)
+            })
+            .collect();
+        let minutes = |at: &DateTime<Utc>| (*at - end).num_minutes();
+        // First at settle or the next 10-minute mark after it, then every 10 minutes for 6 h.
+        assert!(
+            (5..15).contains(&minutes(&checks[0])),
+            "{}",
+            minutes(&checks[0])
+        );
+        let fast: Vec<_> = checks.iter().filter(|at| minutes(at) < 6 * 60).collect();
+        assert!(
+            fast.windows(2)
+                .all(|w| *w[1] - *w[0] == chrono::Duration::minutes(10))
+        );
+        assert!(
+            fast.iter().all(|at| at.timestamp() % 600 == 0),
+            "on the grid"
+        );
+        let day_one = checks
+            .iter()
+            .filter(|at| (6 * 60 + 15..24 * 60).contains(&minutes(at)));
+        assert!(day_one.clone().all(|at| at.timestamp() % 7200 == 0));
+        assert!(day_one.count() >= 8);
+        assert_eq!(*checks.last().unwrap(), end + chrono::Duration::days(7));
         assert!(checks.windows(2).all(|w| w[0] < w[1]));
+        assert!(checks.len() < 36 + 10 + 14 + 2);
         assert_eq!(next_check(end, t(100 + 7 * 86_400), &SETTINGS), None);
+    }
+
+    #[test]
+    fn cases_of_a_day_fall_due_together() {
+        // Chats ending minutes apart share their checks once settled.
+        let a = next_check(t(100), t(2_000), &SETTINGS);
+        let b = next_check(t(400), t(2_000), &SETTINGS);
+        assert_eq!(a, b);
+        let a = next_check(t(100), t(30_000), &SETTINGS);
+        let b = next_check(t(3_000), t(30_000), &SETTINGS);
+        assert_eq!(a, b);
     }
 
     #[test]

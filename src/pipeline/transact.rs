@@ -104,6 +104,7 @@ impl Pipeline {
         changes: Vec<Change>,
         shutdown: &CancellationToken,
     ) -> Result<bool, PipelineError> {
+        let _one_at_a_time = self.transaction.lock().await;
         let mut delays = crate::sink::kafka_retry_delays();
         let mut round = Round {
             together: records,

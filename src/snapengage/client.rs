@@ -70,6 +70,8 @@ struct Inner {
     limiter: DefaultDirectRateLimiter,
     logs_url: Url,
     observer: Arc<dyn ClientObserver>,
+    /// Requests sent, retries included: what the budget was spent on.
+    requests: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for LogsClient {
@@ -112,10 +114,18 @@ impl LogsClient {
                 http,
                 logs_url,
                 observer,
+                requests: std::sync::atomic::AtomicU64::new(0),
                 token: std::sync::RwLock::new(config.token.clone()),
                 config,
             }),
         })
+    }
+
+    /// Requests sent so far by this client and its clones.
+    pub fn requests_sent(&self) -> u64 {
+        self.inner
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -270,6 +280,9 @@ impl LogsClient {
         let waited = Instant::now();
         self.inner.limiter.until_ready().await;
         self.inner.observer.rate_limit_waited(waited.elapsed());
+        self.inner
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 
         let started = Instant::now();
         let mut result = self.request(url).await;

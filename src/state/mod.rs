@@ -104,6 +104,15 @@ pub struct WidgetProgress {
     pub last_fresh_poll: Option<DateTime<Utc>>,
 }
 
+/// A day holding cases whose survey re-check is due, and the span of their chat ends (a
+/// re-check in `datetimes` mode reads only the part of the day they were created in).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DueDay {
+    pub day: NaiveDate,
+    pub first_end: DateTime<Utc>,
+    pub last_end: DateTime<Utc>,
+}
+
 /// Where a window interrupted part-way goes on: the link to its next page, saved with the
 /// commit of the page before it. A restart that plans the same window (the same first-page
 /// URL) resumes there instead of at page 1.
@@ -229,14 +238,15 @@ pub trait StateStore: Send + Sync {
         let (widget, progress) = (widget.to_owned(), progress.clone());
         self.apply(&[Change::Widget { widget, progress }], None)
     }
-    /// Days before `before` with cases of `widget` whose re-check is due at `now`, oldest first.
+    /// Days before `before` with cases of `widget` whose re-check is due at `now`, oldest first,
+    /// with the span of those cases' chat ends.
     fn due_days(
         &self,
         widget: &str,
         now: DateTime<Utc>,
         before: NaiveDate,
         limit: usize,
-    ) -> Result<Vec<NaiveDate>, StateError>;
+    ) -> Result<Vec<DueDay>, StateError>;
     /// Cases of one widget and day whose re-check is due at `now`.
     fn due_cases(
         &self,

@@ -9,7 +9,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::{
-    CaseRecord, Change, ChangelogPosition, StateError, StateStats, StateStore, StoredCase,
+    CaseRecord, Change, ChangelogPosition, DueDay, StateError, StateStats, StateStore, StoredCase,
     WidgetProgress, WindowCursor,
 };
 
@@ -346,18 +346,18 @@ impl StateStore for SqliteStore {
         now: DateTime<Utc>,
         before: NaiveDate,
         limit: usize,
-    ) -> Result<Vec<NaiveDate>, StateError> {
+    ) -> Result<Vec<DueDay>, StateError> {
         let conn = self.conn();
         let err = self.err();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT DISTINCT day FROM cases
+                "SELECT day, MIN(chat_end_ms), MAX(chat_end_ms) FROM cases
                  WHERE widget = ?1 AND next_check_ms IS NOT NULL AND next_check_ms <= ?2
                    AND day < ?3
-                 ORDER BY day LIMIT ?4",
+                 GROUP BY day ORDER BY day LIMIT ?4",
             )
             .map_err(&err)?;
-        let days: Vec<String> = stmt
+        let rows: Vec<(String, i64, i64)> = stmt
             .query_map(
                 params![
                     widget,
@@ -365,14 +365,22 @@ impl StateStore for SqliteStore {
                     before.to_string(),
                     i64::try_from(limit).unwrap_or(i64::MAX)
                 ],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .map_err(&err)?
             .collect::<Result<_, _>>()
             .map_err(&err)?;
         drop(stmt);
         drop(conn);
-        days.iter().map(|d| self.parse_day(d)).collect()
+        rows.iter()
+            .map(|(day, first, last)| {
+                Ok(DueDay {
+                    day: self.parse_day(day)?,
+                    first_end: ms_to_time(*first),
+                    last_end: ms_to_time(*last),
+                })
+            })
+            .collect()
     }
 
     fn due_cases(
@@ -508,10 +516,27 @@ mod tests {
                 stored("e", "2026-01-01", None),
             ])
             .unwrap();
+        let mut late = stored("f", "2026-01-01", Some(3_000));
+        late.record.chat_end = t(2_500);
+        store.commit_cases(&[late]).unwrap();
         let days = store
             .due_days("w1", t(6_000), day("2026-01-03"), 10)
             .unwrap();
-        assert_eq!(days, [day("2026-01-01"), day("2026-01-02")]);
+        assert_eq!(
+            days,
+            [
+                DueDay {
+                    day: day("2026-01-01"),
+                    first_end: t(2_000),
+                    last_end: t(2_500)
+                },
+                DueDay {
+                    day: day("2026-01-02"),
+                    first_end: t(2_000),
+                    last_end: t(2_000)
+                }
+            ]
+        );
         assert_eq!(
             store
                 .due_days("w1", t(6_000), day("2026-01-03"), 1)
@@ -525,9 +550,10 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        let due = store.due_cases("w1", day("2026-01-01"), t(6_000)).unwrap();
-        assert_eq!(due.len(), 1);
-        assert_eq!(due[0].id, "a");
+        let mut due = store.due_cases("w1", day("2026-01-01"), t(6_000)).unwrap();
+        due.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(due.len(), 2);
+        assert_eq!((due[0].id.as_str(), due[1].id.as_str()), ("a", "f"));
     }
 
     #[test]
