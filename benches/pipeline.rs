@@ -35,6 +35,8 @@ use casestream::snapengage::{Case, ClientConfig, LogsClient, RetryPolicy, Window
 use casestream::state::CaseRecord;
 use casestream::state::{SqliteStore, StateStore, StoredCase};
 
+#[path = "economy/mod.rs"]
+mod economy;
 #[path = "exactly_once/mod.rs"]
 mod exactly_once;
 
@@ -60,6 +62,8 @@ struct Args {
     rebuild_sizes: Vec<u64>,
     /// Only the exactly-once measurements (and the at-least-once catch-up they compare with).
     only_exactly_once: bool,
+    /// Only the API economy measurements; `Some(true)`: one small scenario per mode.
+    only_economy: Option<bool>,
 }
 
 fn parse_args() -> Args {
@@ -73,6 +77,7 @@ fn parse_args() -> Args {
         only_state: false,
         rebuild_sizes: vec![1_000_000, 10_000_000],
         only_exactly_once: false,
+        only_economy: None,
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let mut it = raw.iter();
@@ -100,6 +105,8 @@ fn parse_args() -> Args {
                     .collect()
             }
             "--only-exactly-once" => args.only_exactly_once = true,
+            "--only-economy" => args.only_economy = Some(false),
+            "--economy-small" => args.only_economy = Some(true),
             // cargo bench passes --bench; a probe child gets --probe-state.
             _ => {}
         }
@@ -132,7 +139,15 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let report = if args.only_exactly_once {
+    let report = if let Some(small) = args.only_economy {
+        runtime.block_on(async {
+            format!(
+                "Machine: {}\n\n## API economy\n\n{}",
+                machine(),
+                economy::economy_rows(&bootstrap, small).await
+            )
+        })
+    } else if args.only_exactly_once {
         runtime.block_on(exactly_once_run(&args, &bootstrap))
     } else {
         runtime.block_on(run(&args, &bootstrap))

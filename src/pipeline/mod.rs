@@ -4,6 +4,7 @@
 //! crash loses nothing; at worst the events of the pages in flight (at most
 //! `MAX_PAGES_IN_FLIGHT` + 1) go out again with the same ids.
 
+mod cycle;
 mod delivery;
 mod flight;
 mod observe;
@@ -29,14 +30,14 @@ use crate::metrics;
 use crate::sink::{KafkaSink, Outgoing};
 use crate::snapengage::{Case, LogsClient, Page};
 use crate::state::{Change, StateError, StateStore, WidgetProgress};
+use cycle::WidgetCycle;
 use flight::Flight;
 use futures::{StreamExt, TryStreamExt};
 pub use observe::ClientMetrics;
 use page::{Known, PageBatch, PageCases, PageContext};
 use progress::CatchUpProgress;
-use scheduler::{Activity, FreshDemand, Schedule, Task};
+use scheduler::{Activity, Schedule, Task};
 pub use settings::*;
-use window::{WindowEnd, WindowFailure};
 
 /// How often state counts are refreshed for metrics.
 const STATS_REFRESH: Duration = Duration::from_secs(30);
@@ -72,25 +73,6 @@ pub enum PipelineError {
     Transaction(#[from] crate::sink::transaction::TransactionError),
 }
 
-/// What one widget's reads of a cycle did, for the cycle's line and the budget's estimates.
-#[derive(Debug, Default)]
-struct WidgetCycle {
-    widget: String,
-    stats: CycleStats,
-    catch_up_days: u64,
-    fresh: Option<FreshRead>,
-    day_pages: Vec<u64>,
-    recheck_pages: Vec<u64>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct FreshRead {
-    pages: u64,
-    created: u64,
-    /// Poll intervals since the read before.
-    staleness: f64,
-}
-
 /// What one cycle did, for its summary line.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CycleStats {
@@ -102,19 +84,6 @@ pub struct CycleStats {
     pub dead_letters: u64,
     pub window_errors: u64,
     pub pruned: u64,
-}
-
-impl CycleStats {
-    fn add(&mut self, other: &CycleStats) {
-        self.windows += other.windows;
-        self.pages += other.pages;
-        self.cases += other.cases;
-        self.created += other.created;
-        self.surveys += other.surveys;
-        self.dead_letters += other.dead_letters;
-        self.window_errors += other.window_errors;
-        self.pruned += other.pruned;
-    }
 }
 
 pub struct Pipeline {
@@ -296,178 +265,6 @@ impl Pipeline {
             max_staleness: self.settings.max_staleness,
             mode: self.client.config().window_mode,
         }
-    }
-
-    /// Requests the rate limit allows per poll interval (of real time: a virtual clock runs
-    /// the interval faster, the rate limit does not).
-    fn budget_per_interval(&self) -> f64 {
-        self.client.config().rate_limit_per_sec
-            * self
-                .clock
-                .real_duration(self.settings.poll_interval)
-                .as_secs_f64()
-    }
-
-    /// Keeps the fresh windows a short budget can pay for this cycle ([`scheduler::ration`])
-    /// and orders the widgets to read: rationed fresh windows first, by their claim. Says so,
-    /// once, when the budget stops covering every widget, and again when it covers all again.
-    fn ration(
-        &self,
-        plans: Vec<(String, Vec<Task>)>,
-        progress: &HashMap<String, WidgetProgress>,
-        activity: &HashMap<String, Activity>,
-        now: DateTime<Utc>,
-        note: &mut Option<usize>,
-    ) -> Vec<(String, Vec<Task>)> {
-        let interval = self.settings.poll_interval;
-        let budget = self.budget_per_interval();
-        let of = |widget: &String| activity.get(widget).copied().unwrap_or_default();
-        for (widget, p) in progress {
-            let stale = scheduler::staleness(p, now, interval);
-            metrics::widget_staleness(widget, if stale.is_finite() { stale } else { -1.0 });
-        }
-        // Catch-up days and re-checks are due whatever the budget: fresh windows share what
-        // they leave.
-        let fixed: f64 = plans
-            .iter()
-            .flat_map(|(w, tasks)| tasks.iter().map(move |t| (w, t)))
-            .map(|(w, task)| match task {
-                Task::CatchUp(_) => of(w).day_pages,
-                Task::Recheck(_) => of(w).recheck_pages,
-                Task::Fresh => 0.0,
-            })
-            .sum();
-        let fresh_budget = (budget - fixed).max(0.0);
-        let covered =
-            scheduler::widgets_covered(fresh_budget, progress.keys().map(|w| of(w).fresh_pages));
-        let widgets = progress.len();
-        if covered < widgets {
-            if *note != Some(covered) {
-                let per_widget =
-                    progress.keys().map(|w| of(w).fresh_pages).sum::<f64>() / widgets.max(1) as f64;
-                tracing::warn!(
-                    budget_per_interval = format!("{budget:.0}"),
-                    requests_per_fresh_read = format!("{per_widget:.1}"),
-                    "the Logs API budget covers the fresh windows of {covered} of {widgets} widgets \
-                     each poll interval at the observed volume; the others are read by expected \
-                     new cases per request, each at least every {} poll intervals",
-                    self.settings.max_staleness
-                );
-                *note = Some(covered);
-            }
-        } else if note.take().is_some() {
-            tracing::info!("the Logs API budget covers every widget's fresh window again");
-        }
-
-        let with_fresh: Vec<usize> = (0..plans.len())
-            .filter(|&i| plans[i].1.contains(&Task::Fresh))
-            .collect();
-        let demands: Vec<FreshDemand> = with_fresh
-            .iter()
-            .map(|&i| {
-                let (widget, a) = (&plans[i].0, of(&plans[i].0));
-                FreshDemand {
-                    cost: a.fresh_pages,
-                    new_per_interval: a.new_per_interval,
-                    staleness: progress
-                        .get(widget)
-                        .map_or(f64::INFINITY, |p| scheduler::staleness(p, now, interval)),
-                }
-            })
-            .collect();
-        let ration = scheduler::ration(&demands, fresh_budget, self.settings.max_staleness);
-        let mut plans: Vec<Option<(String, Vec<Task>)>> = plans.into_iter().map(Some).collect();
-        let mut ordered = Vec::with_capacity(plans.len());
-        for d in ration.read {
-            if let Some(plan) = plans[with_fresh[d]].take() {
-                ordered.push(plan);
-            }
-        }
-        for d in ration.deferred {
-            if let Some((widget, mut tasks)) = plans[with_fresh[d]].take() {
-                tasks.retain(|t| *t != Task::Fresh);
-                ordered.push((widget, tasks));
-            }
-        }
-        ordered.extend(plans.into_iter().flatten());
-        ordered.retain(|(_, tasks)| !tasks.is_empty());
-        ordered
-    }
-
-    /// Reads one widget's windows of this cycle, in order.
-    async fn read_widget(
-        &self,
-        widget: &str,
-        tasks: &[Task],
-        progress: &mut WidgetProgress,
-        cycle_started: DateTime<Utc>,
-        shutdown: &CancellationToken,
-    ) -> Result<WidgetCycle, PipelineError> {
-        let schedule = self.schedule();
-        let mut out = WidgetCycle {
-            widget: widget.to_owned(),
-            ..WidgetCycle::default()
-        };
-        for &task in tasks {
-            if shutdown.is_cancelled() {
-                break;
-            }
-            self.health.beat();
-            let window = scheduler::window_for(task, progress, cycle_started, &schedule);
-            let started = Instant::now();
-            let window_started = self.clock.now();
-            let mut read = CycleStats::default();
-            let end = self
-                .read_window(widget, task, window, shutdown, &mut read)
-                .await;
-            out.stats.add(&read);
-            match end {
-                Ok(WindowEnd::Complete) => {
-                    out.stats.windows += 1;
-                    self.health.poll_ok();
-                    metrics::window_read(task.label(), started.elapsed());
-                    match task {
-                        Task::Fresh => {
-                            out.fresh = Some(FreshRead {
-                                pages: read.pages,
-                                created: read.created,
-                                staleness: scheduler::staleness(
-                                    progress,
-                                    cycle_started,
-                                    schedule.poll_interval,
-                                ),
-                            });
-                        }
-                        Task::CatchUp(_) => {
-                            out.catch_up_days += 1;
-                            out.day_pages.push(read.pages);
-                        }
-                        Task::Recheck(_) => out.recheck_pages.push(read.pages),
-                    }
-                    self.window_done(
-                        widget,
-                        task,
-                        cycle_started,
-                        window_started,
-                        progress,
-                        shutdown,
-                    )
-                    .await?;
-                }
-                Ok(WindowEnd::Interrupted) => break,
-                Err(WindowFailure::Client(e)) => {
-                    out.stats.window_errors += 1;
-                    metrics::window_error(widget, e.kind());
-                    if e.is_transient() {
-                        tracing::warn!(widget, window = %window, error = %e, "Logs API window gave up after retries; will try again next cycle");
-                    } else {
-                        tracing::error!(widget, window = %window, error = %e, "reading the Logs API failed; will try again next cycle");
-                    }
-                }
-                Err(WindowFailure::Pipeline(e)) => return Err(e),
-            }
-        }
-        Ok(out)
     }
 
     fn fresh_start(&self) -> NaiveDate {

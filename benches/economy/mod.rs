@@ -1,0 +1,391 @@
+//! The `economy` benchmark: Logs API requests spent and event freshness in steady state, for
+//! today's behaviour (today and yesterday read every poll) and the scheduler's `dates` and
+//! `datetimes` modes, at three volumes and two widget counts, under one 5 requests/s budget.
+//!
+//! Each scenario runs the forwarder in this process against the simulator on a virtual clock
+//! ([`SPEED`] times real time) and a real broker. The budget is virtual: the client's rate
+//! limit is 5 x [`SPEED`] real requests per second. The state starts as a forwarder that has
+//! been running would have it (every case already visible is known, a 47 h history), so what
+//! is measured is the steady state: from 23:20, across midnight and its grace period.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use casestream::admin::Health;
+use casestream::clock::Clock;
+use casestream::config::Config;
+use casestream::pipeline::tracker::{self, TrackerSettings};
+use casestream::simulator::http::RunningSimulator;
+use casestream::simulator::{SimConfig, Simulator};
+use casestream::sink::{KafkaSettings, Topics};
+use casestream::snapengage::{Case, ClientConfig, RetryPolicy, WindowMode};
+use casestream::state::{SqliteStore, StateStore, StoredCase, WidgetProgress};
+
+/// Virtual seconds per real second.
+const SPEED: f64 = 120.0;
+/// The request budget, per virtual second.
+const BUDGET_PER_SEC: f64 = 5.0;
+const POLL: Duration = Duration::from_secs(30);
+const INDEX_DELAY_MS: i64 = 2_000;
+
+fn at(text: &str) -> DateTime<Utc> {
+    text.parse().expect("a time")
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    /// What the first release did: today and the lookback day, every poll.
+    Baseline,
+    Dates,
+    Datetimes,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Baseline => "baseline (today + yesterday every poll)",
+            Mode::Dates => "`dates`",
+            Mode::Datetimes => "`datetimes`",
+        }
+    }
+}
+
+struct Row {
+    requests_per_widget_poll: f64,
+    outside_grace_per_widget_poll: f64,
+    today_pages_per_widget_poll: f64,
+    requests_per_new_case: f64,
+    budget_use: f64,
+    created_p50: f64,
+    created_p99: f64,
+    created_missing: usize,
+    survey_p99: f64,
+    surveys_within_15: f64,
+    surveys: usize,
+}
+
+/// Seconds between two times, as minutes.
+fn minutes(d: chrono::Duration) -> f64 {
+    d.num_milliseconds() as f64 / 60_000.0
+}
+
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    super::percentile(values, p)
+}
+
+/// When the events of a topic were produced, by subject, in virtual time: the record's
+/// timestamp (the producer's wall clock) mapped onto the virtual clock that started at
+/// `origin` (real) = `start` (virtual).
+fn publish_times(
+    bootstrap: &str,
+    topic: &str,
+    origin: std::time::SystemTime,
+    start: DateTime<Utc>,
+) -> HashMap<String, DateTime<Utc>> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("bench-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .expect("partition");
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .expect("watermarks");
+        if high > low {
+            ends.insert(p.id(), high);
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut times = HashMap::new();
+    let mut last = Instant::now();
+    while !ends.is_empty() && last.elapsed() < Duration::from_secs(10) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            last = Instant::now();
+            if ends
+                .get(&m.partition())
+                .is_some_and(|end| m.offset() + 1 >= *end)
+            {
+                ends.remove(&m.partition());
+            }
+            let event: Value = serde_json::from_slice(m.payload().unwrap_or_default())
+                .expect("a structured event");
+            let subject = event["subject"].as_str().expect("subject").to_owned();
+            let real_ms = m.timestamp().to_millis().expect("a record timestamp");
+            let origin_ms = origin
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_millis() as i64;
+            let virtual_ms = ((real_ms - origin_ms) as f64 * SPEED) as i64;
+            times
+                .entry(subject)
+                .or_insert(start + chrono::Duration::milliseconds(virtual_ms));
+        }
+    }
+    times
+}
+
+/// A state as a forwarder that has been running would have it: every visible case known
+/// (decided by the tracker as of now), every widget caught up and read just now.
+fn seed_state(dir: &std::path::Path, sim: &RunningSimulator, now: DateTime<Utc>) {
+    let store = SqliteStore::open(dir).expect("state");
+    let settings = TrackerSettings::default();
+    for widget in &sim.sim.config().widgets {
+        let known: Vec<StoredCase> = sim
+            .sim
+            .visible_cases(widget)
+            .into_iter()
+            .filter_map(|value| Case::from_value(value).ok())
+            .map(|case| StoredCase {
+                id: case.id().to_owned(),
+                widget: widget.clone(),
+                day: case.created_at().unwrap_or(now).date_naive(),
+                record: tracker::observe(&case, None, now, &settings).record,
+            })
+            .collect();
+        for chunk in known.chunks(20_000) {
+            store.commit_cases(chunk).expect("seed cases");
+        }
+        store
+            .set_widget(
+                widget,
+                &WidgetProgress {
+                    since: now.date_naive().pred_opt().expect("a day"),
+                    caught_up_through: now.date_naive().pred_opt(),
+                    last_fresh_poll: Some(now),
+                },
+            )
+            .expect("seed progress");
+    }
+}
+
+async fn scenario(bootstrap: &str, mode: Mode, widgets: usize, volume: f64, span: Duration) -> Row {
+    let start = at("2026-03-10T23:15:00Z");
+    let origin = std::time::SystemTime::now();
+    let clock = Clock::scaled(start, SPEED);
+    let sim = Arc::new(Simulator::new(
+        SimConfig {
+            widgets: (1..=widgets).map(|i| format!("w{i}")).collect(),
+            cases_per_hour: volume,
+            // Yesterday whole, today until now.
+            history: Duration::from_secs(47 * 3600 + 15 * 60),
+            index_delay: Duration::from_millis(INDEX_DELAY_MS as u64),
+            ..SimConfig::default()
+        },
+        clock.clone(),
+    ));
+    let sim = casestream::simulator::http::start(sim, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("simulator");
+    let dir = tempfile::tempdir().expect("state dir");
+    seed_state(dir.path(), &sim, clock.now());
+
+    let simulated = sim.sim.config();
+    let mut api = ClientConfig::new(
+        sim.base_url(),
+        simulated.org.clone(),
+        simulated.token.clone().into(),
+    );
+    api.rate_limit_per_sec = BUDGET_PER_SEC * SPEED;
+    api.retry = RetryPolicy {
+        min_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(200),
+        max_attempts: 20,
+    };
+    api.window_mode = match mode {
+        Mode::Datetimes => WindowMode::Datetimes,
+        _ => WindowMode::Dates,
+    };
+    let prefix = format!("bench-economy-{}", uuid::Uuid::new_v4().simple());
+    let mut kafka = KafkaSettings::new(bootstrap);
+    kafka.topics = Topics {
+        cases: format!("{prefix}.cases"),
+        surveys: format!("{prefix}.surveys"),
+        deadletter: format!("{prefix}.dead"),
+        state: format!("{prefix}.state"),
+    };
+    kafka.topic_partitions = 3;
+    let mut config = Config::new(api, kafka, simulated.widgets.clone());
+    config.state_dir = dir.path().to_owned();
+    config.admin.addr = ([127, 0, 0, 1], 0).into();
+    config.pipeline.poll_interval = POLL;
+    if let Mode::Baseline = mode {
+        config.pipeline.late_visibility = Duration::from_secs(86_400);
+    }
+
+    let stop = CancellationToken::new();
+    let forwarder = tokio::spawn(casestream::app::run(
+        config,
+        clock.clone(),
+        Arc::new(Health::default()),
+        stop.clone(),
+    ));
+    let measured_from = at("2026-03-10T23:20:00Z");
+    let midnight = at("2026-03-11T00:00:00Z");
+    let grace_end = at("2026-03-11T00:30:00Z");
+    let measured_to = measured_from + chrono::Duration::from_std(span).expect("span");
+    let mut marks = Vec::new();
+    for mark in [measured_from, midnight, grace_end, measured_to] {
+        let wait = (mark - clock.now()).to_std().unwrap_or_default();
+        clock.sleep(wait).await;
+        marks.push(sim.sim.stats().requests);
+    }
+    stop.cancel();
+    forwarder
+        .await
+        .expect("forwarder task")
+        .expect("forwarder run");
+
+    let created = publish_times(bootstrap, &format!("{prefix}.cases"), origin, start);
+    let surveyed = publish_times(bootstrap, &format!("{prefix}.surveys"), origin, start);
+    let requests = marks[3] - marks[0];
+    let outside_grace = (marks[1] - marks[0]) + (marks[3] - marks[2]);
+    let polls = span.as_secs_f64() / POLL.as_secs_f64();
+    let outside_polls = polls - (30.0 * 60.0) / POLL.as_secs_f64();
+
+    let mut created_latency = Vec::new();
+    let mut created_missing = 0;
+    let mut survey_latency = Vec::new();
+    let mut today_pages = 0.0;
+    let last_created = measured_to - chrono::Duration::minutes(5);
+    let last_survey = measured_to - chrono::Duration::minutes(20);
+    for widget in &simulated.widgets {
+        let mut created_at: Vec<i64> = Vec::new();
+        for (value, survey_ms) in sim.sim.visible_cases_with_survey_times(widget) {
+            let Ok(case) = Case::from_value(value) else {
+                continue;
+            };
+            let (Some(created_time), Some(end)) = (case.created_at(), case.chat_end()) else {
+                continue;
+            };
+            created_at.push(created_time.timestamp_millis());
+            let visible = end + chrono::Duration::milliseconds(INDEX_DELAY_MS);
+            if visible >= measured_from && visible <= last_created {
+                match created.get(case.id()) {
+                    Some(t) => created_latency.push(minutes(*t - visible)),
+                    None => {
+                        created_missing += 1;
+                        created_latency.push(minutes(measured_to - visible));
+                    }
+                }
+            }
+            if let Some(appeared) = survey_ms.and_then(DateTime::from_timestamp_millis)
+                && appeared >= measured_from
+                && appeared <= last_survey
+            {
+                let published = surveyed.get(case.id()).copied().unwrap_or(measured_to);
+                survey_latency.push(minutes(published - appeared));
+            }
+        }
+        // Pages today holds at each poll outside the grace period, on average.
+        created_at.sort_unstable();
+        let mut t = measured_from;
+        while t < measured_to {
+            if t < midnight || t >= grace_end {
+                let day_start = t
+                    .date_naive()
+                    .and_time(chrono::NaiveTime::MIN)
+                    .and_utc()
+                    .timestamp_millis();
+                let now_ms = t.timestamp_millis();
+                let n = created_at.partition_point(|ms| *ms < now_ms)
+                    - created_at.partition_point(|ms| *ms < day_start);
+                today_pages += (n as f64 / 100.0).ceil().max(1.0);
+            }
+            t += chrono::Duration::from_std(POLL).expect("poll");
+        }
+    }
+    let new_cases = created_latency.len().max(1);
+    let surveys = survey_latency.len();
+    let within = survey_latency.iter().filter(|m| **m <= 15.0).count();
+    let row = Row {
+        requests_per_widget_poll: requests as f64 / polls / widgets as f64,
+        outside_grace_per_widget_poll: outside_grace as f64 / outside_polls / widgets as f64,
+        today_pages_per_widget_poll: today_pages / outside_polls / widgets as f64,
+        requests_per_new_case: requests as f64 / new_cases as f64,
+        budget_use: requests as f64 / (BUDGET_PER_SEC * span.as_secs_f64()),
+        created_p50: percentile(&mut created_latency, 0.5),
+        created_p99: percentile(&mut created_latency, 0.99),
+        created_missing,
+        survey_p99: percentile(&mut survey_latency, 0.99),
+        surveys_within_15: within as f64 / surveys.max(1) as f64,
+        surveys,
+    };
+    sim.stop().await.expect("simulator stop");
+    row
+}
+
+/// The table: every mode at every volume and widget count (`small`: one scenario per mode,
+/// 2 widgets at 200 cases/hour, to prove the harness works).
+pub async fn economy_rows(bootstrap: &str, small: bool) -> String {
+    let (widget_counts, volumes, span): (&[usize], &[f64], Duration) = if small {
+        (&[2], &[200.0], Duration::from_secs(4_800))
+    } else {
+        (
+            &[4, 20],
+            &[20.0, 200.0, 1_000.0],
+            Duration::from_secs(4_800),
+        )
+    };
+    let mut out = format!(
+        "Steady state for {:.0} virtual minutes from 23:20 (midnight and its 30 min grace inside), \
+         simulator at {SPEED}x with a 47 h history already known, poll 30 s, settle 5 min, \
+         budget {BUDGET_PER_SEC} requests per virtual second shared by all widgets, one \
+         broker. Requests are per widget per poll; \"beyond today\" is requests outside the \
+         grace period minus the pages today holds. Latencies in minutes: `case.created` from \
+         the case becoming visible in the API, `case.survey` from the survey appearing.\n\n\
+         | mode | widgets | cases/h/widget | requests/poll | beyond today (outside grace) | \
+         requests/new case | budget use | created p50 | created p99 | survey p99 | \
+         surveys ≤ 15 min |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        span.as_secs_f64() / 60.0
+    );
+    for &widgets in widget_counts {
+        for &volume in volumes {
+            for mode in [Mode::Baseline, Mode::Dates, Mode::Datetimes] {
+                let started = Instant::now();
+                let r = scenario(bootstrap, mode, widgets, volume, span).await;
+                eprintln!(
+                    "economy: {} {widgets} widgets {volume}/h done in {:.0?}",
+                    mode.name(),
+                    started.elapsed()
+                );
+                let missing = if r.created_missing > 0 {
+                    format!(" ({} not yet)", r.created_missing)
+                } else {
+                    String::new()
+                };
+                out.push_str(&format!(
+                    "| {} | {widgets} | {volume:.0} | {:.2} | {:+.2} | {:.2} | {:.2} | {:.1} | \
+                     {:.1}{missing} | {:.1} | {:.1}% of {} |\n",
+                    mode.name(),
+                    r.requests_per_widget_poll,
+                    r.outside_grace_per_widget_poll - r.today_pages_per_widget_poll,
+                    r.requests_per_new_case,
+                    r.budget_use,
+                    r.created_p50,
+                    r.created_p99,
+                    r.survey_p99,
+                    r.surveys_within_15 * 100.0,
+                    r.surveys,
+                ));
+            }
+        }
+    }
+    out
+}
