@@ -44,4 +44,6 @@ BENCH_KAFKA_BOOTSTRAP=$TEST_KAFKA_BOOTSTRAP cargo test --locked --bench pipeline
   --cases 3000 --widgets 2 --state-sizes 20000 --history-days 10 --latency-samples 5 --idle-secs 2
 BENCH_KAFKA_BOOTSTRAP=$TEST_KAFKA_BOOTSTRAP cargo test --locked --bench pipeline -- --bench \
   --only-exactly-once --cases 3000 --widgets 2 --rebuild-sizes 20000
+BENCH_KAFKA_BOOTSTRAP=$TEST_KAFKA_BOOTSTRAP cargo test --locked --bench pipeline -- --bench \
+  --economy-small
 echo "tests: $passed passed, 0 failed"
