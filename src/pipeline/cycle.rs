@@ -18,8 +18,8 @@ use crate::state::WidgetProgress;
 pub(super) struct WidgetCycle {
     pub(super) widget: String,
     pub(super) stats: CycleStats,
-    pub(super) catch_up_days: u64,
     pub(super) fresh: Option<FreshRead>,
+    /// Pages of each catch-up day read.
     pub(super) day_pages: Vec<u64>,
     pub(super) recheck_pages: Vec<u64>,
 }
@@ -70,9 +70,12 @@ impl Pipeline {
         let interval = self.settings.poll_interval;
         let budget = self.budget_per_interval();
         let of = |widget: &String| activity.get(widget).copied().unwrap_or_default();
-        for (widget, p) in progress {
-            let stale = scheduler::staleness(p, now, interval);
-            metrics::widget_staleness(widget, if stale.is_finite() { stale } else { -1.0 });
+        let staleness: HashMap<&String, f64> = progress
+            .iter()
+            .map(|(widget, p)| (widget, scheduler::staleness(p, now, interval)))
+            .collect();
+        for (widget, stale) in &staleness {
+            metrics::widget_staleness(widget, if stale.is_finite() { *stale } else { -1.0 });
         }
         // Catch-up days and re-checks are due whatever the budget: fresh windows share what
         // they leave.
@@ -117,9 +120,7 @@ impl Pipeline {
                 FreshDemand {
                     cost: a.fresh_pages,
                     new_per_interval: a.new_per_interval,
-                    staleness: progress
-                        .get(widget)
-                        .map_or(f64::INFINITY, |p| scheduler::staleness(p, now, interval)),
+                    staleness: staleness.get(widget).copied().unwrap_or(f64::INFINITY),
                 }
             })
             .collect();
@@ -186,10 +187,7 @@ impl Pipeline {
                                 ),
                             });
                         }
-                        Task::CatchUp(_) => {
-                            out.catch_up_days += 1;
-                            out.day_pages.push(read.pages);
-                        }
+                        Task::CatchUp(_) => out.day_pages.push(read.pages),
                         Task::Recheck(_) => out.recheck_pages.push(read.pages),
                     }
                     self.window_done(

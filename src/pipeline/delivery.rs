@@ -48,6 +48,7 @@ impl Pipeline {
             seq,
             batch,
             delivery,
+            _slot,
         } = page;
         let wait = delivery.wait(&self.sink);
         tokio::pin!(wait);

@@ -3,6 +3,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use super::page::PageBatch;
 use crate::sink::PendingDelivery;
 use crate::state::CaseRecord;
@@ -12,6 +14,9 @@ pub(super) struct InFlightPage {
     pub seq: u64,
     pub batch: PageBatch,
     pub delivery: PendingDelivery,
+    /// Its place among the pages in flight of every window; freed when the page is dropped
+    /// (committed, or given up at shutdown).
+    pub _slot: OwnedSemaphorePermit,
 }
 
 /// The pages of one window in flight.
@@ -44,13 +49,19 @@ impl Flight {
         }
     }
 
-    /// A page now handed to Kafka.
-    pub fn push(&mut self, batch: PageBatch, delivery: PendingDelivery) {
+    /// A page now handed to Kafka, in its `slot`.
+    pub fn push(
+        &mut self,
+        batch: PageBatch,
+        delivery: PendingDelivery,
+        slot: OwnedSemaphorePermit,
+    ) {
         let seq = self.remember(&batch);
         self.pages.push_back(InFlightPage {
             seq,
             batch,
             delivery,
+            _slot: slot,
         });
     }
 

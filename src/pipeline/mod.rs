@@ -2,7 +2,8 @@
 //!
 //! A page's state commits only after Kafka acknowledged every event derived from it, so a
 //! crash loses nothing; at worst the events of the pages in flight (at most
-//! `MAX_PAGES_IN_FLIGHT` + 1) go out again with the same ids.
+//! `MAX_PAGES_IN_FLIGHT` + 1, across all the windows read at once) go out again with the same
+//! ids.
 
 mod cycle;
 mod delivery;
@@ -97,6 +98,9 @@ pub struct Pipeline {
     /// Exactly-once delivery: one transaction at a time (windows of several widgets are read
     /// concurrently; the producer has one transactional id).
     transaction: tokio::sync::Mutex<()>,
+    /// Places for pages handed to Kafka and not yet committed, shared by the windows read at
+    /// once: `MAX_PAGES_IN_FLIGHT` + 1 (one being settled), whatever the concurrency.
+    pages_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Pipeline {
@@ -120,6 +124,7 @@ impl Pipeline {
             health,
             stats_cache: std::sync::Mutex::new(None),
             transaction: tokio::sync::Mutex::new(()),
+            pages_in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_PAGES_IN_FLIGHT + 1)),
         }
     }
 
@@ -139,10 +144,11 @@ impl Pipeline {
     /// Polls until `shutdown` fires; then the page in flight is finished and committed.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), PipelineError> {
         let widgets = self.settings.widgets.clone();
-        let since = self
-            .settings
-            .since
-            .unwrap_or_else(|| self.clock.now().date_naive());
+        // A first start reads the lookback days once (the catch-up), not only today: cases of
+        // yesterday are announced whatever the hour of the first start.
+        let since = self.settings.since.unwrap_or_else(|| {
+            scheduler::lookback_start(self.clock.now().date_naive(), self.settings.lookback)
+        });
         let mut progress = HashMap::new();
         for widget in &widgets {
             let w = widget.clone();
@@ -167,10 +173,7 @@ impl Pipeline {
         }
         let schedule = self.schedule();
         let mut catch_up = CatchUpProgress::new(&progress, self.fresh_start());
-        let mut activity: HashMap<String, Activity> = widgets
-            .iter()
-            .map(|w| (w.clone(), Activity::default()))
-            .collect();
+        let mut activity: HashMap<String, Activity> = HashMap::new();
         let mut budget_note = None;
         // The first prune comes one period after start, not at once: a start is busy enough
         // (a catch-up's first days, a migrated state's first prune would both land together).
@@ -215,12 +218,10 @@ impl Pipeline {
                 }
                 for pages in cycle.day_pages {
                     a.day_read(pages);
+                    catch_up.day_done();
                 }
                 for pages in cycle.recheck_pages {
                     a.recheck_read(pages);
-                }
-                for _ in 0..cycle.catch_up_days {
-                    catch_up.day_done();
                 }
             }
             if !shutdown.is_cancelled()

@@ -70,13 +70,19 @@ pub fn lookback_days(lookback: Duration) -> u64 {
     lookback.as_secs().div_ceil(86_400)
 }
 
+/// The oldest day the lookback reaches: where a first start with no `since` begins, as the
+/// first release's fresh window (today and the lookback days) did.
+pub fn lookback_start(today: NaiveDate, lookback: Duration) -> NaiveDate {
+    today
+        .checked_sub_days(Days::new(lookback_days(lookback)))
+        .unwrap_or(today)
+}
+
 /// The first day of the fresh window: the oldest day, within the lookback, whose cases may
 /// still become visible (its end plus the late-visibility period is still ahead).
 pub fn fresh_start(now: DateTime<Utc>, schedule: &Schedule) -> NaiveDate {
     let today = now.date_naive();
-    let mut day = today
-        .checked_sub_days(Days::new(lookback_days(schedule.lookback)))
-        .unwrap_or(today);
+    let mut day = lookback_start(today, schedule.lookback);
     while day < today {
         let closes = day
             .succ_opt()

@@ -38,7 +38,7 @@ pub struct PipelineSettings {
     pub window_overlap: Duration,
     /// Poll intervals a fresh window may go unread when the request budget is short.
     pub max_staleness: u32,
-    /// The first day read on a first start with empty state; `None`: today.
+    /// The first day read on a first start with empty state; `None`: the lookback's first day.
     pub since: Option<NaiveDate>,
     pub tracker: TrackerSettings,
 }

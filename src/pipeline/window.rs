@@ -4,6 +4,7 @@
 use std::pin::pin;
 
 use futures::StreamExt;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::flight::Flight;
@@ -92,8 +93,11 @@ impl Pipeline {
                         }
                         continue;
                     }
+                    let Some(slot) = self.page_slot(&mut flight, shutdown).await? else {
+                        return Ok(WindowEnd::Interrupted);
+                    };
                     let delivery = self.sink.start_publish(&batch.outgoing).await;
-                    flight.push(batch, delivery);
+                    flight.push(batch, delivery, slot);
                     while flight.pages.len() > MAX_PAGES_IN_FLIGHT {
                         if !self.settle_oldest(&mut flight, shutdown).await? {
                             return Ok(WindowEnd::Interrupted);
@@ -125,6 +129,33 @@ impl Pipeline {
                 .await?;
         }
         end
+    }
+}
+
+impl Pipeline {
+    /// A place for one more page handed to Kafka. Pages in flight are bounded across every
+    /// window read at once, so a crash re-sends at most that many whatever the concurrency. A
+    /// window with pages of its own in flight settles its oldest rather than wait on other
+    /// windows (which never wait holding pages either). `None`: shutdown came first.
+    async fn page_slot(
+        &self,
+        flight: &mut Flight,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<OwnedSemaphorePermit>, PipelineError> {
+        loop {
+            if let Ok(slot) = self.pages_in_flight.clone().try_acquire_owned() {
+                return Ok(Some(slot));
+            }
+            if flight.pages.is_empty() {
+                return Ok(tokio::select! {
+                    slot = self.pages_in_flight.clone().acquire_owned() => slot.ok(),
+                    _ = shutdown.cancelled() => None,
+                });
+            }
+            if !self.settle_oldest(flight, shutdown).await? {
+                return Ok(None);
+            }
+        }
     }
 }
 
