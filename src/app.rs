@@ -42,12 +42,12 @@ pub async fn prepare_topics(
     sink: &KafkaSink,
     shutdown: &CancellationToken,
 ) -> Result<bool, SinkError> {
-    let mut delays = crate::sink::kafka_retry_delays();
+    let mut delays = crate::sink::KafkaRetryDelays::new();
     loop {
         match sink.ensure_topics().await {
             Ok(()) => return Ok(true),
             Err(SinkError::Unreachable(_)) => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                let delay = delays.next_delay();
                 let cause = tokio::select! {
                     _ = shutdown.cancelled() => return Ok(false),
                     cause = sink.explain_unreachable() => cause,

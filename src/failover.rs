@@ -68,11 +68,11 @@ async fn patiently<T, F: std::future::Future<Output = Result<T, FailoverError>>>
     shutdown: &CancellationToken,
     mut attempt: impl FnMut() -> F,
 ) -> Result<Option<T>, FailoverError> {
-    let mut delays = crate::sink::kafka_retry_delays();
+    let mut delays = crate::sink::KafkaRetryDelays::new();
     loop {
         match attempt().await {
             Err(FailoverError::Changelog(ChangelogError::Kafka { topic, error })) => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                let delay = delays.next_delay();
                 tracing::warn!(%topic, %error, retry_in = ?delay, "reading the state changelog failed; trying again");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(None),
@@ -310,12 +310,9 @@ pub async fn run(
     let watcher = {
         let stop = stop.clone();
         tokio::spawn(async move {
-            while *role.borrow_and_update() {
-                if role.changed().await.is_err() {
-                    return;
-                }
+            if role.wait_for(|active| !*active).await.is_ok() {
+                stop.cancel();
             }
-            stop.cancel();
         })
     };
     let result = pipeline.run(stop.clone()).await;

@@ -402,7 +402,7 @@ pub fn active(active: bool) {
 }
 
 pub fn transaction_ended(outcome: &'static str) {
-    counter!(TRANSACTIONS.name, labels(&TRANSACTIONS, [outcome])).increment(1);
+    counter!(TRANSACTIONS.name, static_labels(&TRANSACTIONS, [outcome])).increment(1);
 }
 
 pub fn changelog_applied(records: u64) {

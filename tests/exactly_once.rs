@@ -59,6 +59,14 @@ async fn active(admin: u16) -> Option<bool> {
     Some(line.trim_end().ends_with(" 1"))
 }
 
+/// Waits (at most 60 s) until the instance behind `admin` is active, or a standby.
+async fn becomes(admin: u16, is_active: bool, what: &str) {
+    eventually(Duration::from_secs(60), what, async || {
+        active(admin).await == Some(is_active)
+    })
+    .await;
+}
+
 /// Every case and settled survey the simulator shows, read back `read_committed`: each
 /// exactly once, under one event id, nothing missing. Returns (cases, surveys) checked.
 async fn assert_exactly_once(
@@ -172,12 +180,7 @@ async fn ten_sigkills_and_a_lost_state_directory_still_deliver_every_event_exact
             std::fs::remove_dir_all(&state).unwrap();
         }
         let mut forwarder = spawn_forwarder(&env, &log);
-        eventually(
-            Duration::from_secs(60),
-            "the restarted instance becomes active",
-            async || active(admin).await == Some(true),
-        )
-        .await;
+        becomes(admin, true, "the restarted instance becomes active").await;
         if kill == 5 {
             // The state about to be deleted must hold something to rebuild.
             eventually(Duration::from_secs(60), "a first commit", async || {
@@ -274,10 +277,10 @@ async fn a_standby_takes_over_from_a_killed_and_from_a_frozen_active_instance() 
         assert_ne!(ra, rb, "exactly one instance is active");
     }
     let a_active = roles().await.0 == Some(true);
-    let (standby_admin, standby_env, standby_log) = if a_active {
-        (admin_b, &env_b, &log_b)
+    let (standby_admin, standby_log) = if a_active {
+        (admin_b, &log_b)
     } else {
-        (admin_a, &env_a, &log_a)
+        (admin_a, &log_a)
     };
     let published = |admin: u16| async move {
         let (_, body) = admin_get(format!("127.0.0.1:{admin}"), "/metrics")
@@ -298,12 +301,7 @@ async fn a_standby_takes_over_from_a_killed_and_from_a_frozen_active_instance() 
     killed.0.kill().unwrap();
     killed.0.wait().unwrap();
     let killed_at = Instant::now();
-    eventually(
-        Duration::from_secs(60),
-        "the standby takes over",
-        async || active(standby_admin).await == Some(true),
-    )
-    .await;
+    becomes(standby_admin, true, "the standby takes over").await;
     let failover = killed_at.elapsed();
     println!("failover after SIGKILL: {failover:?} (session timeout {FAILOVER_TIMEOUT})");
     assert!(
@@ -317,12 +315,7 @@ async fn a_standby_takes_over_from_a_killed_and_from_a_frozen_active_instance() 
         (admin_b, &env_b, &log_b)
     };
     let restarted = spawn_forwarder(restarted_env, restarted_log);
-    eventually(
-        Duration::from_secs(60),
-        "the restarted one is a standby",
-        async || active(restarted_admin).await == Some(false),
-    )
-    .await;
+    becomes(restarted_admin, false, "the restarted one is a standby").await;
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(
         (active(restarted_admin).await, active(standby_admin).await),
@@ -334,12 +327,11 @@ async fn a_standby_takes_over_from_a_killed_and_from_a_frozen_active_instance() 
     // takes over, then let it run again. It must stop by itself, having made nothing visible.
     let zombie = if a_active { b.take() } else { a.take() };
     let mut zombie = zombie.unwrap();
-    let _ = standby_env;
     assert!(signal(&zombie.0, "-STOP"));
-    eventually(
-        Duration::from_secs(60),
+    becomes(
+        restarted_admin,
+        true,
         "the standby takes over from a frozen active instance",
-        async || active(restarted_admin).await == Some(true),
     )
     .await;
     // Let the new active instance commit transactions before the zombie wakes.

@@ -9,6 +9,7 @@ use super::flight::{Flight, InFlightPage};
 use super::{Pipeline, PipelineError};
 use crate::metrics;
 use crate::sink::{DeadLetter, ErrorClass, Outgoing, RecordResult, classify, encode};
+use crate::state::page_changes;
 
 /// A page waiting this long for acknowledgements makes readiness say Kafka is not taking it.
 const ACK_SLOW: Duration = Duration::from_secs(10);
@@ -24,6 +25,32 @@ fn interrupted() -> Delivered {
 }
 
 /// How a page's delivery ended.
+/// The records of one attempt: those Kafka refused for good in a batch go alone (a broker
+/// refuses a whole batch as too large), the rest together.
+#[derive(Default)]
+pub(super) struct Round {
+    pub together: Vec<Outgoing>,
+    pub alone: Vec<Outgoing>,
+}
+
+impl Round {
+    pub fn push(&mut self, record: Outgoing, alone: bool) {
+        if alone {
+            self.alone.push(record);
+        } else {
+            self.together.push(record);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.together.len() + self.alone.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 enum Delivered {
     /// Every record is acknowledged or dead-lettered.
     Settled,
@@ -32,6 +59,26 @@ enum Delivered {
 }
 
 impl Pipeline {
+    /// Sends each record by itself, one after another, awaited: (record, alone, result).
+    pub(super) async fn send_alone(
+        &self,
+        records: Vec<Outgoing>,
+    ) -> Vec<(Outgoing, bool, RecordResult)> {
+        let mut sent = Vec::with_capacity(records.len());
+        for record in records {
+            let result = self
+                .sink
+                .start_publish(std::slice::from_ref(&record))
+                .await
+                .wait(&self.sink)
+                .await
+                .pop()
+                .unwrap_or_else(|| unreachable!("one result per record sent"));
+            sent.push((record, true, result));
+        }
+        sent
+    }
+
     /// Waits for the oldest page in flight to be settled with Kafka (sending again what failed
     /// for a passing reason, dead-lettering what Kafka refuses for good), then commits its
     /// state. Pages commit in order. Returns false when shutdown came while Kafka could not
@@ -84,10 +131,9 @@ impl Pipeline {
         if let Delivered::Interrupted = self.deliver(batch.outgoing, results, shutdown).await? {
             return Ok(false);
         }
-        let (changed, dead, cursor) = (batch.changed, batch.dead_letters, batch.cursor);
-        let ids: Vec<String> = changed.iter().map(|c| c.id.clone()).collect();
-        self.state(move |s| s.commit_page(&changed, &dead, cursor.as_ref()))
-            .await?;
+        let ids: Vec<String> = batch.changed.iter().map(|c| c.id.clone()).collect();
+        let changes = page_changes(batch.changed, batch.dead_letters, batch.cursor);
+        self.state(move |s| s.apply(&changes, None)).await?;
         flight.committed(seq, &ids);
         Ok(true)
     }
@@ -103,7 +149,7 @@ impl Pipeline {
         results: Vec<RecordResult>,
         shutdown: &CancellationToken,
     ) -> Result<Delivered, PipelineError> {
-        let mut delays = crate::sink::kafka_retry_delays();
+        let mut delays = crate::sink::KafkaRetryDelays::new();
         // (record, sent alone, result)
         let mut round: Vec<(Outgoing, bool, RecordResult)> = records
             .into_iter()
@@ -111,7 +157,7 @@ impl Pipeline {
             .map(|(record, result)| (record, false, result))
             .collect();
         loop {
-            let mut again: Vec<(Outgoing, bool)> = Vec::new();
+            let mut again = Round::default();
             let mut passing = None;
             for (record, alone, outcome) in round {
                 let error = match outcome.result {
@@ -125,7 +171,7 @@ impl Pipeline {
                 };
                 let transient = classify(&error) == ErrorClass::Transient;
                 match self.after_failure(record, alone, &error, outcome.size) {
-                    Ok(Some(retry)) => again.push(retry),
+                    Ok(Some((record, alone))) => again.push(record, alone),
                     Ok(None) => {}
                     Err(failure) => return Err(self.refusal(failure)),
                 }
@@ -141,7 +187,7 @@ impl Pipeline {
                 self.health.beat();
                 self.health.set_deliveries_ok(false);
                 metrics::kafka_delivery_error();
-                let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                let delay = delays.next_delay();
                 tracing::warn!(error = %error, retry_in = ?delay, records = again.len(), "Kafka did not take records of a page; sending them again, state stays where it is");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(interrupted()),
@@ -149,30 +195,16 @@ impl Pipeline {
                 }
             }
             let resend = async {
-                let mut next = Vec::with_capacity(again.len());
-                let (solo, together): (Vec<_>, Vec<_>) =
-                    again.into_iter().partition(|(_, alone)| *alone);
-                for (record, _) in solo {
-                    let mut results = self
-                        .sink
-                        .start_publish(std::slice::from_ref(&record))
-                        .await
-                        .wait(&self.sink)
-                        .await;
-                    let result = results
-                        .pop()
-                        .unwrap_or_else(|| unreachable!("one result per record sent"));
-                    next.push((record, true, result));
-                }
-                let together: Vec<Outgoing> = together.into_iter().map(|(r, _)| r).collect();
+                let mut next = self.send_alone(again.alone).await;
                 let results = self
                     .sink
-                    .start_publish(&together)
+                    .start_publish(&again.together)
                     .await
                     .wait(&self.sink)
                     .await;
                 next.extend(
-                    together
+                    again
+                        .together
                         .into_iter()
                         .zip(results)
                         .map(|(r, result)| (r, false, result)),

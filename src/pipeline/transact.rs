@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::delivery::Round;
 use super::flight::Flight;
 use super::{Pipeline, PipelineError};
 use crate::metrics;
@@ -18,23 +19,6 @@ use crate::state::{Change, ChangelogPosition, page_changes};
 
 /// At shutdown, how long the abort of a transaction in flight may take.
 const SHUTDOWN_ABORT_GRACE: Duration = Duration::from_secs(5);
-
-/// The records of a transaction: sent in one batch, but for those Kafka refused for good in a
-/// batch, which go alone.
-struct Round {
-    together: Vec<Outgoing>,
-    alone: Vec<Outgoing>,
-}
-
-impl Round {
-    fn push(&mut self, record: Outgoing, alone: bool) {
-        if alone {
-            self.alone.push(record);
-        } else {
-            self.together.push(record);
-        }
-    }
-}
 
 /// How a transaction attempt went.
 enum Attempt {
@@ -77,14 +61,14 @@ impl Pipeline {
         }
         let (mut records, mut changes, mut pages) = (Vec::new(), Vec::new(), Vec::new());
         for (seq, batch) in held {
+            let ids: Vec<String> = batch.changed.iter().map(|c| c.id.clone()).collect();
+            pages.push((seq, ids));
             changes.extend(page_changes(
-                &batch.changed,
-                &batch.dead_letters,
-                batch.cursor.as_ref(),
+                batch.changed,
+                batch.dead_letters,
+                batch.cursor,
             ));
             records.extend(batch.outgoing);
-            let ids: Vec<String> = batch.changed.into_iter().map(|c| c.id).collect();
-            pages.push((seq, ids));
         }
         if !self.transact(records, changes, shutdown).await? {
             return Ok(false);
@@ -105,7 +89,7 @@ impl Pipeline {
         shutdown: &CancellationToken,
     ) -> Result<bool, PipelineError> {
         let _one_at_a_time = self.transaction.lock().await;
-        let mut delays = crate::sink::kafka_retry_delays();
+        let mut delays = crate::sink::KafkaRetryDelays::new();
         let mut round = Round {
             together: records,
             alone: Vec::new(),
@@ -151,7 +135,7 @@ impl Pipeline {
             self.health.beat();
             self.health.set_deliveries_ok(false);
             metrics::kafka_delivery_error();
-            let delay = delays.next().unwrap_or(Duration::from_secs(30));
+            let delay = delays.next_delay();
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(false),
                 _ = tokio::time::sleep(delay) => {}
@@ -166,26 +150,17 @@ impl Pipeline {
         round: &mut Round,
         changes: &[Change],
     ) -> Result<Attempt, PipelineError> {
-        // Each record refused in a batch goes alone, awaited, before the rest.
-        let mut alone_results = Vec::with_capacity(round.alone.len());
-        for record in &round.alone {
-            let sent = self.sink.start_publish(std::slice::from_ref(record)).await;
-            alone_results.extend(sent.wait(&self.sink).await);
-        }
+        let mut sent = self.send_alone(std::mem::take(&mut round.alone)).await;
         let batch = self.sink.start_publish(&round.together).await;
         let state = self.sink.start_changes(changes).await;
         let together_results = batch.wait(&self.sink).await;
         let state = state.wait(&self.sink).await;
-        let sent = std::mem::take(&mut round.alone)
-            .into_iter()
-            .zip(alone_results)
-            .map(|(record, outcome)| (record, true, outcome))
-            .chain(
-                std::mem::take(&mut round.together)
-                    .into_iter()
-                    .zip(together_results)
-                    .map(|(record, outcome)| (record, false, outcome)),
-            );
+        sent.extend(
+            std::mem::take(&mut round.together)
+                .into_iter()
+                .zip(together_results)
+                .map(|(record, outcome)| (record, false, outcome)),
+        );
         let mut failed = false;
         for (record, alone, outcome) in sent {
             let Err(error) = outcome.result else {

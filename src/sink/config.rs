@@ -31,7 +31,7 @@ pub const DEFAULT_TOPIC_PARTITIONS: i32 = 6;
 /// Brokers accept 6 s to 30 min (classic protocol, `group.min.session.timeout.ms`).
 pub const DEFAULT_FAILOVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A transaction is aborted by the coordinator after this long (librdkafka's default).
-const TRANSACTION_TIMEOUT_MS: &str = "60000";
+const TRANSACTION_TIMEOUT_MS: u64 = 60_000;
 /// In exactly-once delivery a record must fail well before its transaction times out, or
 /// the coordinator aborts it and fences the producer first; librdkafka refuses a value above
 /// `transaction.timeout.ms`.
@@ -264,14 +264,14 @@ impl KafkaSettings {
         if self.delivery == Delivery::ExactlyOnce {
             config.set("transactional.id", self.failover.id());
             if !self.properties.contains_key("transaction.timeout.ms") {
-                config.set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS);
+                config.set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS.to_string());
             }
             if !self.properties.contains_key("message.timeout.ms") {
                 // Half the transaction's time, at most 30 s.
                 let txn: u64 = config
                     .get("transaction.timeout.ms")
                     .and_then(|v| v.parse().ok())
-                    .unwrap_or(60_000);
+                    .unwrap_or(TRANSACTION_TIMEOUT_MS);
                 let timeout = (txn / 2).clamp(1, TRANSACTIONAL_MESSAGE_TIMEOUT_MS);
                 config.set("message.timeout.ms", timeout.to_string());
             }

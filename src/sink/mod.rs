@@ -58,16 +58,32 @@ pub enum SinkError {
     ChangelogLayout { topic: String, partitions: usize },
 }
 
+/// The longest wait between attempts while Kafka is away.
+const KAFKA_RETRY_MAX_DELAY: Duration = Duration::from_secs(30);
+
 /// Delays between attempts while Kafka is unreachable or not acknowledging: jittered,
 /// growing from 0.5 s to 30 s, never giving up (the caller stops at shutdown).
-pub fn kafka_retry_delays() -> impl Iterator<Item = Duration> {
-    use backon::BackoffBuilder;
-    backon::ExponentialBuilder::default()
-        .with_jitter()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(30))
-        .without_max_times()
-        .build()
+pub struct KafkaRetryDelays(backon::ExponentialBackoff);
+
+impl KafkaRetryDelays {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        use backon::BackoffBuilder;
+        Self(
+            backon::ExponentialBuilder::default()
+                .with_jitter()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_delay(KAFKA_RETRY_MAX_DELAY)
+                .without_max_times()
+                .build(),
+        )
+    }
+
+    /// The wait before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        // Built without a maximum of attempts: the backoff never ends.
+        self.0.next().unwrap_or(KAFKA_RETRY_MAX_DELAY)
+    }
 }
 
 /// How long to wait before offering a record again to a full producer queue.

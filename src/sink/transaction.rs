@@ -5,8 +5,6 @@
 //! own timeout for it (`Timeout::Never`: the rest of the transaction's time), as its docs ask;
 //! another timeout risks the client's and the coordinator's views of the transaction parting.
 
-use std::time::Duration;
-
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
@@ -98,14 +96,14 @@ impl KafkaSink {
     /// aborted, and anything they send later is refused. Waits while the coordinator is busy
     /// finishing an earlier transaction.
     pub async fn init_transactions(&self) -> Result<(), TransactionError> {
-        let mut delays = super::kafka_retry_delays();
+        let mut delays = super::KafkaRetryDelays::new();
         loop {
             match self
                 .transaction_call(|p| p.init_transactions(Timeout::Never))
                 .await
             {
                 Err(TransactionError::Retriable(reason)) => {
-                    let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                    let delay = delays.next_delay();
                     tracing::warn!(%reason, retry_in = ?delay, "Kafka did not initialise the transactional producer yet");
                     tokio::time::sleep(delay).await;
                 }
@@ -120,24 +118,16 @@ impl KafkaSink {
 
     /// Commits the open transaction (flushing what is queued first).
     pub async fn commit_transaction(&self) -> Result<(), TransactionError> {
-        let result = self
-            .transaction_call(|p| p.commit_transaction(Timeout::Never))
-            .await;
-        if result.is_ok() {
-            metrics::transaction_ended("committed");
-        }
-        result
+        self.transaction_call(|p| p.commit_transaction(Timeout::Never))
+            .await
+            .inspect(|()| metrics::transaction_ended("committed"))
     }
 
     /// Aborts the open transaction: nothing of it is ever visible to `read_committed`.
     pub async fn abort_transaction(&self) -> Result<(), TransactionError> {
-        let result = self
-            .transaction_call(|p| p.abort_transaction(Timeout::Never))
-            .await;
-        if result.is_ok() {
-            metrics::transaction_ended("aborted");
-        }
-        result
+        self.transaction_call(|p| p.abort_transaction(Timeout::Never))
+            .await
+            .inspect(|()| metrics::transaction_ended("aborted"))
     }
 
     /// Hands the state's changes to the producer as changelog records (in the open

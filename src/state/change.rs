@@ -46,16 +46,15 @@ pub enum ChangeError {
 /// The changes one page commits: its cases, its dead letters and, when the window goes on,
 /// its cursor.
 pub fn page_changes(
-    cases: &[StoredCase],
-    dead_letters: &[DeadLetterMark],
-    cursor: Option<&WindowCursor>,
+    cases: Vec<StoredCase>,
+    dead_letters: Vec<DeadLetterMark>,
+    cursor: Option<WindowCursor>,
 ) -> Vec<Change> {
     cases
-        .iter()
-        .cloned()
+        .into_iter()
         .map(Change::Case)
-        .chain(dead_letters.iter().cloned().map(Change::DeadLetter))
-        .chain(cursor.cloned().map(Change::Cursor))
+        .chain(dead_letters.into_iter().map(Change::DeadLetter))
+        .chain(cursor.map(Change::Cursor))
         .collect()
 }
 

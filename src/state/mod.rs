@@ -176,7 +176,7 @@ pub trait StateStore: Send + Sync {
     fn clear(&self) -> Result<(), StateError>;
     /// Records the cases of one page atomically.
     fn commit_cases(&self, cases: &[StoredCase]) -> Result<(), StateError> {
-        self.apply(&page_changes(cases, &[], None), None)
+        self.apply(&page_changes(cases.to_vec(), Vec::new(), None), None)
     }
     /// Records the cases and the dead letters of one page atomically, with the window's
     /// cursor past that page when there is a next one.
@@ -186,7 +186,8 @@ pub trait StateStore: Send + Sync {
         dead_letters: &[DeadLetterMark],
         cursor: Option<&WindowCursor>,
     ) -> Result<(), StateError> {
-        self.apply(&page_changes(cases, dead_letters, cursor), None)
+        let changes = page_changes(cases.to_vec(), dead_letters.to_vec(), cursor.cloned());
+        self.apply(&changes, None)
     }
     /// The saved cursor of `widget`'s window interrupted part-way, if any.
     fn window_cursor(&self, widget: &str) -> Result<Option<WindowCursor>, StateError>;

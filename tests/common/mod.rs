@@ -252,7 +252,6 @@ pub fn event_from_binary(record: &Record) -> Value {
     Value::Object(event)
 }
 
-/// A simulator on a free port.
 /// Live traffic on real time for the real process (which has its own clock): widgets `w1`
 /// and `w2`, `history` already there, surveys landing seconds after a chat, the index a moment
 /// behind.
@@ -273,6 +272,7 @@ pub async fn start_live_simulator(cases_per_hour: f64, history: Duration) -> Run
     .await
 }
 
+/// A simulator on a free port.
 pub async fn start_simulator(config: SimConfig, clock: Clock) -> RunningSimulator {
     let sim = Arc::new(Simulator::new(config, clock));
     casestream::simulator::http::start(sim, "127.0.0.1:0".parse().unwrap())
