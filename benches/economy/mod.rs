@@ -5,7 +5,7 @@
 //! Each scenario runs the forwarder in this process against the simulator on a virtual clock
 //! ([`SPEED`] times real time) and a real broker. The budget is virtual: the client's rate
 //! limit is 5 x [`SPEED`] real requests per second. The state starts as a forwarder that has
-//! been running would have it (every case already visible is known, a 47 h history), so what
+//! been running would have it (every case visible at 23:15 is known, a 47 h history), so what
 //! is measured is the steady state: from 23:20, across midnight and its grace period.
 
 use std::collections::HashMap;
@@ -83,14 +83,14 @@ fn percentile(values: &mut [f64], p: f64) -> f64 {
 }
 
 /// When the events of a topic were produced, by subject, in virtual time: the record's
-/// timestamp (the producer's wall clock) mapped onto the virtual clock that started at
-/// `origin` (real) = `start` (virtual).
+/// timestamp (the producer's wall clock) mapped onto the virtual clock, which read `origin.1`
+/// at real time `origin.0`.
 fn publish_times(
     bootstrap: &str,
     topic: &str,
-    origin: std::time::SystemTime,
-    start: DateTime<Utc>,
+    origin: (std::time::SystemTime, DateTime<Utc>),
 ) -> HashMap<String, DateTime<Utc>> {
+    let (origin, start) = origin;
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("bench-{}", uuid::Uuid::new_v4()))
@@ -141,8 +141,9 @@ fn publish_times(
     times
 }
 
-/// A state as a forwarder that has been running would have it: every visible case known
-/// (decided by the tracker as of now), every widget caught up and read just now.
+/// A state as a forwarder that has been running would have it at `now`: every case visible
+/// then known (decided by the tracker as of `now`), every widget caught up and read at `now`.
+/// The virtual clock runs on while this works: cases that became visible since are left out.
 fn seed_state(dir: &std::path::Path, sim: &RunningSimulator, now: DateTime<Utc>) {
     let store = SqliteStore::open(dir).expect("state");
     let settings = TrackerSettings::default();
@@ -152,6 +153,10 @@ fn seed_state(dir: &std::path::Path, sim: &RunningSimulator, now: DateTime<Utc>)
             .visible_cases(widget)
             .into_iter()
             .filter_map(|value| Case::from_value(value).ok())
+            .filter(|case| {
+                case.chat_end()
+                    .is_some_and(|end| end + chrono::Duration::milliseconds(INDEX_DELAY_MS) <= now)
+            })
             .map(|case| StoredCase {
                 id: case.id().to_owned(),
                 widget: widget.clone(),
@@ -177,7 +182,6 @@ fn seed_state(dir: &std::path::Path, sim: &RunningSimulator, now: DateTime<Utc>)
 
 async fn scenario(bootstrap: &str, mode: Mode, widgets: usize, volume: f64, span: Duration) -> Row {
     let start = at("2026-03-10T23:15:00Z");
-    let origin = std::time::SystemTime::now();
     let clock = Clock::scaled(start, SPEED);
     let sim = Arc::new(Simulator::new(
         SimConfig {
@@ -194,7 +198,12 @@ async fn scenario(bootstrap: &str, mode: Mode, widgets: usize, volume: f64, span
         .await
         .expect("simulator");
     let dir = tempfile::tempdir().expect("state dir");
-    seed_state(dir.path(), &sim, clock.now());
+    seed_state(dir.path(), &sim, start);
+    // Seeding took real time, which the virtual clock counted: back to the start, so the
+    // forwarder begins where the seeded state ends. (Real, virtual) origin of the mapping of
+    // record timestamps onto the virtual clock, taken together after the step.
+    clock.step(start - clock.now());
+    let origin = (std::time::SystemTime::now(), clock.now());
 
     let simulated = sim.sim.config();
     let mut api = ClientConfig::new(
@@ -252,8 +261,8 @@ async fn scenario(bootstrap: &str, mode: Mode, widgets: usize, volume: f64, span
         .expect("forwarder task")
         .expect("forwarder run");
 
-    let created = publish_times(bootstrap, &format!("{prefix}.cases"), origin, start);
-    let surveyed = publish_times(bootstrap, &format!("{prefix}.surveys"), origin, start);
+    let created = publish_times(bootstrap, &format!("{prefix}.cases"), origin);
+    let surveyed = publish_times(bootstrap, &format!("{prefix}.surveys"), origin);
     let requests = marks[3] - marks[0];
     let outside_grace = (marks[1] - marks[0]) + (marks[3] - marks[2]);
     let polls = span.as_secs_f64() / POLL.as_secs_f64();
