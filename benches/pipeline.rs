@@ -62,8 +62,8 @@ struct Args {
     rebuild_sizes: Vec<u64>,
     /// Only the exactly-once measurements (and the at-least-once catch-up they compare with).
     only_exactly_once: bool,
-    /// Only the API economy measurements; `Some(true)`: one small scenario per mode.
-    only_economy: Option<bool>,
+    /// Only the API economy measurements, of these scenarios.
+    only_economy: Option<economy::Matrix>,
 }
 
 fn parse_args() -> Args {
@@ -105,8 +105,31 @@ fn parse_args() -> Args {
                     .collect()
             }
             "--only-exactly-once" => args.only_exactly_once = true,
-            "--only-economy" => args.only_economy = Some(false),
-            "--economy-small" => args.only_economy = Some(true),
+            "--only-economy" => {
+                args.only_economy.get_or_insert_default();
+            }
+            // One scenario per mode, 2 widgets at 200 cases/hour: proves the harness works.
+            "--economy-small" => {
+                let matrix = args.only_economy.get_or_insert_default();
+                matrix.widgets = vec![2];
+                matrix.volumes = vec![200.0];
+            }
+            "--economy-widgets" => {
+                args.only_economy.get_or_insert_default().widgets = value()
+                    .split(',')
+                    .map(|n| n.parse().expect("--economy-widgets 4,20"))
+                    .collect();
+            }
+            "--economy-volumes" => {
+                args.only_economy.get_or_insert_default().volumes = value()
+                    .split(',')
+                    .map(|n| n.parse().expect("--economy-volumes 20,200"))
+                    .collect();
+            }
+            "--economy-speed" => {
+                args.only_economy.get_or_insert_default().speed =
+                    value().parse().expect("--economy-speed 30");
+            }
             // cargo bench passes --bench; a probe child gets --probe-state.
             _ => {}
         }
@@ -139,12 +162,12 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let report = if let Some(small) = args.only_economy {
+    let report = if let Some(matrix) = &args.only_economy {
         runtime.block_on(async {
             format!(
                 "Machine: {}\n\n## API economy\n\n{}",
                 machine(),
-                economy::economy_rows(&bootstrap, small).await
+                economy::economy_rows(&bootstrap, matrix).await
             )
         })
     } else if args.only_exactly_once {

@@ -58,7 +58,7 @@ async fn sigkill_mid_run_loses_nothing_and_sigterm_exits_cleanly() {
         "the kill must land mid-run ({after_kill} of {expected_total} announced)"
     );
 
-    let mut second = spawn_forwarder(&env, &log);
+    let second = spawn_forwarder(&env, &log);
     eventually(
         Duration::from_secs(120),
         "every case announced after restart",
@@ -79,17 +79,7 @@ async fn sigkill_mid_run_loses_nothing_and_sigterm_exits_cleanly() {
     )
     .await;
 
-    assert!(sigterm(&second.0));
-    let status = tokio::task::spawn_blocking(move || second.0.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "SIGTERM exits 0; log: {}",
-        log.display()
-    );
+    stop_with_sigterm(second, &log).await;
 
     let created = created_events(&bootstrap, &cases_topic).await;
     // A repeat is the same event: consumers dedupe by id (a regression to fresh ids on a
@@ -115,11 +105,7 @@ async fn sigkill_mid_run_loses_nothing_and_sigterm_exits_cleanly() {
     for w in ["w1", "w2"] {
         for (value, survey_at) in sim.sim.visible_cases_with_survey_times(w) {
             let case = Case::from_value(value).unwrap();
-            let settled = case.chat_end().unwrap() + chrono::Duration::seconds(2) < stopped;
-            let appeared = survey_at
-                .and_then(chrono::DateTime::from_timestamp_millis)
-                .is_some_and(|at| at < stopped);
-            if settled && appeared {
+            if survey_due(&case, survey_at, stopped) {
                 due += 1;
                 assert!(
                     surveys.contains_key(case.id()),

@@ -104,11 +104,7 @@ async fn assert_exactly_once(
                 "case.created of {} missing",
                 case.id()
             );
-            let settled = chat_end + chrono::Duration::seconds(2) < until;
-            let appeared = survey_at
-                .and_then(chrono::DateTime::from_timestamp_millis)
-                .is_some_and(|at| at < until);
-            if settled && appeared {
+            if survey_due(&case, survey_at, until) {
                 due += 1;
                 assert!(
                     surveys.contains_key(case.id()),
@@ -139,20 +135,6 @@ async fn wait_for_all(sim: &RunningSimulator, bootstrap: &str, prefix: &str, lim
             .all(|c| created.contains_key(c.id()))
     })
     .await;
-}
-
-async fn stop(mut forwarder: Forwarder, log: &std::path::Path) {
-    assert!(sigterm(&forwarder.0));
-    let status = tokio::task::spawn_blocking(move || forwarder.0.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "SIGTERM exits 0; log {}",
-        log.display()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +200,7 @@ async fn ten_sigkills_and_a_lost_state_directory_still_deliver_every_event_exact
     let until = chrono::Utc::now() - chrono::Duration::seconds(10);
     // Surveys settle and are read again for a few seconds more.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    stop(forwarder, &log).await;
+    stop_with_sigterm(forwarder, &log).await;
     let (cases, surveys) = assert_exactly_once(&sim, &bootstrap, &prefix, until).await;
     let logs = std::fs::read_to_string(&log).unwrap();
     let applied: Vec<u64> = logs
@@ -364,7 +346,7 @@ async fn a_standby_takes_over_from_a_killed_and_from_a_frozen_active_instance() 
     wait_for_all(&sim, &bootstrap, &prefix, Duration::from_secs(120)).await;
     let until = chrono::Utc::now() - chrono::Duration::seconds(10);
     tokio::time::sleep(Duration::from_secs(8)).await;
-    stop(restarted, restarted_log).await;
+    stop_with_sigterm(restarted, restarted_log).await;
     let (cases, surveys) = assert_exactly_once(&sim, &bootstrap, &prefix, until).await;
     println!("{cases} cases and {surveys} surveys exactly once across a failover and a zombie");
     sim.stop().await.unwrap();

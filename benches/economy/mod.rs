@@ -3,8 +3,8 @@
 //! `datetimes` modes, at three volumes and two widget counts, under one 5 requests/s budget.
 //!
 //! Each scenario runs the forwarder in this process against the simulator on a virtual clock
-//! ([`SPEED`] times real time) and a real broker. The budget is virtual: the client's rate
-//! limit is 5 x [`SPEED`] real requests per second. The state starts as a forwarder that has
+//! ([`DEFAULT_SPEED`] times real time by default) and a real broker. The budget is virtual: the client's rate
+//! limit is 5 x the speed in real requests per second. The state starts as a forwarder that has
 //! been running would have it (every case visible at 23:15 is known, a 47 h history), so what
 //! is measured is the steady state: from 23:20, across midnight and its grace period.
 
@@ -29,8 +29,9 @@ use casestream::sink::{KafkaSettings, Topics};
 use casestream::snapengage::{Case, ClientConfig, RetryPolicy, WindowMode};
 use casestream::state::{SqliteStore, StateStore, StoredCase, WidgetProgress};
 
-/// Virtual seconds per real second.
-const SPEED: f64 = 120.0;
+/// Virtual seconds per real second, unless `--economy-speed` says otherwise: fast enough for
+/// the matrix to run in minutes, slow enough for the light scenarios to keep up in real time.
+const DEFAULT_SPEED: f64 = 120.0;
 /// The request budget, per virtual second.
 const BUDGET_PER_SEC: f64 = 5.0;
 const POLL: Duration = Duration::from_secs(30);
@@ -89,6 +90,7 @@ fn publish_times(
     bootstrap: &str,
     topic: &str,
     origin: (std::time::SystemTime, DateTime<Utc>),
+    speed: f64,
 ) -> HashMap<String, DateTime<Utc>> {
     let (origin, start) = origin;
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
@@ -132,7 +134,7 @@ fn publish_times(
                 .duration_since(std::time::UNIX_EPOCH)
                 .expect("after 1970")
                 .as_millis() as i64;
-            let virtual_ms = ((real_ms - origin_ms) as f64 * SPEED) as i64;
+            let virtual_ms = ((real_ms - origin_ms) as f64 * speed) as i64;
             times
                 .entry(subject)
                 .or_insert(start + chrono::Duration::milliseconds(virtual_ms));
@@ -180,9 +182,16 @@ fn seed_state(dir: &std::path::Path, sim: &RunningSimulator, now: DateTime<Utc>)
     }
 }
 
-async fn scenario(bootstrap: &str, mode: Mode, widgets: usize, volume: f64, span: Duration) -> Row {
+async fn scenario(
+    bootstrap: &str,
+    mode: Mode,
+    widgets: usize,
+    volume: f64,
+    span: Duration,
+    speed: f64,
+) -> Row {
     let start = at("2026-03-10T23:15:00Z");
-    let clock = Clock::scaled(start, SPEED);
+    let clock = Clock::scaled(start, speed);
     let sim = Arc::new(Simulator::new(
         SimConfig {
             widgets: (1..=widgets).map(|i| format!("w{i}")).collect(),
@@ -211,7 +220,7 @@ async fn scenario(bootstrap: &str, mode: Mode, widgets: usize, volume: f64, span
         simulated.org.clone(),
         simulated.token.clone().into(),
     );
-    api.rate_limit_per_sec = BUDGET_PER_SEC * SPEED;
+    api.rate_limit_per_sec = BUDGET_PER_SEC * speed;
     api.retry = RetryPolicy {
         min_delay: Duration::from_millis(20),
         max_delay: Duration::from_millis(200),
@@ -261,8 +270,8 @@ async fn scenario(bootstrap: &str, mode: Mode, widgets: usize, volume: f64, span
         .expect("forwarder task")
         .expect("forwarder run");
 
-    let created = publish_times(bootstrap, &format!("{prefix}.cases"), origin);
-    let surveyed = publish_times(bootstrap, &format!("{prefix}.surveys"), origin);
+    let created = publish_times(bootstrap, &format!("{prefix}.cases"), origin, speed);
+    let surveyed = publish_times(bootstrap, &format!("{prefix}.surveys"), origin, speed);
     let requests = marks[3] - marks[0];
     let outside_grace = (marks[1] - marks[0]) + (marks[3] - marks[2]);
     let polls = span.as_secs_f64() / POLL.as_secs_f64();
@@ -340,21 +349,30 @@ async fn scenario(bootstrap: &str, mode: Mode, widgets: usize, volume: f64, span
     row
 }
 
-/// The table: every mode at every volume and widget count (`small`: one scenario per mode,
-/// 2 widgets at 200 cases/hour, to prove the harness works).
-pub async fn economy_rows(bootstrap: &str, small: bool) -> String {
-    let (widget_counts, volumes, span): (&[usize], &[f64], Duration) = if small {
-        (&[2], &[200.0], Duration::from_secs(4_800))
-    } else {
-        (
-            &[4, 20],
-            &[20.0, 200.0, 1_000.0],
-            Duration::from_secs(4_800),
-        )
-    };
+/// Which scenarios: every mode at each of these widget counts and volumes, at this speed.
+pub struct Matrix {
+    pub widgets: Vec<usize>,
+    pub volumes: Vec<f64>,
+    pub speed: f64,
+}
+
+impl Default for Matrix {
+    fn default() -> Self {
+        Self {
+            widgets: vec![4, 20],
+            volumes: vec![20.0, 200.0, 1_000.0],
+            speed: DEFAULT_SPEED,
+        }
+    }
+}
+
+/// The table: every mode at every volume and widget count of `matrix`.
+pub async fn economy_rows(bootstrap: &str, matrix: &Matrix) -> String {
+    let span = Duration::from_secs(4_800);
+    let speed = matrix.speed;
     let mut out = format!(
         "Steady state for {:.0} virtual minutes from 23:20 (midnight and its 30 min grace inside), \
-         simulator at {SPEED}x with a 47 h history already known, poll 30 s, settle 5 min, \
+         simulator at {speed}x with a 47 h history already known, poll 30 s, settle 5 min, \
          budget {BUDGET_PER_SEC} requests per virtual second shared by all widgets, one \
          broker. Requests are per widget per poll; \"beyond today\" is requests outside the \
          grace period minus the pages today holds. Latencies in minutes: `case.created` from \
@@ -364,11 +382,11 @@ pub async fn economy_rows(bootstrap: &str, small: bool) -> String {
          surveys ≤ 15 min |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
         span.as_secs_f64() / 60.0
     );
-    for &widgets in widget_counts {
-        for &volume in volumes {
+    for &widgets in &matrix.widgets {
+        for &volume in &matrix.volumes {
             for mode in [Mode::Baseline, Mode::Dates, Mode::Datetimes] {
                 let started = Instant::now();
-                let r = scenario(bootstrap, mode, widgets, volume, span).await;
+                let r = scenario(bootstrap, mode, widgets, volume, span, speed).await;
                 eprintln!(
                     "economy: {} {widgets} widgets {volume}/h done in {:.0?}",
                     mode.name(),

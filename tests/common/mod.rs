@@ -621,3 +621,34 @@ pub fn with(env: &[(String, String)], extra: &[(&str, &str)]) -> Vec<(String, St
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     env
 }
+
+/// Whether a survey was due by `until`: it had appeared (`survey_at`, epoch ms), and the case
+/// had settled under the tests' 2 s settle.
+pub fn survey_due(
+    case: &casestream::snapengage::Case,
+    survey_at: Option<i64>,
+    until: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    let settled = case
+        .chat_end()
+        .is_some_and(|end| end + chrono::Duration::seconds(2) < until);
+    let appeared = survey_at
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .is_some_and(|at| at < until);
+    settled && appeared
+}
+
+/// SIGTERM, then the process must exit 0 (its log is named when it does not).
+pub async fn stop_with_sigterm(mut forwarder: Forwarder, log: &std::path::Path) {
+    assert!(sigterm(&forwarder.0));
+    let status = tokio::task::spawn_blocking(move || forwarder.0.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM exits 0; log: {}",
+        log.display()
+    );
+}
