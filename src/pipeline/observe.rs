@@ -32,4 +32,8 @@ impl ClientObserver for ClientMetrics {
     fn rate_limit_waited(&self, waited: Duration) {
         metrics::rate_limit_wait(waited);
     }
+
+    fn paused(&self, wait: Duration) {
+        self.health.beat_for(wait);
+    }
 }

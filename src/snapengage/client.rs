@@ -50,6 +50,8 @@ pub trait ClientObserver: Send + Sync {
     /// A request failed and is retried after `wait`.
     fn retried(&self, _widget_id: &str, _error_kind: &str, _wait: Duration) {}
     fn rate_limit_waited(&self, _waited: Duration) {}
+    /// Every request waits `wait`: the API asked the token to (a 429's Retry-After).
+    fn paused(&self, _wait: Duration) {}
 }
 
 struct NoObserver;
@@ -72,6 +74,9 @@ struct Inner {
     observer: Arc<dyn ClientObserver>,
     /// Requests sent, retries included: what the budget was spent on.
     requests: std::sync::atomic::AtomicU64,
+    /// Until when no request goes out: a 429's Retry-After is about the token, which every
+    /// widget's windows (read at once) share.
+    paused_until: std::sync::Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for LogsClient {
@@ -115,6 +120,7 @@ impl LogsClient {
                 logs_url,
                 observer,
                 requests: std::sync::atomic::AtomicU64::new(0),
+                paused_until: std::sync::Mutex::new(None),
                 token: std::sync::RwLock::new(config.token.clone()),
                 config,
             }),
@@ -277,6 +283,15 @@ impl LogsClient {
     }
 
     async fn fetch_once(&self, widget_id: &str, url: &Url) -> Result<LogsResponse, ClientError> {
+        let paused = *self
+            .inner
+            .paused_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(wait) = paused.and_then(|until| until.checked_duration_since(Instant::now())) {
+            self.inner.observer.paused(wait);
+            tokio::time::sleep(wait).await;
+        }
         let waited = Instant::now();
         self.inner.limiter.until_ready().await;
         self.inner.observer.rate_limit_waited(waited.elapsed());
@@ -288,6 +303,18 @@ impl LogsClient {
         let mut result = self.request(url).await;
         if matches!(result, Err(ClientError::Unauthorized { .. })) && self.reload_token() {
             result = self.request(url).await;
+        }
+        if let Err(ClientError::RateLimited {
+            retry_after: Some(asked),
+        }) = &result
+        {
+            let until = Instant::now() + *asked;
+            let mut paused = self
+                .inner
+                .paused_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            *paused = Some(paused.map_or(until, |current| current.max(until)));
         }
         let outcome = match &result {
             Ok(_) => "ok",
