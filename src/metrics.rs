@@ -126,6 +126,20 @@ const STATE_SIZE: Metric = metric(
     "Size of the state database",
     &[],
 );
+const STATE_VOLUME_SIZE: Metric = metric(
+    "casestream_state_volume_size_bytes",
+    Gauge,
+    Some(Unit::Bytes),
+    "Size of the file system holding the state directory",
+    &[],
+);
+const STATE_VOLUME_FREE: Metric = metric(
+    "casestream_state_volume_free_bytes",
+    Gauge,
+    Some(Unit::Bytes),
+    "Bytes free for casestream on the file system holding the state directory",
+    &[],
+);
 const STATE_PRUNED: Metric = metric(
     "casestream_state_pruned_total",
     Counter,
@@ -232,6 +246,8 @@ const ALL: &[&Metric] = &[
     &PENDING_SURVEYS,
     &KNOWN_CASES,
     &STATE_SIZE,
+    &STATE_VOLUME_SIZE,
+    &STATE_VOLUME_FREE,
     &STATE_PRUNED,
     &WINDOW_LAG,
     &BUDGET_USE,
@@ -351,6 +367,26 @@ pub fn state_size(known_cases: u64, pending_surveys: u64, bytes: u64) {
     gauge!(STATE_SIZE.name).set(bytes as f64);
 }
 
+/// The file system under the state: alerts compare the two before the volume fills up.
+pub fn state_volume(size_bytes: u64, free_bytes: u64) {
+    gauge!(STATE_VOLUME_SIZE.name).set(size_bytes as f64);
+    gauge!(STATE_VOLUME_FREE.name).set(free_bytes as f64);
+}
+
+/// Every exported metric's name, as Prometheus shows it (a histogram as its `_bucket`,
+/// `_sum` and `_count` series): what dashboards and alerts may use.
+pub fn exported_series() -> Vec<String> {
+    ALL.iter()
+        .flat_map(|m| match m.kind {
+            Histogram => ["_bucket", "_sum", "_count"]
+                .iter()
+                .map(|suffix| format!("{}{suffix}", m.name))
+                .collect::<Vec<_>>(),
+            Counter | Gauge => vec![m.name.to_owned()],
+        })
+        .collect()
+}
+
 pub fn state_pruned(cases: u64, dead_letters: u64) {
     counter!(STATE_PRUNED.name, labels(&STATE_PRUNED, ["cases"])).increment(cases);
     counter!(STATE_PRUNED.name, labels(&STATE_PRUNED, ["dead_letters"])).increment(dead_letters);
@@ -431,6 +467,7 @@ mod tests {
             budget_use(0.5);
             widget_staleness("w", 1.0);
             state_size(1, 2, 3);
+            state_volume(10, 5);
             state_pruned(4, 5);
             window_lag("w", d);
             window_read("fresh", d);

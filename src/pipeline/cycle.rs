@@ -7,11 +7,11 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::scheduler::{self, Activity, FreshDemand, Task};
+use super::scheduler::{self, Activity, FreshDemand, RecheckDemand, Task};
 use super::window::{WindowEnd, WindowFailure};
 use super::{CycleStats, Pipeline, PipelineError};
 use crate::metrics;
-use crate::state::WidgetProgress;
+use crate::state::{DueDay, WidgetProgress};
 
 /// What one widget's reads of a cycle did, for the cycle's line and the budget's estimates.
 #[derive(Debug, Default)]
@@ -77,18 +77,11 @@ impl Pipeline {
         for (widget, stale) in &staleness {
             metrics::widget_staleness(widget, if stale.is_finite() { *stale } else { -1.0 });
         }
-        // Catch-up days and re-checks are due whatever the budget: fresh windows share what
-        // they leave.
-        let fixed: f64 = plans
-            .iter()
-            .flat_map(|(w, tasks)| tasks.iter().map(move |t| (w, t)))
-            .map(|(w, task)| match task {
-                Task::CatchUp(_) => of(w).day_pages,
-                Task::Recheck(_) => of(w).recheck_pages,
-                Task::Fresh => 0.0,
-            })
-            .sum();
-        let fresh_budget = (budget - fixed).max(0.0);
+        // Fresh windows first; re-checks share what they leave, and catch-up days (the walk
+        // from `since`, each day's final read after midnight) what the re-checks leave. A burst
+        // of whole days (every widget's final read of yesterday at once) then spreads over a
+        // few cycles instead of holding every fresh window back.
+        let fresh_budget = budget;
         let covered =
             scheduler::widgets_covered(fresh_budget, progress.keys().map(|w| of(w).fresh_pages));
         let widgets = progress.len();
@@ -125,7 +118,8 @@ impl Pipeline {
             })
             .collect();
         let ration = scheduler::ration(&demands, fresh_budget, self.settings.max_staleness);
-        let mut plans: Vec<Option<(String, Vec<Task>)>> = plans.into_iter().map(Some).collect();
+        let mut plans = self.ration_backlog(plans, activity, now, fresh_budget - ration.spent);
+        let mut plans: Vec<Option<(String, Vec<Task>)>> = plans.drain(..).map(Some).collect();
         let mut ordered = Vec::with_capacity(plans.len());
         for d in ration.read {
             if let Some(plan) = plans[with_fresh[d]].take() {
@@ -141,6 +135,56 @@ impl Pipeline {
         ordered.extend(plans.into_iter().flatten());
         ordered.retain(|(_, tasks)| !tasks.is_empty());
         ordered
+    }
+
+    /// Drops the due re-checks and catch-up days that `budget` does not cover this cycle
+    /// ([`scheduler::ration_rechecks`], then [`scheduler::ration_catch_up`] with what the
+    /// re-checks leave): they stay due, and are read in a later one.
+    fn ration_backlog(
+        &self,
+        mut plans: Vec<(String, Vec<Task>)>,
+        activity: &HashMap<String, Activity>,
+        now: DateTime<Utc>,
+        budget: f64,
+    ) -> Vec<(String, Vec<Task>)> {
+        let interval = self.settings.poll_interval.as_secs_f64().max(0.001);
+        let of = |i: usize| activity.get(&plans[i].0).copied().unwrap_or_default();
+        let tasks: Vec<(usize, Task)> = plans
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, tasks))| tasks.iter().map(move |t| (i, *t)))
+            .collect();
+        let rechecks: Vec<(usize, DueDay)> = tasks
+            .iter()
+            .filter_map(|(i, task)| match task {
+                Task::Recheck(due) => Some((*i, *due)),
+                _ => None,
+            })
+            .collect();
+        let demands: Vec<RecheckDemand> = rechecks
+            .iter()
+            .map(|(i, due)| RecheckDemand {
+                cost: of(*i).recheck_pages,
+                overdue: (now - due.due_since).num_milliseconds().max(0) as f64 / 1000.0 / interval,
+            })
+            .collect();
+        let rationed = scheduler::ration_rechecks(&demands, budget, self.settings.max_staleness);
+        let mut deferred: Vec<(usize, Task)> = rationed
+            .deferred
+            .iter()
+            .map(|&d| (rechecks[d].0, Task::Recheck(rechecks[d].1)))
+            .collect();
+        let days: Vec<(usize, Task)> = tasks
+            .into_iter()
+            .filter(|(_, task)| matches!(task, Task::CatchUp(_)))
+            .collect();
+        let costs: Vec<f64> = days.iter().map(|(i, _)| of(*i).day_pages).collect();
+        let catch_up = scheduler::ration_catch_up(&costs, (budget - rationed.spent).max(0.0));
+        deferred.extend(catch_up.deferred.iter().map(|&d| days[d]));
+        for (i, task) in deferred {
+            plans[i].1.retain(|t| *t != task);
+        }
+        plans
     }
 
     /// Reads one widget's windows of this cycle, in order.

@@ -286,6 +286,9 @@ impl Pipeline {
         let state = self.state_stats().await;
         if let Some(state) = state {
             metrics::state_size(state.known_cases, state.pending_surveys, state.size_bytes);
+            if let Some((size, free)) = state.volume {
+                metrics::state_volume(size, free);
+            }
         }
         if stats.windows + stats.window_errors + stats.pruned > 0 {
             tracing::info!(

@@ -308,6 +308,8 @@ pub struct Ration {
     pub read: Vec<usize>,
     /// Demands left for a later cycle.
     pub deferred: Vec<usize>,
+    /// Requests the read demands are expected to cost.
+    pub spent: f64,
 }
 
 /// How many widgets' fresh windows `budget` requests cover each interval at these costs.
@@ -335,18 +337,62 @@ pub fn ration(demands: &[FreshDemand], budget: f64, max_staleness: u32) -> Ratio
             .total_cmp(&a.yield_per_request())
             .then(b.staleness.total_cmp(&a.staleness))
     });
-    let mut spent: f64 = forced.iter().map(|&i| demands[i].cost).sum();
+    spend(|i| demands[i].cost, forced, optional, budget)
+}
+
+/// One due re-check's claim on what the fresh windows leave of a cycle's budget.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RecheckDemand {
+    /// Requests the read is expected to cost.
+    pub cost: f64,
+    /// Poll intervals since the first of its cases fell due.
+    pub overdue: f64,
+}
+
+/// Spends what the fresh windows left on due re-checks, longest waiting first. A re-check
+/// that would otherwise wait past `max_staleness` intervals is read whatever the budget, so
+/// re-checks falling due together (every widget's at the same grid time) spread over a few
+/// cycles instead of crowding out the fresh windows, and none waits long.
+pub fn ration_rechecks(demands: &[RecheckDemand], budget: f64, max_staleness: u32) -> Ration {
+    let cap = f64::from(max_staleness.max(1));
+    let mut order: Vec<usize> = (0..demands.len()).collect();
+    order.sort_by(|&a, &b| demands[b].overdue.total_cmp(&demands[a].overdue));
+    let (forced, optional) = order
+        .into_iter()
+        .partition(|&i| demands[i].overdue + 1.0 > cap);
+    spend(|i| demands[i].cost, forced, optional, budget)
+}
+
+/// Spends what fresh windows and re-checks left on catch-up days (each costing `costs`), in
+/// order; the first is read whatever the budget, so the catch-up always moves on.
+pub fn ration_catch_up(costs: &[f64], budget: f64) -> Ration {
+    let forced: Vec<usize> = (0..costs.len().min(1)).collect();
+    spend(|i| costs[i], forced, (1..costs.len()).collect(), budget)
+}
+
+/// Reads every forced demand, then the optional ones in order while the budget lasts.
+fn spend(
+    cost: impl Fn(usize) -> f64,
+    forced: Vec<usize>,
+    optional: Vec<usize>,
+    budget: f64,
+) -> Ration {
+    let mut spent: f64 = forced.iter().map(|&i| cost(i)).sum();
     let mut read = forced;
     let mut deferred = Vec::new();
     for i in optional {
-        if spent + demands[i].cost <= budget {
-            spent += demands[i].cost;
+        if spent + cost(i) <= budget {
+            spent += cost(i);
             read.push(i);
         } else {
             deferred.push(i);
         }
     }
-    Ration { read, deferred }
+    Ration {
+        read,
+        deferred,
+        spent,
+    }
 }
 
 #[cfg(test)]
@@ -488,6 +534,7 @@ mod tests {
             day: day(d),
             first_end: at(d, 10, 0),
             last_end: at(d, 11, 0),
+            due_since: at(d, 11, 10),
         }
     }
 
@@ -663,6 +710,52 @@ mod tests {
             }
             prop_assert!(reads.iter().all(|r| *r >= 60 / cap.max(1) - 1));
         }
+    }
+
+    proptest! {
+        /// Re-checks fall due together (every widget's on the same grid time) while the fresh
+        /// windows use part of the budget: cycle after cycle, re-checks take only what the
+        /// fresh windows leave, unless one would wait past the cap; none waits past it.
+        #[test]
+        fn rechecks_spread_within_what_fresh_windows_leave(
+            costs in prop::collection::vec(1.0f64..15.0, 1..25),
+            budget in 5.0f64..150.0,
+            fresh_share in 0.0f64..1.0,
+            cap in 1u32..8,
+        ) {
+            let fresh_spent = budget * fresh_share;
+            let mut waiting: Vec<(usize, f64)> = (0..costs.len()).map(|i| (i, 0.0)).collect();
+            let mut cycles = 0;
+            while !waiting.is_empty() {
+                let demands: Vec<RecheckDemand> = waiting
+                    .iter()
+                    .map(|&(i, overdue)| RecheckDemand { cost: costs[i], overdue })
+                    .collect();
+                let r = ration_rechecks(&demands, budget - fresh_spent, cap);
+                let forced_cost: f64 = demands.iter().filter(|d| d.overdue + 1.0 > f64::from(cap)).map(|d| d.cost).sum();
+                prop_assert!(r.spent <= (budget - fresh_spent).max(forced_cost) + 1e-9);
+                prop_assert_eq!(r.read.len() + r.deferred.len(), demands.len());
+                for &d in &r.read {
+                    prop_assert!(demands[d].overdue <= f64::from(cap), "a re-check waited past the cap");
+                }
+                waiting = r.deferred.iter().map(|&d| (waiting[d].0, waiting[d].1 + 1.0)).collect();
+                cycles += 1;
+                prop_assert!(cycles <= cap + 1);
+            }
+        }
+    }
+
+    #[test]
+    fn catch_up_days_take_what_is_left_and_always_move_on() {
+        let r = ration_catch_up(&[48.0, 48.0, 48.0], 100.0);
+        assert_eq!((r.read, r.deferred), (vec![0, 1], vec![2]));
+        let r = ration_catch_up(&[48.0, 48.0], 0.0);
+        assert_eq!(
+            (r.read, r.deferred),
+            (vec![0], vec![1]),
+            "one day even with nothing left"
+        );
+        assert!(ration_catch_up(&[], 10.0).read.is_empty());
     }
 
     #[test]

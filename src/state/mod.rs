@@ -34,6 +34,8 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    #[error("no state at {path}: this directory was never written by casestream")]
+    Missing { path: String },
     #[error("state database {path} holds a bad value: {what}")]
     Corrupt { path: String, what: String },
     #[error(
@@ -111,6 +113,8 @@ pub struct DueDay {
     pub day: NaiveDate,
     pub first_end: DateTime<Utc>,
     pub last_end: DateTime<Utc>,
+    /// The earliest re-check time among them: how long the day has been waiting.
+    pub due_since: DateTime<Utc>,
 }
 
 /// Where a window interrupted part-way goes on: the link to its next page, saved with the
@@ -144,6 +148,9 @@ pub struct StateStats {
     pub known_cases: u64,
     pub pending_surveys: u64,
     pub size_bytes: u64,
+    /// The file system holding the state: its size and the bytes free for us (`None` where
+    /// it cannot be asked).
+    pub volume: Option<(u64, u64)>,
 }
 
 /// Where the local store stands in the changelog: the next offset to apply, and of which

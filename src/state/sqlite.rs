@@ -16,7 +16,9 @@ use super::{
 use super::schema::{MIGRATIONS, SCHEMA_VERSION};
 
 mod apply;
+mod inspect;
 use apply::apply_one;
+pub use inspect::WidgetSummary;
 
 pub const STATE_FILE: &str = "casestream.sqlite";
 
@@ -131,6 +133,15 @@ impl SqliteStore {
             what: format!("day `{text}`"),
         })
     }
+}
+
+/// The size of the file system holding `dir`, and the bytes free to an unprivileged writer.
+fn volume(dir: &Path) -> Option<(u64, u64)> {
+    let fs = rustix::fs::statvfs(dir).ok()?;
+    Some((
+        fs.f_blocks.saturating_mul(fs.f_frsize),
+        fs.f_bavail.saturating_mul(fs.f_frsize),
+    ))
 }
 
 fn record_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<CaseRecord> {
@@ -351,13 +362,13 @@ impl StateStore for SqliteStore {
         let err = self.err();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT day, MIN(chat_end_ms), MAX(chat_end_ms) FROM cases
+                "SELECT day, MIN(chat_end_ms), MAX(chat_end_ms), MIN(next_check_ms) FROM cases
                  WHERE widget = ?1 AND next_check_ms IS NOT NULL AND next_check_ms <= ?2
                    AND day < ?3
                  GROUP BY day ORDER BY day LIMIT ?4",
             )
             .map_err(&err)?;
-        let rows: Vec<(String, i64, i64)> = stmt
+        let rows: Vec<(String, i64, i64, i64)> = stmt
             .query_map(
                 params![
                     widget,
@@ -365,7 +376,7 @@ impl StateStore for SqliteStore {
                     before.to_string(),
                     i64::try_from(limit).unwrap_or(i64::MAX)
                 ],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .map_err(&err)?
             .collect::<Result<_, _>>()
@@ -373,11 +384,12 @@ impl StateStore for SqliteStore {
         drop(stmt);
         drop(conn);
         rows.iter()
-            .map(|(day, first, last)| {
+            .map(|(day, first, last, due)| {
                 Ok(DueDay {
                     day: self.parse_day(day)?,
                     first_end: ms_to_time(*first),
                     last_end: ms_to_time(*last),
+                    due_since: ms_to_time(*due),
                 })
             })
             .collect()
@@ -434,6 +446,7 @@ impl StateStore for SqliteStore {
             known_cases: u64::try_from(known).unwrap_or_default(),
             pending_surveys: u64::try_from(pending).unwrap_or_default(),
             size_bytes: u64::try_from(page_count * page_size).unwrap_or_default(),
+            volume: self.path.parent().and_then(volume),
         })
     }
 }
@@ -528,12 +541,14 @@ mod tests {
                 DueDay {
                     day: day("2026-01-01"),
                     first_end: t(2_000),
-                    last_end: t(2_500)
+                    last_end: t(2_500),
+                    due_since: t(3_000)
                 },
                 DueDay {
                     day: day("2026-01-02"),
                     first_end: t(2_000),
-                    last_end: t(2_000)
+                    last_end: t(2_000),
+                    due_since: t(4_000)
                 }
             ]
         );

@@ -1,0 +1,280 @@
+//! What the operator's toolkit reads of the store: per-widget summaries, one case with its
+//! dead letters, and every row as the [`Change`] that would write it (export).
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rusqlite::{OpenFlags, OptionalExtension, params};
+
+use super::{SqliteStore, ms_to_time, record_from_row};
+use crate::state::schema::SCHEMA_VERSION;
+use crate::state::{Change, DeadLetterMark, StateError, StoredCase, WidgetProgress, WindowCursor};
+
+/// One widget as `casestream state summary` shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct WidgetSummary {
+    pub widget: String,
+    pub progress: Option<WidgetProgress>,
+    pub known_cases: u64,
+    pub pending_surveys: u64,
+    /// The earliest survey re-check.
+    pub next_check: Option<DateTime<Utc>>,
+    /// A window interrupted part-way that the next run resumes.
+    pub resumes_window: bool,
+}
+
+impl SqliteStore {
+    /// Opens the state file of `dir` for reading only, never creating or migrating it: safe
+    /// next to a running forwarder (WAL readers do not block its writes).
+    pub fn open_read_only(dir: &std::path::Path) -> Result<Self, StateError> {
+        let path = dir.join(super::STATE_FILE);
+        let sqlite = |source| StateError::Sqlite {
+            path: path.display().to_string(),
+            source,
+        };
+        if !path.is_file() {
+            return Err(StateError::Missing {
+                path: path.display().to_string(),
+            });
+        }
+        let conn = rusqlite::Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sqlite)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sqlite)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(sqlite)?;
+        if version != SCHEMA_VERSION {
+            return Err(StateError::Corrupt {
+                path: path.display().to_string(),
+                what: format!(
+                    "schema version {version}, this casestream reads {SCHEMA_VERSION} (a run of \
+                     this version migrates it)"
+                ),
+            });
+        }
+        Ok(Self {
+            path,
+            conn: std::sync::Mutex::new(conn),
+        })
+    }
+
+    /// Every widget the state knows, by name.
+    pub fn widget_summaries(&self) -> Result<Vec<WidgetSummary>, StateError> {
+        let conn = self.conn();
+        let err = self.err();
+        let mut stmt = conn
+            .prepare(
+                "WITH names AS (SELECT widget FROM widgets UNION SELECT DISTINCT widget FROM cases)
+                 SELECT n.widget, w.since, w.caught_up_through, w.last_fresh_poll_ms,
+                     (SELECT COUNT(*) FROM cases c WHERE c.widget = n.widget),
+                     (SELECT COUNT(next_check_ms) FROM cases c WHERE c.widget = n.widget),
+                     (SELECT MIN(next_check_ms) FROM cases c WHERE c.widget = n.widget),
+                     EXISTS (SELECT 1 FROM window_cursors k WHERE k.widget = n.widget)
+                 FROM names n LEFT JOIN widgets w ON w.widget = n.widget ORDER BY n.widget",
+            )
+            .map_err(&err)?;
+        type Row = (
+            String,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            i64,
+            i64,
+            Option<i64>,
+            bool,
+        );
+        let rows: Vec<Row> = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            })
+            .map_err(&err)?
+            .collect::<Result<_, _>>()
+            .map_err(&err)?;
+        drop(stmt);
+        drop(conn);
+        rows.into_iter()
+            .map(
+                |(widget, since, through, fresh, known, pending, next, cursor)| {
+                    let progress = match since {
+                        Some(since) => Some(WidgetProgress {
+                            since: self.parse_day(&since)?,
+                            caught_up_through: through.map(|d| self.parse_day(&d)).transpose()?,
+                            last_fresh_poll: fresh.map(ms_to_time),
+                        }),
+                        None => None,
+                    };
+                    Ok(WidgetSummary {
+                        widget,
+                        progress,
+                        known_cases: u64::try_from(known).unwrap_or_default(),
+                        pending_surveys: u64::try_from(pending).unwrap_or_default(),
+                        next_check: next.map(ms_to_time),
+                        resumes_window: cursor,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// One case, if the state knows it.
+    pub fn case(&self, id: &str) -> Result<Option<StoredCase>, StateError> {
+        let conn = self.conn();
+        let row: Option<(String, String, crate::state::CaseRecord)> = conn
+            .query_row(
+                "SELECT widget, day, first_seen_ms, chat_end_ms, created_emitted, survey_digest,
+                     next_check_ms FROM cases WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, record_from_row(r, 2)?)),
+            )
+            .optional()
+            .map_err(self.err())?;
+        drop(conn);
+        row.map(|(widget, day, record)| {
+            Ok(StoredCase {
+                id: id.to_owned(),
+                widget,
+                day: self.parse_day(&day)?,
+                record,
+            })
+        })
+        .transpose()
+    }
+
+    /// The dead letters recorded for one case id.
+    pub fn dead_letters_of(&self, case_id: &str) -> Result<Vec<DeadLetterMark>, StateError> {
+        let conn = self.conn();
+        let err = self.err();
+        let mut stmt = conn
+            .prepare(
+                "SELECT digest, widget, case_id, reason_code, at_ms FROM dead_letters
+                 WHERE case_id = ?1 ORDER BY at_ms",
+            )
+            .map_err(&err)?;
+        stmt.query_map([case_id], dead_letter_from_row)
+            .map_err(&err)?
+            .collect::<Result<_, _>>()
+            .map_err(&err)
+    }
+
+    /// The ids of `widget`'s cases on `since` or later.
+    pub fn cases_from(&self, widget: &str, since: NaiveDate) -> Result<Vec<String>, StateError> {
+        let conn = self.conn();
+        let err = self.err();
+        let mut stmt = conn
+            .prepare("SELECT id FROM cases WHERE widget = ?1 AND day >= ?2 ORDER BY id")
+            .map_err(&err)?;
+        stmt.query_map(params![widget, since.to_string()], |r| r.get(0))
+            .map_err(&err)?
+            .collect::<Result<_, _>>()
+            .map_err(&err)
+    }
+
+    /// Whether the store holds nothing at all (no case, widget, cursor or dead letter).
+    pub fn is_empty(&self) -> Result<bool, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT NOT EXISTS (SELECT 1 FROM cases) AND NOT EXISTS (SELECT 1 FROM widgets)
+                     AND NOT EXISTS (SELECT 1 FROM window_cursors)
+                     AND NOT EXISTS (SELECT 1 FROM dead_letters)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.err())
+    }
+
+    /// Every row as the change that writes it, widgets first, streamed to `visit` (a state
+    /// holds millions of cases: nothing is collected).
+    pub fn for_each_change<E: From<StateError>>(
+        &self,
+        mut visit: impl FnMut(Change) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let conn = self.conn();
+        let err = self.err();
+        let parse_day = |text: String| {
+            NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(|_| StateError::Corrupt {
+                path: self.path.display().to_string(),
+                what: format!("day `{text}`"),
+            })
+        };
+        let mut stmt = conn
+            .prepare(
+                "SELECT widget, since, caught_up_through, last_fresh_poll_ms FROM widgets
+                 ORDER BY widget",
+            )
+            .map_err(&err)?;
+        let mut rows = stmt.query([]).map_err(&err)?;
+        while let Some(r) = rows.next().map_err(&err)? {
+            let through: Option<String> = r.get(2).map_err(&err)?;
+            visit(Change::Widget {
+                widget: r.get(0).map_err(&err)?,
+                progress: WidgetProgress {
+                    since: parse_day(r.get(1).map_err(&err)?)?,
+                    caught_up_through: through.map(parse_day).transpose()?,
+                    last_fresh_poll: r.get::<_, Option<i64>>(3).map_err(&err)?.map(ms_to_time),
+                },
+            })?;
+        }
+        drop(rows);
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, widget, day, first_seen_ms, chat_end_ms, created_emitted,
+                     survey_digest, next_check_ms FROM cases ORDER BY widget, day, id",
+            )
+            .map_err(&err)?;
+        let mut rows = stmt.query([]).map_err(&err)?;
+        while let Some(r) = rows.next().map_err(&err)? {
+            visit(Change::Case(StoredCase {
+                id: r.get(0).map_err(&err)?,
+                widget: r.get(1).map_err(&err)?,
+                day: parse_day(r.get(2).map_err(&err)?)?,
+                record: record_from_row(r, 3).map_err(&err)?,
+            }))?;
+        }
+        drop(rows);
+        let mut stmt = conn
+            .prepare("SELECT widget, window, next_link, pages_done FROM window_cursors")
+            .map_err(&err)?;
+        let mut rows = stmt.query([]).map_err(&err)?;
+        while let Some(r) = rows.next().map_err(&err)? {
+            visit(Change::Cursor(WindowCursor {
+                widget: r.get(0).map_err(&err)?,
+                window: r.get(1).map_err(&err)?,
+                next: r.get(2).map_err(&err)?,
+                pages_done: usize::try_from(r.get::<_, i64>(3).map_err(&err)?).unwrap_or(0),
+            }))?;
+        }
+        drop(rows);
+        let mut stmt = conn
+            .prepare(
+                "SELECT digest, widget, case_id, reason_code, at_ms FROM dead_letters
+                 ORDER BY at_ms",
+            )
+            .map_err(&err)?;
+        let mut rows = stmt.query([]).map_err(&err)?;
+        while let Some(r) = rows.next().map_err(&err)? {
+            visit(Change::DeadLetter(dead_letter_from_row(r).map_err(&err)?))?;
+        }
+        Ok(())
+    }
+}
+
+fn dead_letter_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetterMark> {
+    Ok(DeadLetterMark {
+        digest: r.get(0)?,
+        widget: r.get(1)?,
+        case_id: r.get(2)?,
+        reason_code: r.get(3)?,
+        at: ms_to_time(r.get(4)?),
+    })
+}
