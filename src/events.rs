@@ -53,16 +53,27 @@ pub fn survey_digest(survey: &Survey) -> String {
 
 /// UUIDv5 of org, case id, type (and survey content): the same event always has the same id.
 pub fn event_id(org_id: &str, case_id: &str, kind: &EventKind) -> Uuid {
-    let name = match kind {
-        EventKind::Created => format!("{org_id}\n{case_id}\n{TYPE_CREATED}"),
+    match kind {
+        EventKind::Created => created_event_id(org_id, case_id),
         EventKind::Survey { score, comments } => {
             let digest = survey_digest(&Survey {
                 score: *score,
                 comments: comments.clone(),
             });
-            format!("{org_id}\n{case_id}\n{TYPE_SURVEY}\n{digest}")
+            survey_event_id(org_id, case_id, &digest)
         }
-    };
+    }
+}
+
+/// The id of a case's `case.created` event.
+pub fn created_event_id(org_id: &str, case_id: &str) -> Uuid {
+    let name = format!("{org_id}\n{case_id}\n{TYPE_CREATED}");
+    Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes())
+}
+
+/// The id of the `case.survey` event of survey content with this [`survey_digest`].
+pub fn survey_event_id(org_id: &str, case_id: &str, digest: &str) -> Uuid {
+    let name = format!("{org_id}\n{case_id}\n{TYPE_SURVEY}\n{digest}");
     Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes())
 }
 

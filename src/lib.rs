@@ -10,7 +10,8 @@
 //! 3. edges: `sink` (Kafka), `simulator` (a Logs API to test against)
 //! 4. operations: `admin` (probes, health, the admin port)
 //! 5. the core loop: `pipeline`, `failover` (exactly-once delivery's active and standby roles)
-//! 6. the top floor, which assembles the rest: `config`, `app`, `check`, `demo`
+//! 6. the top floor, which assembles the rest: `config`, `app`, `check`, `demo`, `toolkit`
+//!    (the operator's `casestream state` commands)
 
 pub mod clock;
 pub mod metrics;
@@ -32,3 +33,4 @@ pub mod app;
 pub mod check;
 pub mod config;
 pub mod demo;
+pub mod toolkit;

@@ -2,11 +2,12 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use casestream::admin::Health;
@@ -47,6 +48,99 @@ enum Command {
     Check(RunArgs),
     /// Serve a faithful simulation of the SnapEngage Logs API.
     Simulate(SimulateArgs),
+    /// Inspect, reset, export and import a state directory (of a stopped or running forwarder).
+    State(StateArgs),
+}
+
+#[derive(clap::Args)]
+struct StateArgs {
+    #[command(subcommand)]
+    command: StateCommand,
+}
+
+/// Where the state is. In exactly-once delivery (CASESTREAM_DELIVERY) changes go through the
+/// changelog, with the Kafka settings `run` takes (environment or config file).
+#[derive(Clone, clap::Args)]
+struct StateFlags {
+    /// State directory (CASESTREAM_STATE_DIR).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// TOML config file (also CASESTREAM_CONFIG).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// SnapEngage org id (SNAPENGAGE_ORG_ID): names the event ids shown.
+    #[arg(long)]
+    org_id: Option<String>,
+}
+
+impl StateFlags {
+    fn target(&self) -> anyhow::Result<casestream::config::StateTarget> {
+        let flags = Flags {
+            state_dir: self.state_dir.clone(),
+            config: self.config.clone(),
+            org_id: self.org_id.clone(),
+            ..Flags::default()
+        };
+        Ok(flags.state_target(std::env::vars())?)
+    }
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// Per widget: catch-up progress, last complete fresh read, cases known, surveys pending
+    /// and the next re-check; the state's size.
+    Summary {
+        /// One JSON document, for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: StateFlags,
+    },
+    /// What casestream knows of one case: widget, day, events emitted, survey digest, next
+    /// check, dead letters.
+    Case {
+        /// The case id.
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: StateFlags,
+    },
+    /// Forget cases and progress from a day on: the next run reads those days again and
+    /// announces their cases again, with the same event ids (consumers that dedupe by event id
+    /// see nothing new; others see every case of those days again). Dead-letter marks are kept.
+    Reset {
+        /// The widget to reset (repeatable).
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        widget: Vec<String>,
+        /// Every widget.
+        #[arg(long)]
+        all: bool,
+        /// The first day to forget, e.g. 2026-01-31.
+        #[arg(long)]
+        since: NaiveDate,
+        /// Do it without asking (required when not on a terminal).
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        at: StateFlags,
+    },
+    /// Write the state as JSON lines (one changelog record per line).
+    Export {
+        /// File to write; stdout when absent.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        at: StateFlags,
+    },
+    /// Read a `state export` into an empty state directory (in exactly-once delivery, into an
+    /// empty changelog).
+    Import {
+        /// The export file; `-` reads stdin.
+        file: PathBuf,
+        #[command(flatten)]
+        at: StateFlags,
+    },
 }
 
 #[derive(clap::Args)]
@@ -312,5 +406,102 @@ async fn run_command() -> anyhow::Result<()> {
         Command::Run(args) => run(args).await,
         Command::Check(args) => check(args).await,
         Command::Simulate(args) => simulate(args).await,
+        Command::State(args) => state(args.command).await,
     }
+}
+
+async fn state(command: StateCommand) -> anyhow::Result<()> {
+    use casestream::toolkit;
+    match command {
+        StateCommand::Summary { json, at } => {
+            let summary = toolkit::summary(&at.target()?.state_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{summary}");
+            }
+        }
+        StateCommand::Case { id, json, at } => {
+            let target = at.target()?;
+            let report = toolkit::case(&target.state_dir, &id, target.org_id.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            if report.case.is_none() && report.dead_letters.is_empty() {
+                anyhow::bail!("the state does not know case {id} (never seen, or pruned)");
+            }
+        }
+        StateCommand::Reset {
+            widget,
+            all,
+            since,
+            yes,
+            at,
+        } => {
+            let target = at.target()?;
+            let widgets = if all {
+                toolkit::Widgets::All
+            } else {
+                toolkit::Widgets::Only(widget)
+            };
+            let (plan, done) = toolkit::reset(&target, &widgets, since, |plan| {
+                eprintln!("{plan}");
+                yes || confirm("Forget them?")
+            })
+            .await?;
+            if !done {
+                anyhow::bail!(
+                    "nothing changed{}",
+                    if std::io::stdin().is_terminal() {
+                        ""
+                    } else {
+                        ": not on a terminal, give --yes to reset"
+                    }
+                );
+            }
+            println!(
+                "forgot {} case(s) from {} on; the next run announces them again",
+                plan.cases(),
+                plan.since
+            );
+        }
+        StateCommand::Export { output, at } => {
+            let dir = at.target()?.state_dir;
+            let counts = match &output {
+                Some(path) => {
+                    let file = std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    let mut out = std::io::BufWriter::new(file);
+                    toolkit::transfer::export(&dir, &mut out, &path.display().to_string())?
+                }
+                None => toolkit::transfer::export(&dir, &mut std::io::stdout().lock(), "stdout")?,
+            };
+            eprintln!("exported {counts:?}");
+        }
+        StateCommand::Import { file, at } => {
+            let target = at.target()?;
+            let counts = if file.as_os_str() == "-" {
+                toolkit::transfer::import(&target, std::io::stdin().lock(), "stdin").await?
+            } else {
+                let input = std::fs::File::open(&file)
+                    .with_context(|| format!("cannot open {}", file.display()))?;
+                let name = file.display().to_string();
+                toolkit::transfer::import(&target, std::io::BufReader::new(input), &name).await?
+            };
+            println!("imported {counts:?}");
+        }
+    }
+    Ok(())
+}
+
+/// Asks on the terminal; anything but yes is no, and so is not being on one.
+fn confirm(question: &str) -> bool {
+    if !std::io::stdin().is_terminal() {
+        return false;
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).is_ok() && matches!(answer.trim(), "y" | "Y" | "yes")
 }

@@ -9,9 +9,21 @@ use crate::pipeline::{
     ENV_LATE_VISIBILITY, ENV_LOOKBACK, ENV_MAX_STALENESS, ENV_POLL_INTERVAL, ENV_SINCE,
     ENV_WIDGET_IDS, ENV_WINDOW_OVERLAP,
 };
-use crate::sink::config::{BOOTSTRAP_SERVERS, ENV_EVENT_FORMAT};
+use crate::sink::config::{
+    BOOTSTRAP_SERVERS, Delivery, ENV_DELIVERY, ENV_EVENT_FORMAT, KafkaSettings,
+};
 use crate::snapengage::settings::{ENV_API_TOKEN_FILE, ENV_API_URL, ENV_ORG_ID, ENV_RATE_LIMIT};
-use crate::state::ENV_STATE_DIR;
+use crate::state::{DEFAULT_STATE_DIR, ENV_STATE_DIR};
+
+/// Where `casestream state` works ([`Flags::state_target`]).
+#[derive(Debug)]
+pub struct StateTarget {
+    pub state_dir: PathBuf,
+    /// Names the event ids `state case` shows, when given.
+    pub org_id: Option<String>,
+    /// Exactly-once delivery: changes go through this changelog.
+    pub changelog: Option<KafkaSettings>,
+}
 
 /// Flags win over the environment, the environment over the file.
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -81,6 +93,43 @@ impl Flags {
         &self,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
+        Config::from_layer(&self.layered(env)?)
+    }
+
+    /// What `casestream state` works on: the state directory and, in exactly-once delivery,
+    /// the changelog's Kafka settings (which take the whole configuration, as `run` does). In
+    /// at-least-once delivery only the state directory is needed: a state copied off a
+    /// volume can be inspected anywhere.
+    pub fn state_target(
+        &self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<StateTarget, ConfigError> {
+        let layer = self.layered(env)?;
+        let org_id = layer.text(ENV_ORG_ID);
+        if layer.parse(ENV_DELIVERY, str::parse)? == Some(Delivery::ExactlyOnce) {
+            let config = Config::from_layer(&layer)?;
+            return Ok(StateTarget {
+                state_dir: config.state_dir,
+                org_id,
+                changelog: Some(config.kafka),
+            });
+        }
+        Ok(StateTarget {
+            state_dir: PathBuf::from(
+                layer
+                    .text(ENV_STATE_DIR)
+                    .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            ),
+            org_id,
+            changelog: None,
+        })
+    }
+
+    /// Defaults < file < environment < these flags, unchecked.
+    fn layered(
+        &self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Layer, ConfigError> {
         let env: Vec<(String, String)> = env.into_iter().collect();
         let file_path = self.config.clone().or_else(|| {
             env.iter()
@@ -91,7 +140,7 @@ impl Flags {
             Some(path) => Layer::from_file(&path)?,
             None => Layer::default(),
         };
-        Config::from_layer(&self.layer().over(Layer::from_env(env)).over(file))
+        Ok(self.layer().over(Layer::from_env(env)).over(file))
     }
 
     /// These flags as a layer of settings.

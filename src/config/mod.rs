@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-pub use flags::Flags;
+pub use flags::{Flags, StateTarget};
 use sources::Layer;
 
 use crate::admin::{AdminSettings, ENV_ADMIN_ADDR};

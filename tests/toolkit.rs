@@ -1,0 +1,462 @@
+//! The operator's toolkit against a real state written by real runs (the real process, the
+//! simulator, the real broker): `casestream state summary | case | reset | export | import`,
+//! in at-least-once delivery and, for the changes, in exactly-once delivery through the
+//! changelog.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::Value;
+
+use casestream::clock::Clock;
+use casestream::simulator::SimConfig;
+use casestream::simulator::http::RunningSimulator;
+use common::*;
+
+const IDLE: Duration = Duration::from_secs(2);
+
+/// A simulator with no traffic of its own: three cases per widget, created 50 h, 26 h and
+/// 2 min ago (three days, whatever the hour), the middle ones with a survey.
+struct Cases {
+    sim: RunningSimulator,
+    /// Case id → (widget, day).
+    days: BTreeMap<String, (String, NaiveDate)>,
+}
+
+async fn simulator_with_cases() -> Cases {
+    let sim = start_simulator(
+        SimConfig {
+            widgets: vec!["w1".into(), "w2".into()],
+            cases_per_hour: 0.0,
+            ..SimConfig::default()
+        },
+        Clock::system(),
+    )
+    .await;
+    let mut days = BTreeMap::new();
+    for widget in ["w1", "w2"] {
+        for hours_ago in [50, 26, 0] {
+            let created =
+                Utc::now() - chrono::Duration::hours(hours_ago) - chrono::Duration::minutes(2);
+            let id = add_case(&sim, widget, created);
+            if hours_ago == 26 {
+                assert!(
+                    sim.sim
+                        .attach_survey(&id, Some(9), Some("great".into()), None)
+                );
+            }
+            days.insert(id, (widget.to_owned(), created.date_naive()));
+        }
+    }
+    Cases { sim, days }
+}
+
+fn add_case(sim: &RunningSimulator, widget: &str, created: DateTime<Utc>) -> String {
+    let mut case = sim.sim.make_case(widget);
+    case["created_at_date"] = created.timestamp_millis().into();
+    sim.sim
+        .add_case(widget, case, Some(created), None)
+        .expect("a made case has an id")
+}
+
+fn env(
+    cases: &Cases,
+    bootstrap: &str,
+    prefix: &str,
+    dir: &Path,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let since = (Utc::now() - chrono::Duration::hours(60))
+        .date_naive()
+        .to_string();
+    let mut all = vec![
+        ("CASESTREAM_POLL_INTERVAL", "1s"),
+        ("CASESTREAM_SETTLE", "2s"),
+        ("CASESTREAM_RATE_LIMIT", "20"),
+        ("CASESTREAM_SINCE", since.as_str()),
+    ];
+    all.extend_from_slice(extra);
+    process_env(&cases.sim, bootstrap, prefix, dir, &all)
+}
+
+/// `casestream state <args>` with `env`: (success, stdout, stderr).
+fn state(args: &[&str], env: &[(String, String)]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_casestream"))
+        .arg("state")
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn state_ok(args: &[&str], env: &[(String, String)]) -> String {
+    let (ok, out, err) = state(args, env);
+    assert!(ok, "casestream state {args:?} failed:\n{out}\n{err}");
+    out
+}
+
+fn summary(env: &[(String, String)]) -> Value {
+    serde_json::from_str(&state_ok(&["summary", "--json"], env)).unwrap()
+}
+
+/// Event id per case id (the subject) in `topic`, and how many records it holds.
+async fn ids(bootstrap: &str, topic: &str) -> (BTreeMap<String, String>, usize) {
+    let records = read_topic_async(bootstrap, topic, IDLE).await;
+    let n = records.len();
+    let ids = records
+        .iter()
+        .map(|r| {
+            let e = r.json();
+            (
+                e["subject"].as_str().unwrap().to_owned(),
+                e["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    (ids, n)
+}
+
+/// Runs the forwarder until `topic` holds `records` records, then stops it with SIGTERM.
+async fn run_until(
+    env: &[(String, String)],
+    log: &Path,
+    bootstrap: &str,
+    topic: &str,
+    records: usize,
+) {
+    let forwarder = spawn_forwarder(env, log);
+    eventually(
+        Duration::from_secs(90),
+        &format!("{records} records in {topic}"),
+        async || {
+            read_topic_async(bootstrap, topic, Duration::from_millis(300))
+                .await
+                .len()
+                >= records
+        },
+    )
+    .await;
+    // One more cycle: whatever else it would publish, it publishes now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop_with_sigterm(forwarder, log).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn summary_case_export_and_import_of_a_real_state() {
+    let bootstrap = kafka_bootstrap().await;
+    let prefix = unique_prefix("toolkit-transfer");
+    let cases = simulator_with_cases().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("forwarder.log");
+    let first = dir.path().join("first");
+    let env1 = env(&cases, &bootstrap, &prefix, &first, &[]);
+    let cases_topic = format!("{prefix}.cases");
+    let surveys_topic = format!("{prefix}.surveys");
+    run_until(&env1, &log, &bootstrap, &cases_topic, 6).await;
+    let (created_ids, _) = ids(&bootstrap, &cases_topic).await;
+    let (survey_ids, _) = ids(&bootstrap, &surveys_topic).await;
+    assert_eq!(created_ids.len(), 6, "every case announced");
+    assert_eq!(survey_ids.len(), 2, "both surveys announced");
+
+    // summary
+    let s = summary(&env1);
+    assert_eq!(s["known_cases"], 6, "{s:#}");
+    assert!(s["pending_surveys"].as_u64().unwrap() <= 6, "{s:#}");
+    assert!(s["running"].is_null(), "{s:#}");
+    assert!(s["size_bytes"].as_u64().unwrap() > 0);
+    let widgets: Vec<&str> = s["widgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["widget"].as_str().unwrap())
+        .collect();
+    assert_eq!(widgets, ["w1", "w2"]);
+    for w in s["widgets"].as_array().unwrap() {
+        assert_eq!(w["known_cases"], 3, "{w:#}");
+        assert!(!w["progress"]["last_fresh_poll"].is_null(), "{w:#}");
+        let through: NaiveDate = w["progress"]["caught_up_through"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            through >= (Utc::now() - chrono::Duration::hours(50)).date_naive(),
+            "{w:#}"
+        );
+    }
+    let text = state_ok(&["summary"], &env1);
+    assert!(
+        text.contains("not running") && text.contains("w1") && text.contains("w2"),
+        "{text}"
+    );
+
+    // case: what the state knows matches what Kafka got
+    let (surveyed, (widget, day)) = cases
+        .days
+        .iter()
+        .find(|(id, _)| survey_ids.contains_key(*id))
+        .unwrap();
+    let org = cases.sim.sim.config().org.clone();
+    let report: Value = serde_json::from_str(&state_ok(
+        &["case", surveyed, "--json", "--org-id", &org],
+        &env1,
+    ))
+    .unwrap();
+    assert_eq!(report["case"]["widget"], widget.as_str(), "{report:#}");
+    assert_eq!(report["case"]["day"], day.to_string());
+    let events = report["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{report:#}");
+    assert_eq!(events[0]["type"], "com.snapengage.case.created");
+    assert_eq!(
+        events[0]["id"],
+        created_ids[surveyed].as_str(),
+        "the created event id Kafka got"
+    );
+    assert_eq!(events[1]["type"], "com.snapengage.case.survey");
+    assert_eq!(
+        events[1]["id"],
+        survey_ids[surveyed].as_str(),
+        "the survey event id Kafka got"
+    );
+    assert!(events[1]["survey_digest"].is_string());
+    let text = state_ok(&["case", surveyed], &env1);
+    assert!(
+        text.contains(widget.as_str()) && text.contains("com.snapengage.case.survey"),
+        "{text}"
+    );
+    let (ok, _, err) = state(&["case", "no-such-case"], &env1);
+    assert!(
+        !ok && err.contains("does not know case no-such-case"),
+        "{err}"
+    );
+
+    // export, import into an empty directory: the same state
+    let file = dir.path().join("state.jsonl");
+    state_ok(&["export", "--output", file.to_str().unwrap()], &env1);
+    let lines = std::fs::read_to_string(&file).unwrap().lines().count();
+    assert_eq!(lines, 1 + 2 + 6, "a header, 2 widgets and 6 cases");
+    let second = dir.path().join("second");
+    let env2 = env(&cases, &bootstrap, &prefix, &second, &[]);
+    state_ok(&["import", file.to_str().unwrap()], &env2);
+    let (s1, s2) = (summary(&env1), summary(&env2));
+    assert_eq!(
+        s1["widgets"], s2["widgets"],
+        "the imported state is the exported one"
+    );
+    assert_eq!(s1["known_cases"], s2["known_cases"]);
+    let (ok, _, err) = state(&["import", file.to_str().unwrap()], &env2);
+    assert!(!ok && err.contains("already holds a state"), "{err}");
+    let (ok, _, err) = state(
+        &["import", log.to_str().unwrap()],
+        &env(&cases, &bootstrap, &prefix, &dir.path().join("third"), &[]),
+    );
+    assert!(
+        !ok && err.contains("line 1"),
+        "a file that is not an export is named: {err}"
+    );
+
+    // A run on the imported state announces nothing it announced before: only a new case.
+    let fresh = add_case(&cases.sim, "w2", Utc::now() - chrono::Duration::seconds(5));
+    run_until(&env2, &log, &bootstrap, &cases_topic, 7).await;
+    let mut expected = announced_once(created_ids.keys());
+    expected.insert(fresh, 1);
+    assert_eq!(
+        repeats(&bootstrap, &cases_topic).await,
+        expected,
+        "only the case new since the export"
+    );
+    assert_eq!(
+        repeats(&bootstrap, &surveys_topic).await,
+        announced_once(survey_ids.keys()),
+        "no survey again"
+    );
+}
+
+/// Records per case in `topic`, after checking that every record of a case has one event id.
+async fn repeats(bootstrap: &str, topic: &str) -> BTreeMap<String, usize> {
+    let by_case = event_ids_by_case(bootstrap, topic, IDLE).await;
+    for (case, (ids, _)) in &by_case {
+        assert_eq!(
+            ids.len(),
+            1,
+            "case {case}: one event id in {topic}, got {ids:?}"
+        );
+    }
+    by_case
+        .into_iter()
+        .map(|(case, (_, n))| (case, n))
+        .collect()
+}
+
+fn announced_once<'a>(cases: impl Iterator<Item = &'a String>) -> BTreeMap<String, usize> {
+    cases.map(|c| (c.clone(), 1)).collect()
+}
+
+/// Each case once, and the `reset` ones twice.
+fn twice(once: BTreeMap<String, usize>, reset: &BTreeSet<String>) -> BTreeMap<String, usize> {
+    once.into_iter()
+        .map(|(case, n)| {
+            let n = if reset.contains(&case) { n + 1 } else { n };
+            (case, n)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reset_reannounces_exactly_the_reset_days_with_the_same_ids() {
+    let bootstrap = kafka_bootstrap().await;
+    let prefix = unique_prefix("toolkit-reset");
+    let cases = simulator_with_cases().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("forwarder.log");
+    let env = env(&cases, &bootstrap, &prefix, &dir.path().join("state"), &[]);
+    let cases_topic = format!("{prefix}.cases");
+    let surveys_topic = format!("{prefix}.surveys");
+    run_until(&env, &log, &bootstrap, &cases_topic, 6).await;
+    let (created_ids, n) = ids(&bootstrap, &cases_topic).await;
+    let (survey_ids, _) = ids(&bootstrap, &surveys_topic).await;
+    assert_eq!((created_ids.len(), n, survey_ids.len()), (6, 6, 2));
+
+    let since =
+        (Utc::now() - chrono::Duration::hours(26) - chrono::Duration::minutes(2)).date_naive();
+    let reset: BTreeSet<String> = cases
+        .days
+        .iter()
+        .filter(|(_, (w, day))| w == "w1" && *day >= since)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(reset.len(), 2);
+    let since = since.to_string();
+    let args = ["reset", "--widget", "w1", "--since", since.as_str()];
+
+    // Not on a terminal, and no --yes: nothing changes.
+    let (ok, out, err) = state(&args, &env);
+    assert!(!ok && err.contains("--yes"), "{out}{err}");
+    assert_eq!(summary(&env)["known_cases"], 6);
+    // While the forwarder runs (at-least-once): refused, and said why.
+    let running = spawn_forwarder(&env, &log);
+    eventually(
+        Duration::from_secs(30),
+        "the forwarder holds the lock",
+        async || !summary(&env)["running"].is_null(),
+    )
+    .await;
+    let (ok, _, err) = state(&[&args[..], &["--yes"]].concat(), &env);
+    assert!(
+        !ok && err.contains("stop it before changing its state"),
+        "{err}"
+    );
+    stop_with_sigterm(running, &log).await;
+    assert_eq!(summary(&env)["known_cases"], 6);
+
+    let out = state_ok(&[&args[..], &["--yes"]].concat(), &env);
+    assert!(out.contains("forgot 2 case(s)"), "{out}");
+    let s = summary(&env);
+    assert_eq!(s["known_cases"], 4, "{s:#}");
+
+    run_until(&env, &log, &bootstrap, &cases_topic, 8).await;
+    assert_eq!(
+        repeats(&bootstrap, &cases_topic).await,
+        twice(announced_once(created_ids.keys()), &reset),
+        "exactly the reset cases again, with the same event ids"
+    );
+    assert_eq!(
+        repeats(&bootstrap, &surveys_topic).await,
+        twice(announced_once(survey_ids.keys()), &reset),
+        "the reset case's survey again, with its id"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_once_reset_goes_through_the_changelog_and_stops_the_running_instance() {
+    let bootstrap = kafka_bootstrap().await;
+    let prefix = unique_prefix("toolkit-eo");
+    let cases = simulator_with_cases().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("forwarder.log");
+    let state_topic = format!("{prefix}.state");
+    let env = env(
+        &cases,
+        &bootstrap,
+        &prefix,
+        &dir.path().join("state"),
+        &[
+            ("CASESTREAM_DELIVERY", "exactly-once"),
+            ("CASESTREAM_TOPIC_STATE", &state_topic),
+            ("CASESTREAM_GROUP", &prefix),
+            ("CASESTREAM_FAILOVER_TIMEOUT", "6s"),
+        ],
+    );
+    let cases_topic = format!("{prefix}.cases");
+    let mut running = spawn_forwarder(&env, &log);
+    eventually(Duration::from_secs(90), "6 cases announced", async || {
+        read_topic_async(&bootstrap, &cases_topic, Duration::from_millis(300))
+            .await
+            .len()
+            >= 6
+    })
+    .await;
+    let (created_ids, n) = ids(&bootstrap, &cases_topic).await;
+    assert_eq!((created_ids.len(), n), (6, 6));
+
+    let since =
+        (Utc::now() - chrono::Duration::hours(26) - chrono::Duration::minutes(2)).date_naive();
+    let reset: BTreeSet<String> = cases
+        .days
+        .iter()
+        .filter(|(_, (w, day))| w == "w1" && *day >= since)
+        .map(|(id, _)| id.clone())
+        .collect();
+    // The forwarder runs and holds the lock: in exactly-once delivery the reset goes to the
+    // changelog, fencing the running instance.
+    let since = since.to_string();
+    let out = state_ok(
+        &[
+            "reset",
+            "--widget",
+            "w1",
+            "--since",
+            since.as_str(),
+            "--yes",
+        ],
+        &env,
+    );
+    assert!(out.contains("forgot 2 case(s)"), "{out}");
+    let fenced = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Some(status) = running.0.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the fenced instance stops");
+    assert!(!fenced.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("fenced"),
+        "the instance says it was fenced:\n{text}"
+    );
+    drop(running);
+
+    // Its restart reads the reset from the changelog and announces those cases again.
+    run_until(&env, &log, &bootstrap, &cases_topic, n + 2).await;
+    assert_eq!(
+        repeats(&bootstrap, &cases_topic).await,
+        twice(announced_once(created_ids.keys()), &reset),
+        "exactly the reset cases again, with the same event ids"
+    );
+}
