@@ -16,6 +16,11 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== deployment files"
 bash scripts/check-deploy.sh
+# promtool (for the alert rules) is a Go build of several minutes on a cold cache: it runs in
+# the background at the lowest priority while Rust builds and tests, and is checked at the end.
+promtool_log=$(mktemp)
+nice -n 19 bash scripts/check-observability.sh --install-promtool >"$promtool_log" 2>&1 &
+promtool_build=$!
 echo "== cargo build --all-targets"
 cargo build --all-targets --locked
 
@@ -46,4 +51,7 @@ BENCH_KAFKA_BOOTSTRAP=$TEST_KAFKA_BOOTSTRAP cargo test --locked --bench pipeline
   --only-exactly-once --cases 3000 --widgets 2 --rebuild-sizes 20000
 BENCH_KAFKA_BOOTSTRAP=$TEST_KAFKA_BOOTSTRAP cargo test --locked --bench pipeline -- --bench \
   --economy-small
+echo "== alerts and dashboard (deploy/observability)"
+wait "$promtool_build" || { echo "building promtool failed:"; cat "$promtool_log"; }
+bash scripts/check-observability.sh
 echo "tests: $passed passed, 0 failed"

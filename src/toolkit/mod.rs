@@ -85,18 +85,24 @@ pub struct ChangelogSummary {
     pub applied_at: DateTime<Utc>,
 }
 
-/// Whether a forwarder holds the state's lock, and its pid when the lock file names it.
-fn holder(dir: &Path) -> Result<Option<String>, StateError> {
-    match StateLock::acquire(dir) {
-        Ok(_released_at_once) => Ok(None),
-        Err(StateError::Locked { .. }) => {
-            let pid = std::fs::read_to_string(dir.join(crate::state::lock::LOCK_FILE))
-                .unwrap_or_default()
-                .trim()
-                .to_owned();
-            Ok(Some(if pid.is_empty() { "?".into() } else { pid }))
+/// Whether a forwarder holds the state's lock, and its pid when the lock file names it. Asks
+/// with a shared lock on a read-only handle: nothing is written, so this works on a state
+/// mounted read-only, and a forwarder starting meanwhile is never kept out for long.
+fn holder(dir: &Path) -> Option<String> {
+    let path = dir.join(crate::state::lock::LOCK_FILE);
+    let file = std::fs::File::open(&path).ok()?;
+    match file.try_lock_shared() {
+        Ok(()) => None,
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            let pid = pid.trim();
+            Some(if pid.is_empty() {
+                "?".into()
+            } else {
+                pid.to_owned()
+            })
         }
-        Err(other) => Err(other),
+        Err(std::fs::TryLockError::Error(_)) => None,
     }
 }
 
@@ -112,7 +118,7 @@ pub fn summary(dir: &Path) -> Result<Summary, ToolkitError> {
         });
     Ok(Summary {
         state_dir: dir.to_owned(),
-        running: holder(dir)?,
+        running: holder(dir),
         size_bytes: stats.size_bytes,
         known_cases: stats.known_cases,
         pending_surveys: stats.pending_surveys,
