@@ -878,6 +878,7 @@ fn state_pruning(days: u64) -> String {
                             survey_digest: None,
                             // Watched for a survey until the horizon.
                             next_check: (t + horizon > now).then_some(t + horizon),
+                            survey_emitted: None,
                         },
                     }
                 })
@@ -953,6 +954,7 @@ fn synthetic(i: u64) -> StoredCase {
             next_check: i
                 .is_multiple_of(10)
                 .then_some(t + chrono::Duration::days(7)),
+            survey_emitted: None,
         },
     }
 }

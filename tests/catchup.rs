@@ -260,6 +260,7 @@ async fn the_last_check_of_the_horizon_is_never_skipped() {
                 created_emitted: true,
                 survey_digest: None,
                 next_check: Some(next),
+                survey_emitted: None,
             },
         };
         store

@@ -231,6 +231,10 @@ async fn summary_case_export_and_import_of_a_real_state() {
         "the survey event id Kafka got"
     );
     assert!(events[1]["survey_digest"].is_string());
+    assert!(
+        events[1]["when"].is_string(),
+        "when the survey was published: {report:#}"
+    );
     let text = state_ok(&["case", surveyed], &env1);
     assert!(
         text.contains(widget.as_str()) && text.contains("com.snapengage.case.survey"),

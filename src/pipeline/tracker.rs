@@ -116,6 +116,7 @@ pub fn observe(
         events.push(EventKind::Created);
     }
     let mut digest = known.and_then(|k| k.survey_digest.clone());
+    let mut survey_emitted = known.and_then(|k| k.survey_emitted);
     let settled = now >= add(chat_end, settings.settle);
     let survey = case.survey();
     if settled && survey.is_present() {
@@ -126,6 +127,7 @@ pub fn observe(
                 comments: survey.comments,
             });
             digest = Some(current);
+            survey_emitted = Some(now);
         }
     }
     Decision {
@@ -136,6 +138,7 @@ pub fn observe(
             created_emitted: true,
             survey_digest: digest,
             next_check: next_check(chat_end, now, settings),
+            survey_emitted,
         },
     }
 }

@@ -151,6 +151,7 @@ mod tests {
                     created_emitted: true,
                     survey_digest: Some("abc".into()),
                     next_check: None,
+                    survey_emitted: None,
                 },
             }),
             Change::CaseForgotten { id: "c/1".into() },

@@ -77,6 +77,10 @@ pub struct CaseRecord {
     pub survey_digest: Option<String>,
     /// When the case should be read again for a survey; `None` once past the horizon.
     pub next_check: Option<DateTime<Utc>>,
+    /// When the last survey event was decided (state written before schema version 5, and
+    /// changelog records before it, do not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub survey_emitted: Option<DateTime<Utc>>,
 }
 
 impl CaseRecord {

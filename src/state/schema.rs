@@ -1,8 +1,8 @@
 //! The state file's schema, one migration step per version.
 
 /// The schema, one step per version: a file at version `v` has had the first `v` steps
-/// applied. Each step is idempotent (IF NOT EXISTS).
-pub(super) const MIGRATIONS: [&str; 4] = [SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+/// applied. They run in one transaction with the version bump.
+pub(super) const MIGRATIONS: [&str; 5] = [SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
 
 /// The length of [`MIGRATIONS`]; an unknown (newer) version refuses to open, older ones are
 /// migrated forward.
@@ -61,4 +61,10 @@ CREATE TABLE IF NOT EXISTS changelog (
     next_offset INTEGER NOT NULL,
     applied_at_ms INTEGER NOT NULL
 );
+";
+
+/// Version 5: when a case's survey event was published (`casestream state case`). Not
+/// idempotent: migrations run in one transaction with the version bump.
+const SCHEMA_V5: &str = "
+ALTER TABLE cases ADD COLUMN survey_emitted_ms INTEGER;
 ";

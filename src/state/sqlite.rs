@@ -92,11 +92,15 @@ impl SqliteStore {
             0..SCHEMA_VERSION => {
                 // A version 1 file keeps its size; pruned pages are reused, so it stops growing.
                 let applied = usize::try_from(version).unwrap_or(0);
+                // All steps and the version together, or none: a step that is not idempotent
+                // (ADD COLUMN) never runs twice.
+                let tx = conn.unchecked_transaction().map_err(&err)?;
                 for step in &MIGRATIONS[applied..] {
-                    conn.execute_batch(step).map_err(&err)?;
+                    tx.execute_batch(step).map_err(&err)?;
                 }
-                conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(&err)?;
+                tx.commit().map_err(&err)?;
             }
             SCHEMA_VERSION => {}
             other => {
@@ -151,6 +155,7 @@ fn record_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<C
         created_emitted: row.get(offset + 2)?,
         survey_digest: row.get(offset + 3)?,
         next_check: row.get::<_, Option<i64>>(offset + 4)?.map(ms_to_time),
+        survey_emitted: row.get::<_, Option<i64>>(offset + 5)?.map(ms_to_time),
     })
 }
 
@@ -177,7 +182,8 @@ impl StateStore for SqliteStore {
     fn lookup(&self, ids: &[&str]) -> Result<HashMap<String, CaseRecord>, StateError> {
         query_in(
             &self.conn(),
-            "SELECT id, first_seen_ms, chat_end_ms, created_emitted, survey_digest, next_check_ms
+            "SELECT id, first_seen_ms, chat_end_ms, created_emitted, survey_digest, next_check_ms,
+                 survey_emitted_ms
              FROM cases WHERE id IN",
             ids,
             |row| Ok((row.get::<_, String>(0)?, record_from_row(row, 1)?)),
@@ -405,7 +411,8 @@ impl StateStore for SqliteStore {
         let err = self.err();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT id, first_seen_ms, chat_end_ms, created_emitted, survey_digest, next_check_ms
+                "SELECT id, first_seen_ms, chat_end_ms, created_emitted, survey_digest, next_check_ms,
+                 survey_emitted_ms
                  FROM cases
                  WHERE widget = ?1 AND next_check_ms IS NOT NULL AND next_check_ms <= ?2 AND day = ?3",
             )
@@ -476,6 +483,7 @@ mod tests {
                 created_emitted: true,
                 survey_digest: None,
                 next_check: next.map(t),
+                survey_emitted: None,
             },
         }
     }

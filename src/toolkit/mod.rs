@@ -166,7 +166,7 @@ pub fn case(dir: &Path, id: &str, org_id: Option<&str>) -> Result<CaseReport, To
             events.push(EmittedEvent {
                 event_type: events::TYPE_SURVEY,
                 id: org_id.map(|org| events::survey_event_id(org, id, digest).to_string()),
-                when: None,
+                when: c.record.survey_emitted,
                 survey_digest: Some(digest.clone()),
             });
         }

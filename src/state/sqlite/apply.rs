@@ -11,13 +11,14 @@ pub(super) fn apply_one(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusq
             let r = &case.record;
             tx.prepare_cached(
                 "INSERT INTO cases (id, widget, day, first_seen_ms, chat_end_ms,
-                     created_emitted, survey_digest, next_check_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     created_emitted, survey_digest, next_check_ms, survey_emitted_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT (id) DO UPDATE SET
                      widget = excluded.widget, day = excluded.day,
                      chat_end_ms = excluded.chat_end_ms,
                      created_emitted = excluded.created_emitted,
                      survey_digest = excluded.survey_digest,
+                     survey_emitted_ms = excluded.survey_emitted_ms,
                      next_check_ms = excluded.next_check_ms",
             )?
             .execute(params![
@@ -29,6 +30,7 @@ pub(super) fn apply_one(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusq
                 r.created_emitted,
                 r.survey_digest,
                 r.next_check.map(|t| t.timestamp_millis()),
+                r.survey_emitted.map(|t| t.timestamp_millis()),
             ])?;
         }
         Change::CaseForgotten { id } => {

@@ -133,7 +133,7 @@ impl SqliteStore {
         let row: Option<(String, String, crate::state::CaseRecord)> = conn
             .query_row(
                 "SELECT widget, day, first_seen_ms, chat_end_ms, created_emitted, survey_digest,
-                     next_check_ms FROM cases WHERE id = ?1",
+                     next_check_ms, survey_emitted_ms FROM cases WHERE id = ?1",
                 [id],
                 |r| Ok((r.get(0)?, r.get(1)?, record_from_row(r, 2)?)),
             )
@@ -229,7 +229,8 @@ impl SqliteStore {
         let mut stmt = conn
             .prepare(
                 "SELECT id, widget, day, first_seen_ms, chat_end_ms, created_emitted,
-                     survey_digest, next_check_ms FROM cases ORDER BY widget, day, id",
+                     survey_digest, next_check_ms, survey_emitted_ms FROM cases
+                 ORDER BY widget, day, id",
             )
             .map_err(&err)?;
         let mut rows = stmt.query([]).map_err(&err)?;
