@@ -11,22 +11,18 @@ fn observability() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/observability")
 }
 
-/// PromQL keywords and aggregation modifiers: words that are not metric names.
-const KEYWORDS: &[&str] = &[
+/// Modifiers whose parenthesised list holds label names.
+const LABEL_LIST_MODIFIERS: &[&str] = &[
     "by",
     "without",
     "on",
     "ignoring",
     "group_left",
     "group_right",
-    "bool",
-    "and",
-    "or",
-    "unless",
-    "offset",
-    "inf",
-    "nan",
 ];
+
+/// The other PromQL keywords: words that are not metric names either.
+const KEYWORDS: &[&str] = &["bool", "and", "or", "unless", "offset", "inf", "nan"];
 
 /// The metric names a PromQL expression (or a Grafana template query) selects.
 fn metric_names(expr: &str) -> BTreeSet<String> {
@@ -97,16 +93,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                 let call = (j < chars.len() && chars[j] == '(')
                     || matches!(next.as_str(), "by" | "without");
                 let lower = word.to_ascii_lowercase();
-                if [
-                    "by",
-                    "without",
-                    "on",
-                    "ignoring",
-                    "group_left",
-                    "group_right",
-                ]
-                .contains(&lower.as_str())
-                {
+                if LABEL_LIST_MODIFIERS.contains(&lower.as_str()) {
                     label_list = true;
                 } else if depth_braces == 0
                     && !in_label_list

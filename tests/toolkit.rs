@@ -84,6 +84,20 @@ fn env(
     process_env(&cases.sim, bootstrap, prefix, dir, &all)
 }
 
+/// The day the tests reset `w1` from (that of its case created 26 h ago), and the cases the
+/// reset forgets.
+fn reset_of_w1(cases: &Cases) -> (NaiveDate, BTreeSet<String>) {
+    let since =
+        (Utc::now() - chrono::Duration::hours(26) - chrono::Duration::minutes(2)).date_naive();
+    let reset = cases
+        .days
+        .iter()
+        .filter(|(_, (w, day))| w == "w1" && *day >= since)
+        .map(|(id, _)| id.clone())
+        .collect();
+    (since, reset)
+}
+
 /// `casestream state <args>` with `env`: (success, stdout, stderr).
 fn state(args: &[&str], env: &[(String, String)]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_casestream"))
@@ -333,14 +347,7 @@ async fn reset_reannounces_exactly_the_reset_days_with_the_same_ids() {
     let (survey_ids, _) = ids(&bootstrap, &surveys_topic).await;
     assert_eq!((created_ids.len(), n, survey_ids.len()), (6, 6, 2));
 
-    let since =
-        (Utc::now() - chrono::Duration::hours(26) - chrono::Duration::minutes(2)).date_naive();
-    let reset: BTreeSet<String> = cases
-        .days
-        .iter()
-        .filter(|(_, (w, day))| w == "w1" && *day >= since)
-        .map(|(id, _)| id.clone())
-        .collect();
+    let (since, reset) = reset_of_w1(&cases);
     assert_eq!(reset.len(), 2);
     let since = since.to_string();
     let args = ["reset", "--widget", "w1", "--since", since.as_str()];
@@ -415,14 +422,7 @@ async fn exactly_once_reset_goes_through_the_changelog_and_stops_the_running_ins
     let (created_ids, n) = ids(&bootstrap, &cases_topic).await;
     assert_eq!((created_ids.len(), n), (6, 6));
 
-    let since =
-        (Utc::now() - chrono::Duration::hours(26) - chrono::Duration::minutes(2)).date_naive();
-    let reset: BTreeSet<String> = cases
-        .days
-        .iter()
-        .filter(|(_, (w, day))| w == "w1" && *day >= since)
-        .map(|(id, _)| id.clone())
-        .collect();
+    let (since, reset) = reset_of_w1(&cases);
     // The forwarder runs and holds the lock: in exactly-once delivery the reset goes to the
     // changelog, fencing the running instance.
     let since = since.to_string();
