@@ -9,6 +9,7 @@
 //! newly elected instance does before it writes.
 
 mod changelog;
+pub mod cli;
 mod show;
 pub mod transfer;
 
