@@ -127,30 +127,17 @@ fn summary(env: &[(String, String)]) -> Value {
 
 /// Event id per case id (the subject) in `topic`, and how many records it holds.
 async fn ids(bootstrap: &str, topic: &str) -> (BTreeMap<String, String>, usize) {
-    let records = read_topic_async(bootstrap, topic, IDLE).await;
-    let n = records.len();
-    let ids = records
-        .iter()
-        .map(|r| {
-            let e = r.json();
-            (
-                e["subject"].as_str().unwrap().to_owned(),
-                e["id"].as_str().unwrap().to_owned(),
-            )
-        })
+    let by_case = event_ids_by_case(bootstrap, topic, IDLE).await;
+    let n = by_case.values().map(|(_, n)| n).sum();
+    let ids = by_case
+        .into_iter()
+        .filter_map(|(case, (ids, _))| Some((case, ids.into_iter().next()?)))
         .collect();
     (ids, n)
 }
 
-/// Runs the forwarder until `topic` holds `records` records, then stops it with SIGTERM.
-async fn run_until(
-    env: &[(String, String)],
-    log: &Path,
-    bootstrap: &str,
-    topic: &str,
-    records: usize,
-) {
-    let forwarder = spawn_forwarder(env, log);
+/// Waits (at most 90 s) until `topic` holds `records` records.
+async fn until_records(bootstrap: &str, topic: &str, records: usize) {
     eventually(
         Duration::from_secs(90),
         &format!("{records} records in {topic}"),
@@ -162,6 +149,18 @@ async fn run_until(
         },
     )
     .await;
+}
+
+/// Runs the forwarder until `topic` holds `records` records, then stops it with SIGTERM.
+async fn run_until(
+    env: &[(String, String)],
+    log: &Path,
+    bootstrap: &str,
+    topic: &str,
+    records: usize,
+) {
+    let forwarder = spawn_forwarder(env, log);
+    until_records(bootstrap, topic, records).await;
     // One more cycle: whatever else it would publish, it publishes now.
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop_with_sigterm(forwarder, log).await;
@@ -412,13 +411,7 @@ async fn exactly_once_reset_goes_through_the_changelog_and_stops_the_running_ins
     );
     let cases_topic = format!("{prefix}.cases");
     let mut running = spawn_forwarder(&env, &log);
-    eventually(Duration::from_secs(90), "6 cases announced", async || {
-        read_topic_async(&bootstrap, &cases_topic, Duration::from_millis(300))
-            .await
-            .len()
-            >= 6
-    })
-    .await;
+    until_records(&bootstrap, &cases_topic, 6).await;
     let (created_ids, n) = ids(&bootstrap, &cases_topic).await;
     assert_eq!((created_ids.len(), n), (6, 6));
 

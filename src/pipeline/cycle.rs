@@ -81,9 +81,8 @@ impl Pipeline {
         // from `since`, each day's final read after midnight) what the re-checks leave. A burst
         // of whole days (every widget's final read of yesterday at once) then spreads over a
         // few cycles instead of holding every fresh window back.
-        let fresh_budget = budget;
         let covered =
-            scheduler::widgets_covered(fresh_budget, progress.keys().map(|w| of(w).fresh_pages));
+            scheduler::widgets_covered(budget, progress.keys().map(|w| of(w).fresh_pages));
         let widgets = progress.len();
         if covered < widgets {
             if *note != Some(covered) {
@@ -117,9 +116,9 @@ impl Pipeline {
                 }
             })
             .collect();
-        let ration = scheduler::ration(&demands, fresh_budget, self.settings.max_staleness);
-        let mut plans = self.ration_backlog(plans, activity, now, fresh_budget - ration.spent);
-        let mut plans: Vec<Option<(String, Vec<Task>)>> = plans.drain(..).map(Some).collect();
+        let ration = scheduler::ration(&demands, budget, self.settings.max_staleness);
+        let plans = self.ration_backlog(plans, activity, now, budget - ration.spent);
+        let mut plans: Vec<Option<(String, Vec<Task>)>> = plans.into_iter().map(Some).collect();
         let mut ordered = Vec::with_capacity(plans.len());
         for d in ration.read {
             if let Some(plan) = plans[with_fresh[d]].take() {
@@ -147,7 +146,6 @@ impl Pipeline {
         now: DateTime<Utc>,
         budget: f64,
     ) -> Vec<(String, Vec<Task>)> {
-        let interval = self.settings.poll_interval.as_secs_f64().max(0.001);
         let of = |i: usize| activity.get(&plans[i].0).copied().unwrap_or_default();
         let tasks: Vec<(usize, Task)> = plans
             .iter()
@@ -165,7 +163,11 @@ impl Pipeline {
             .iter()
             .map(|(i, due)| RecheckDemand {
                 cost: of(*i).recheck_pages,
-                overdue: (now - due.due_since).num_milliseconds().max(0) as f64 / 1000.0 / interval,
+                overdue: scheduler::intervals_since(
+                    due.due_since,
+                    now,
+                    self.settings.poll_interval,
+                ),
             })
             .collect();
         let rationed = scheduler::ration_rechecks(&demands, budget, self.settings.max_staleness);

@@ -24,7 +24,6 @@ fn interrupted() -> Delivered {
     Delivered::Interrupted
 }
 
-/// How a page's delivery ended.
 /// The records of one attempt: those Kafka refused for good in a batch go alone (a broker
 /// refuses a whole batch as too large), the rest together.
 #[derive(Default)]
@@ -51,6 +50,7 @@ impl Round {
     }
 }
 
+/// How a page's delivery ended.
 enum Delivered {
     /// Every record is acknowledged or dead-lettered.
     Settled,

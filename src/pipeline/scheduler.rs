@@ -137,14 +137,15 @@ pub fn fresh_due(progress: &WidgetProgress, now: DateTime<Utc>, poll_interval: D
 
 /// Poll intervals since the fresh window was last read completely (infinite before the first).
 pub fn staleness(progress: &WidgetProgress, now: DateTime<Utc>, poll_interval: Duration) -> f64 {
-    match progress.last_fresh_poll {
-        None => f64::INFINITY,
-        Some(last) if now < last => 0.0,
-        Some(last) => {
-            let age = (now - last).to_std().unwrap_or_default();
-            age.as_secs_f64() / poll_interval.as_secs_f64().max(0.001)
-        }
-    }
+    progress.last_fresh_poll.map_or(f64::INFINITY, |last| {
+        intervals_since(last, now, poll_interval)
+    })
+}
+
+/// Poll intervals from `then` to `now` (0 when `then` is ahead: a clock stepped back).
+pub fn intervals_since(then: DateTime<Utc>, now: DateTime<Utc>, poll_interval: Duration) -> f64 {
+    let age = (now - then).to_std().unwrap_or_default();
+    age.as_secs_f64() / poll_interval.as_secs_f64().max(0.001)
 }
 
 /// The windows one widget reads this cycle: one catch-up day, the fresh window when due, and

@@ -38,17 +38,11 @@ impl StateLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
                 return Err(StateError::Locked {
                     dir: dir.display().to_string(),
                     lock: path.display().to_string(),
-                    holder: if holder.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (pid {holder})")
-                    },
+                    holder: pid_in(&mut file)
+                        .map_or_else(String::new, |pid| format!(" (pid {pid})")),
                 });
             }
             Err(TryLockError::Error(e)) => return Err(io_error(e)),
@@ -65,6 +59,25 @@ impl StateLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Whether a process holds `dir`'s lock: `Some` with its pid (`?` when the lock file does
+    /// not name it). Asks with a shared lock on a read-only handle, so it writes nothing (a
+    /// state mounted read-only works) and never keeps a starting forwarder out for long.
+    pub fn holder(dir: &Path) -> Option<String> {
+        let mut file = File::open(dir.join(LOCK_FILE)).ok()?;
+        match file.try_lock_shared() {
+            Err(TryLockError::WouldBlock) => Some(pid_in(&mut file).unwrap_or_else(|| "?".into())),
+            Ok(()) | Err(TryLockError::Error(_)) => None,
+        }
+    }
+}
+
+/// The pid the lock file names, if any.
+fn pid_in(file: &mut File) -> Option<String> {
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    let pid = text.trim();
+    (!pid.is_empty()).then(|| pid.to_owned())
 }
 
 #[cfg(test)]

@@ -159,7 +159,7 @@ pub struct StateStats {
 
 /// Where the local store stands in the changelog: the next offset to apply, and of which
 /// topic (a store follows one changelog; another topic's offsets mean nothing to it).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ChangelogPosition {
     pub topic: String,
     pub next_offset: i64,
@@ -188,17 +188,6 @@ pub trait StateStore: Send + Sync {
     /// Records the cases of one page atomically.
     fn commit_cases(&self, cases: &[StoredCase]) -> Result<(), StateError> {
         self.apply(&page_changes(cases.to_vec(), Vec::new(), None), None)
-    }
-    /// Records the cases and the dead letters of one page atomically, with the window's
-    /// cursor past that page when there is a next one.
-    fn commit_page(
-        &self,
-        cases: &[StoredCase],
-        dead_letters: &[DeadLetterMark],
-        cursor: Option<&WindowCursor>,
-    ) -> Result<(), StateError> {
-        let changes = page_changes(cases.to_vec(), dead_letters.to_vec(), cursor.cloned());
-        self.apply(&changes, None)
     }
     /// The saved cursor of `widget`'s window interrupted part-way, if any.
     fn window_cursor(&self, widget: &str) -> Result<Option<WindowCursor>, StateError>;

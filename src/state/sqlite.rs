@@ -131,6 +131,20 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// A widget's progress from its row's `since`, `caught_up_through`, `last_fresh_poll_ms`.
+    fn progress(
+        &self,
+        since: &str,
+        through: Option<&str>,
+        fresh: Option<i64>,
+    ) -> Result<WidgetProgress, StateError> {
+        Ok(WidgetProgress {
+            since: self.parse_day(since)?,
+            caught_up_through: through.map(|d| self.parse_day(d)).transpose()?,
+            last_fresh_poll: fresh.map(ms_to_time),
+        })
+    }
+
     fn parse_day(&self, text: &str) -> Result<NaiveDate, StateError> {
         NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| StateError::Corrupt {
             path: self.path.display().to_string(),
@@ -147,6 +161,20 @@ fn volume(dir: &Path) -> Option<(u64, u64)> {
         fs.f_bavail.saturating_mul(fs.f_frsize),
     ))
 }
+
+/// A window cursor from `widget, window, next_link, pages_done`.
+fn cursor_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<WindowCursor> {
+    Ok(WindowCursor {
+        widget: row.get(0)?,
+        window: row.get(1)?,
+        next: row.get(2)?,
+        pages_done: usize::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+    })
+}
+
+/// The columns of a [`CaseRecord`], in the order [`record_from_row`] reads them.
+const RECORD_COLUMNS: &str = "first_seen_ms, chat_end_ms, created_emitted, survey_digest, \
+                              next_check_ms, survey_emitted_ms";
 
 fn record_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<CaseRecord> {
     Ok(CaseRecord {
@@ -182,9 +210,7 @@ impl StateStore for SqliteStore {
     fn lookup(&self, ids: &[&str]) -> Result<HashMap<String, CaseRecord>, StateError> {
         query_in(
             &self.conn(),
-            "SELECT id, first_seen_ms, chat_end_ms, created_emitted, survey_digest, next_check_ms,
-                 survey_emitted_ms
-             FROM cases WHERE id IN",
+            &format!("SELECT id, {RECORD_COLUMNS} FROM cases WHERE id IN"),
             ids,
             |row| Ok((row.get::<_, String>(0)?, record_from_row(row, 1)?)),
         )
@@ -271,16 +297,9 @@ impl StateStore for SqliteStore {
     fn window_cursor(&self, widget: &str) -> Result<Option<WindowCursor>, StateError> {
         self.conn()
             .query_row(
-                "SELECT window, next_link, pages_done FROM window_cursors WHERE widget = ?1",
+                "SELECT widget, window, next_link, pages_done FROM window_cursors WHERE widget = ?1",
                 [widget],
-                |row| {
-                    Ok(WindowCursor {
-                        widget: widget.to_owned(),
-                        window: row.get(0)?,
-                        next: row.get(1)?,
-                        pages_done: usize::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
-                    })
-                },
+                cursor_from_row,
             )
             .optional()
             .map_err(self.err())
@@ -347,14 +366,8 @@ impl StateStore for SqliteStore {
             .optional()
             .map_err(self.err())?;
         drop(conn);
-        row.map(|(since, through, fresh)| {
-            Ok(WidgetProgress {
-                since: self.parse_day(&since)?,
-                caught_up_through: through.map(|d| self.parse_day(&d)).transpose()?,
-                last_fresh_poll: fresh.map(ms_to_time),
-            })
-        })
-        .transpose()
+        row.map(|(since, through, fresh)| self.progress(&since, through.as_deref(), fresh))
+            .transpose()
     }
 
     fn due_days(
@@ -410,12 +423,10 @@ impl StateStore for SqliteStore {
         let conn = self.conn();
         let err = self.err();
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, first_seen_ms, chat_end_ms, created_emitted, survey_digest, next_check_ms,
-                 survey_emitted_ms
-                 FROM cases
-                 WHERE widget = ?1 AND next_check_ms IS NOT NULL AND next_check_ms <= ?2 AND day = ?3",
-            )
+            .prepare_cached(&format!(
+                "SELECT id, {RECORD_COLUMNS} FROM cases
+                 WHERE widget = ?1 AND next_check_ms IS NOT NULL AND next_check_ms <= ?2 AND day = ?3"
+            ))
             .map_err(&err)?;
         stmt.query_map(
             params![widget, now.timestamp_millis(), day.to_string()],
@@ -461,8 +472,8 @@ impl StateStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::DeadLetterMark;
     use crate::state::schema::SCHEMA;
+    use crate::state::{DeadLetterMark, page_changes};
 
     fn t(ms: i64) -> DateTime<Utc> {
         ms_to_time(ms)
@@ -596,15 +607,14 @@ mod tests {
             ])
             .unwrap();
         store
-            .commit_page(
-                &[],
-                &[DeadLetterMark {
+            .apply(
+                &[Change::DeadLetter(DeadLetterMark {
                     digest: "x".into(),
                     widget: "w1".into(),
                     case_id: None,
                     reason_code: "missing_id".into(),
                     at: t(1_000),
-                }],
+                })],
                 None,
             )
             .unwrap();
@@ -648,9 +658,16 @@ mod tests {
             pages_done,
         };
         store
-            .commit_page(&[stored("a", "2026-01-01", None)], &[], Some(&cursor(1)))
+            .apply(
+                &page_changes(
+                    vec![stored("a", "2026-01-01", None)],
+                    vec![],
+                    Some(cursor(1)),
+                ),
+                None,
+            )
             .unwrap();
-        store.commit_page(&[], &[], Some(&cursor(2))).unwrap();
+        store.apply(&[Change::Cursor(cursor(2))], None).unwrap();
         assert_eq!(store.window_cursor("w1").unwrap(), Some(cursor(2)));
         assert_eq!(store.window_cursor("w2").unwrap(), None);
         store.clear_window_cursor("w1").unwrap();

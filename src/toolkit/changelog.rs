@@ -1,6 +1,5 @@
 //! Changes to a state in exactly-once delivery, written where its truth is: the changelog.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -8,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use super::ToolkitError;
 use crate::sink::KafkaSink;
 use crate::sink::config::KafkaSettings;
-use crate::state::{Change, SqliteStore, StateStore};
+use crate::state::{Change, SqliteStore};
 
 /// Changes per transaction: an import's records go in several.
 const CHANGES_PER_TRANSACTION: usize = 10_000;
@@ -18,7 +17,8 @@ const CHANGES_PER_TRANSACTION: usize = 10_000;
 pub(super) struct Writer {
     sink: KafkaSink,
     store: Arc<SqliteStore>,
-    dir: PathBuf,
+    /// Where the store lives; removed with the writer.
+    _dir: tempfile::TempDir,
 }
 
 impl Writer {
@@ -29,13 +29,19 @@ impl Writer {
     pub(super) async fn fence(settings: &KafkaSettings) -> Result<Self, ToolkitError> {
         let sink = KafkaSink::new(settings)?;
         sink.init_transactions().await?;
-        let dir = std::env::temp_dir().join(format!(
-            "casestream-state-{}-{}",
-            std::process::id(),
-            chrono::Utc::now().timestamp_micros()
-        ));
-        let store = Arc::new(SqliteStore::open(&dir)?);
-        let writer = Self { sink, store, dir };
+        let dir = tempfile::Builder::new()
+            .prefix("casestream-state-")
+            .tempdir()
+            .map_err(|source| ToolkitError::Io {
+                path: std::env::temp_dir().display().to_string(),
+                source,
+            })?;
+        let store = Arc::new(SqliteStore::open(dir.path())?);
+        let writer = Self {
+            sink,
+            store,
+            _dir: dir,
+        };
         crate::failover::restore(settings, writer.store.clone(), &CancellationToken::new()).await?;
         Ok(writer)
     }
@@ -57,14 +63,7 @@ impl Writer {
                 return Err(ToolkitError::Refused(reason));
             }
             self.sink.commit_transaction().await?;
-            self.store.apply(batch, None)?;
         }
         Ok(())
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

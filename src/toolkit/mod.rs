@@ -75,55 +75,20 @@ pub struct Summary {
     pub known_cases: u64,
     pub pending_surveys: u64,
     /// Exactly-once delivery: how far this local store applied the changelog.
-    pub changelog: Option<ChangelogSummary>,
+    pub changelog: Option<ChangelogPosition>,
     pub widgets: Vec<WidgetSummary>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ChangelogSummary {
-    pub topic: String,
-    pub next_offset: i64,
-    pub applied_at: DateTime<Utc>,
-}
-
-/// Whether a forwarder holds the state's lock, and its pid when the lock file names it. Asks
-/// with a shared lock on a read-only handle: nothing is written, so this works on a state
-/// mounted read-only, and a forwarder starting meanwhile is never kept out for long.
-fn holder(dir: &Path) -> Option<String> {
-    let path = dir.join(crate::state::lock::LOCK_FILE);
-    let file = std::fs::File::open(&path).ok()?;
-    match file.try_lock_shared() {
-        Ok(()) => None,
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let pid = std::fs::read_to_string(&path).unwrap_or_default();
-            let pid = pid.trim();
-            Some(if pid.is_empty() {
-                "?".into()
-            } else {
-                pid.to_owned()
-            })
-        }
-        Err(std::fs::TryLockError::Error(_)) => None,
-    }
 }
 
 pub fn summary(dir: &Path) -> Result<Summary, ToolkitError> {
     let store = SqliteStore::open_read_only(dir)?;
     let stats = store.stats()?;
-    let changelog = store
-        .changelog_position()?
-        .map(|p: ChangelogPosition| ChangelogSummary {
-            topic: p.topic,
-            next_offset: p.next_offset,
-            applied_at: p.applied_at,
-        });
     Ok(Summary {
         state_dir: dir.to_owned(),
-        running: holder(dir),
+        running: StateLock::holder(dir),
         size_bytes: stats.size_bytes,
         known_cases: stats.known_cases,
         pending_surveys: stats.pending_surveys,
-        changelog,
+        changelog: store.changelog_position()?,
         widgets: store.widget_summaries()?,
     })
 }
@@ -210,11 +175,7 @@ fn plan_reset(
     widgets: &Widgets,
     since: NaiveDate,
 ) -> Result<ResetPlan, ToolkitError> {
-    let known: Vec<String> = store
-        .widget_summaries()?
-        .into_iter()
-        .map(|w| w.widget)
-        .collect();
+    let known = store.widget_names()?;
     let chosen = match widgets {
         Widgets::All => known.clone(),
         Widgets::Only(names) => names.clone(),

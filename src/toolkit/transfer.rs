@@ -24,7 +24,8 @@ struct Header {
     version: u32,
 }
 
-#[derive(Serialize, Deserialize)]
+/// One record: its changelog key, and its value as JSON.
+#[derive(Deserialize)]
 struct Line {
     key: String,
     value: Box<serde_json::value::RawValue>,
@@ -69,17 +70,13 @@ pub fn export(dir: &Path, out: &mut impl Write, out_name: &str) -> Result<Counts
         let value = change
             .value()
             .unwrap_or_else(|| unreachable!("the store holds no tombstones"));
-        let line = Line {
-            key: change.key(),
-            value: serde_json::value::RawValue::from_string(
-                String::from_utf8(value).unwrap_or_default(),
-            )
-            .map_err(|e| ToolkitError::Io {
-                path: out_name.to_owned(),
-                source: e.into(),
-            })?,
-        };
-        write_json(out, &line).map_err(io)
+        // A `Line`, written as it is read: the value is JSON already.
+        out.write_all(b"{\"key\":")
+            .and_then(|()| serde_json::to_writer(&mut *out, &change.key()).map_err(Into::into))
+            .and_then(|()| out.write_all(b",\"value\":"))
+            .and_then(|()| out.write_all(&value))
+            .and_then(|()| out.write_all(b"}\n"))
+            .map_err(io)
     })?;
     out.flush().map_err(io)?;
     Ok(counts)

@@ -4,9 +4,9 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{OpenFlags, OptionalExtension, params};
 
-use super::{SqliteStore, ms_to_time, record_from_row};
+use super::{RECORD_COLUMNS, SqliteStore, cursor_from_row, ms_to_time, record_from_row};
 use crate::state::schema::SCHEMA_VERSION;
-use crate::state::{Change, DeadLetterMark, StateError, StoredCase, WidgetProgress, WindowCursor};
+use crate::state::{Change, DeadLetterMark, StateError, StoredCase, WidgetProgress};
 
 /// One widget as `casestream state summary` shows it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -106,14 +106,9 @@ impl SqliteStore {
         rows.into_iter()
             .map(
                 |(widget, since, through, fresh, known, pending, next, cursor)| {
-                    let progress = match since {
-                        Some(since) => Some(WidgetProgress {
-                            since: self.parse_day(&since)?,
-                            caught_up_through: through.map(|d| self.parse_day(&d)).transpose()?,
-                            last_fresh_poll: fresh.map(ms_to_time),
-                        }),
-                        None => None,
-                    };
+                    let progress = since
+                        .map(|since| self.progress(&since, through.as_deref(), fresh))
+                        .transpose()?;
                     Ok(WidgetSummary {
                         widget,
                         progress,
@@ -127,13 +122,25 @@ impl SqliteStore {
             .collect()
     }
 
+    /// The widgets with progress, by name.
+    pub fn widget_names(&self) -> Result<Vec<String>, StateError> {
+        let conn = self.conn();
+        let err = self.err();
+        let mut stmt = conn
+            .prepare("SELECT widget FROM widgets ORDER BY widget")
+            .map_err(&err)?;
+        stmt.query_map([], |r| r.get(0))
+            .map_err(&err)?
+            .collect::<Result<_, _>>()
+            .map_err(&err)
+    }
+
     /// One case, if the state knows it.
     pub fn case(&self, id: &str) -> Result<Option<StoredCase>, StateError> {
         let conn = self.conn();
         let row: Option<(String, String, crate::state::CaseRecord)> = conn
             .query_row(
-                "SELECT widget, day, first_seen_ms, chat_end_ms, created_emitted, survey_digest,
-                     next_check_ms, survey_emitted_ms FROM cases WHERE id = ?1",
+                &format!("SELECT widget, day, {RECORD_COLUMNS} FROM cases WHERE id = ?1"),
                 [id],
                 |r| Ok((r.get(0)?, r.get(1)?, record_from_row(r, 2)?)),
             )
@@ -199,74 +206,82 @@ impl SqliteStore {
         &self,
         mut visit: impl FnMut(Change) -> Result<(), E>,
     ) -> Result<(), E> {
+        self.each_row(
+            "SELECT widget, since, caught_up_through, last_fresh_poll_ms FROM widgets
+             ORDER BY widget",
+            |r| {
+                let (since, through): (String, Option<String>) = (r.get(1)?, r.get(2)?);
+                Ok(Change::Widget {
+                    widget: r.get(0)?,
+                    progress: self.progress(&since, through.as_deref(), r.get(3)?)?,
+                })
+            },
+            &mut visit,
+        )?;
+        self.each_row(
+            &format!(
+                "SELECT id, widget, day, {RECORD_COLUMNS} FROM cases ORDER BY widget, day, id"
+            ),
+            |r| {
+                let day: String = r.get(2)?;
+                Ok(Change::Case(StoredCase {
+                    id: r.get(0)?,
+                    widget: r.get(1)?,
+                    day: self.parse_day(&day)?,
+                    record: record_from_row(r, 3)?,
+                }))
+            },
+            &mut visit,
+        )?;
+        self.each_row(
+            "SELECT widget, window, next_link, pages_done FROM window_cursors",
+            |r| Ok(Change::Cursor(cursor_from_row(r)?)),
+            &mut visit,
+        )?;
+        self.each_row(
+            "SELECT digest, widget, case_id, reason_code, at_ms FROM dead_letters ORDER BY at_ms",
+            |r| Ok(Change::DeadLetter(dead_letter_from_row(r)?)),
+            &mut visit,
+        )
+    }
+
+    /// Each row of `select`, made a change by `change`, handed to `visit` as it is read.
+    fn each_row<E: From<StateError>>(
+        &self,
+        select: &str,
+        change: impl Fn(&rusqlite::Row<'_>) -> Result<Change, RowError>,
+        visit: &mut impl FnMut(Change) -> Result<(), E>,
+    ) -> Result<(), E> {
         let conn = self.conn();
         let err = self.err();
-        let parse_day = |text: String| {
-            NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(|_| StateError::Corrupt {
-                path: self.path.display().to_string(),
-                what: format!("day `{text}`"),
-            })
-        };
-        let mut stmt = conn
-            .prepare(
-                "SELECT widget, since, caught_up_through, last_fresh_poll_ms FROM widgets
-                 ORDER BY widget",
-            )
-            .map_err(&err)?;
+        let mut stmt = conn.prepare(select).map_err(&err)?;
         let mut rows = stmt.query([]).map_err(&err)?;
-        while let Some(r) = rows.next().map_err(&err)? {
-            let through: Option<String> = r.get(2).map_err(&err)?;
-            visit(Change::Widget {
-                widget: r.get(0).map_err(&err)?,
-                progress: WidgetProgress {
-                    since: parse_day(r.get(1).map_err(&err)?)?,
-                    caught_up_through: through.map(parse_day).transpose()?,
-                    last_fresh_poll: r.get::<_, Option<i64>>(3).map_err(&err)?.map(ms_to_time),
-                },
+        while let Some(row) = rows.next().map_err(&err)? {
+            let change = change(row).map_err(|e| match e {
+                RowError::Sqlite(e) => err(e),
+                RowError::State(e) => e,
             })?;
-        }
-        drop(rows);
-        let mut stmt = conn
-            .prepare(
-                "SELECT id, widget, day, first_seen_ms, chat_end_ms, created_emitted,
-                     survey_digest, next_check_ms, survey_emitted_ms FROM cases
-                 ORDER BY widget, day, id",
-            )
-            .map_err(&err)?;
-        let mut rows = stmt.query([]).map_err(&err)?;
-        while let Some(r) = rows.next().map_err(&err)? {
-            visit(Change::Case(StoredCase {
-                id: r.get(0).map_err(&err)?,
-                widget: r.get(1).map_err(&err)?,
-                day: parse_day(r.get(2).map_err(&err)?)?,
-                record: record_from_row(r, 3).map_err(&err)?,
-            }))?;
-        }
-        drop(rows);
-        let mut stmt = conn
-            .prepare("SELECT widget, window, next_link, pages_done FROM window_cursors")
-            .map_err(&err)?;
-        let mut rows = stmt.query([]).map_err(&err)?;
-        while let Some(r) = rows.next().map_err(&err)? {
-            visit(Change::Cursor(WindowCursor {
-                widget: r.get(0).map_err(&err)?,
-                window: r.get(1).map_err(&err)?,
-                next: r.get(2).map_err(&err)?,
-                pages_done: usize::try_from(r.get::<_, i64>(3).map_err(&err)?).unwrap_or(0),
-            }))?;
-        }
-        drop(rows);
-        let mut stmt = conn
-            .prepare(
-                "SELECT digest, widget, case_id, reason_code, at_ms FROM dead_letters
-                 ORDER BY at_ms",
-            )
-            .map_err(&err)?;
-        let mut rows = stmt.query([]).map_err(&err)?;
-        while let Some(r) = rows.next().map_err(&err)? {
-            visit(Change::DeadLetter(dead_letter_from_row(r).map_err(&err)?))?;
+            visit(change)?;
         }
         Ok(())
+    }
+}
+
+/// A row that SQLite could not read, or whose value is bad.
+enum RowError {
+    Sqlite(rusqlite::Error),
+    State(StateError),
+}
+
+impl From<rusqlite::Error> for RowError {
+    fn from(e: rusqlite::Error) -> Self {
+        RowError::Sqlite(e)
+    }
+}
+
+impl From<StateError> for RowError {
+    fn from(e: StateError) -> Self {
+        RowError::State(e)
     }
 }
 
