@@ -304,3 +304,126 @@ async fn the_last_check_of_the_horizon_is_never_skipped() {
     );
     sim.stop().await.unwrap();
 }
+
+/// A case that appears while a long catch-up day is being read is announced before that day
+/// is done: the fresh window is read every interval on its own lane, and the day's window,
+/// holding the same widget, stops at a page for it and goes on from its cursor. (When both
+/// shared one cycle, a widget's fresh window waited for its whole catch-up day.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_backlog_window_never_holds_back_fresh_cases() {
+    let bootstrap = kafka_bootstrap().await;
+    // Real speed, past midnight and its grace period: the 20 h history is mostly yesterday,
+    // a catch-up day of 70 pages and more, each link slow.
+    let clock = Clock::scaled(at("2026-03-11T00:45:00Z"), 1.0);
+    let sim = start_simulator(
+        SimConfig {
+            widgets: vec!["w1".into()],
+            page_size: 10,
+            cases_per_hour: 40.0,
+            history: Duration::from_secs(20 * 3600),
+            faults: Faults {
+                slow_cursor_ms: 150,
+                ..Faults::default()
+            },
+            ..SimConfig::default()
+        },
+        clock.clone(),
+    )
+    .await;
+    let prefix = unique_prefix("lanes");
+    let dir = tempfile::tempdir().unwrap();
+    let admin = free_port();
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |c| {
+        c.pipeline.poll_interval = Duration::from_secs(1);
+        c.admin.addr = ([127, 0, 0, 1], admin).into();
+    });
+    let yesterday = NaiveDate::from_ymd_opt(2026, 3, 10).unwrap();
+    let caught_up = || {
+        SqliteStore::open_read_only(dir.path())
+            .ok()
+            .and_then(|s| s.widget("w1").ok().flatten())
+            .is_some_and(|p| p.caught_up_through == Some(yesterday))
+    };
+    let day_pages = sim
+        .sim
+        .visible_cases("w1")
+        .iter()
+        .filter(|c| c["created_at_date"].as_i64() < Some(ms("2026-03-11T00:00:00Z")))
+        .count()
+        .div_ceil(10);
+    assert!(day_pages >= 70, "a long catch-up day: {day_pages} pages");
+
+    let forwarder = RunningForwarder::start(config, clock.clone());
+    eventually(
+        Duration::from_secs(60),
+        "the catch-up day under way",
+        async || {
+            SqliteStore::open_read_only(dir.path())
+                .ok()
+                .and_then(|s| s.window_cursor("w1").ok().flatten())
+                .is_some_and(|c| c.pages_done >= 5)
+        },
+    )
+    .await;
+    let mut case = sim.sim.make_case("w1");
+    case["id"] = json!("fresh-during-catch-up");
+    sim.sim.add_case("w1", case, None, None);
+    let cases_topic = format!("{prefix}.cases");
+    eventually(
+        Duration::from_secs(60),
+        "the new case announced",
+        async || {
+            read_topic_async(&bootstrap, &cases_topic, Duration::from_millis(300))
+                .await
+                .iter()
+                .any(|r| r.key.as_deref() == Some("fresh-during-catch-up"))
+        },
+    )
+    .await;
+    assert!(
+        !caught_up(),
+        "the new case waited for the whole catch-up day ({day_pages} pages)"
+    );
+
+    eventually(
+        Duration::from_secs(120),
+        "the catch-up day done",
+        async || caught_up(),
+    )
+    .await;
+    let (_, metrics) = admin_get(format!("127.0.0.1:{admin}"), "/metrics")
+        .await
+        .expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("casestream_windows_resumed_total") && !l.ends_with(" 0")),
+        "the catch-up window stopped for the fresh read and went on from its cursor:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("resumed"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    forwarder.stop().await;
+    // Nothing of the day was lost on the way, and nothing announced twice.
+    let by_case = events_by_case(&bootstrap, &cases_topic).await;
+    let visible: Vec<String> = sim
+        .sim
+        .visible_cases("w1")
+        .iter()
+        .filter_map(|c| c["id"].as_str().map(str::to_owned))
+        .collect();
+    let missing: Vec<&String> = visible
+        .iter()
+        .filter(|id| !by_case.contains_key(*id))
+        .collect();
+    assert!(missing.is_empty(), "cases never announced: {missing:?}");
+    let twice: Vec<&String> = by_case
+        .iter()
+        .filter(|(_, events)| events.len() > 1)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(twice.is_empty(), "cases announced twice: {twice:?}");
+    sim.stop().await.unwrap();
+}

@@ -1,5 +1,6 @@
-//! One poll cycle's reading: the widgets' windows read concurrently, within the request
-//! budget a short budget rations ([`scheduler::ration`]).
+//! One lane's cycle: which windows a short budget pays for ([`scheduler::ration`] for the
+//! fresh lane, [`scheduler::ration_rechecks`] and [`scheduler::ration_catch_up`] for the
+//! backlog), and one widget's windows read in turn.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -7,11 +8,12 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use super::lanes::{Lane, WidgetSlot};
 use super::scheduler::{self, Activity, FreshDemand, RecheckDemand, Task};
 use super::window::{WindowEnd, WindowFailure};
 use super::{CycleStats, Pipeline, PipelineError};
 use crate::metrics;
-use crate::state::{DueDay, WidgetProgress};
+use crate::state::WidgetProgress;
 
 /// What one widget's reads of a cycle did, for the cycle's line and the budget's estimates.
 #[derive(Debug, Default)]
@@ -21,7 +23,6 @@ pub(super) struct WidgetCycle {
     pub(super) fresh: Option<FreshRead>,
     /// Pages of each catch-up day read.
     pub(super) day_pages: Vec<u64>,
-    pub(super) recheck_pages: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -56,17 +57,17 @@ impl Pipeline {
                 .as_secs_f64()
     }
 
-    /// Keeps the fresh windows a short budget can pay for this cycle ([`scheduler::ration`])
-    /// and orders the widgets to read: rationed fresh windows first, by their claim. Says so,
-    /// once, when the budget stops covering every widget, and again when it covers all again.
-    pub(super) fn ration(
+    /// The widgets whose fresh windows this cycle reads, of those `due`, in order: what a
+    /// short budget can pay for ([`scheduler::ration`]). Says so, once, when the budget stops
+    /// covering every widget, and again when it covers all again.
+    pub(super) fn ration_fresh(
         &self,
-        plans: Vec<(String, Vec<Task>)>,
+        due: Vec<String>,
         progress: &HashMap<String, WidgetProgress>,
         activity: &HashMap<String, Activity>,
         now: DateTime<Utc>,
         note: &mut Option<usize>,
-    ) -> Vec<(String, Vec<Task>)> {
+    ) -> Vec<String> {
         let interval = self.settings.poll_interval;
         let budget = self.budget_per_interval();
         let of = |widget: &String| activity.get(widget).copied().unwrap_or_default();
@@ -77,10 +78,6 @@ impl Pipeline {
         for (widget, stale) in &staleness {
             metrics::widget_staleness(widget, if stale.is_finite() { *stale } else { -1.0 });
         }
-        // Fresh windows first; re-checks share what they leave, and catch-up days (the walk
-        // from `since`, each day's final read after midnight) what the re-checks leave. A burst
-        // of whole days (every widget's final read of yesterday at once) then spreads over a
-        // few cycles instead of holding every fresh window back.
         let covered =
             scheduler::widgets_covered(budget, progress.keys().map(|w| of(w).fresh_pages));
         let widgets = progress.len();
@@ -101,100 +98,87 @@ impl Pipeline {
         } else if note.take().is_some() {
             tracing::info!("the Logs API budget covers every widget's fresh window again");
         }
-
-        let with_fresh: Vec<usize> = (0..plans.len())
-            .filter(|&i| plans[i].1.contains(&Task::Fresh))
-            .collect();
-        let demands: Vec<FreshDemand> = with_fresh
+        let demands: Vec<FreshDemand> = due
             .iter()
-            .map(|&i| {
-                let (widget, a) = (&plans[i].0, of(&plans[i].0));
-                FreshDemand {
-                    cost: a.fresh_pages,
-                    new_per_interval: a.new_per_interval,
-                    staleness: staleness.get(widget).copied().unwrap_or(f64::INFINITY),
-                }
+            .map(|widget| FreshDemand {
+                cost: of(widget).fresh_pages,
+                new_per_interval: of(widget).new_per_interval,
+                staleness: staleness.get(widget).copied().unwrap_or(f64::INFINITY),
             })
             .collect();
         let ration = scheduler::ration(&demands, budget, self.settings.max_staleness);
-        let plans = self.ration_backlog(plans, activity, now, budget - ration.spent);
-        let mut plans: Vec<Option<(String, Vec<Task>)>> = plans.into_iter().map(Some).collect();
-        let mut ordered = Vec::with_capacity(plans.len());
-        for d in ration.read {
-            if let Some(plan) = plans[with_fresh[d]].take() {
-                ordered.push(plan);
-            }
-        }
-        for d in ration.deferred {
-            if let Some((widget, mut tasks)) = plans[with_fresh[d]].take() {
-                tasks.retain(|t| *t != Task::Fresh);
-                ordered.push((widget, tasks));
-            }
-        }
-        ordered.extend(plans.into_iter().flatten());
-        ordered.retain(|(_, tasks)| !tasks.is_empty());
-        ordered
+        ration.read.iter().map(|&d| due[d].clone()).collect()
     }
 
-    /// Drops the due re-checks and catch-up days that `budget` does not cover this cycle
-    /// ([`scheduler::ration_rechecks`], then [`scheduler::ration_catch_up`] with what the
-    /// re-checks leave): they stay due, and are read in a later one.
-    fn ration_backlog(
+    /// The backlog windows (each with the requests it is expected to cost) this cycle reads
+    /// within `budget`: due re-checks first ([`scheduler::ration_rechecks`]), catch-up days
+    /// with what they leave ([`scheduler::ration_catch_up`]). The others stay due, and are
+    /// read in a later cycle. A burst of whole days (every widget's final read of yesterday,
+    /// every day's re-check at the grid's midnight point) so spreads over a few cycles.
+    pub(super) fn ration_backlog(
         &self,
-        mut plans: Vec<(String, Vec<Task>)>,
-        activity: &HashMap<String, Activity>,
+        plans: Vec<(String, Vec<(Task, f64)>)>,
         now: DateTime<Utc>,
         budget: f64,
     ) -> Vec<(String, Vec<Task>)> {
-        let of = |i: usize| activity.get(&plans[i].0).copied().unwrap_or_default();
-        let tasks: Vec<(usize, Task)> = plans
+        let tasks: Vec<(usize, Task, f64)> = plans
             .iter()
             .enumerate()
-            .flat_map(|(i, (_, tasks))| tasks.iter().map(move |t| (i, *t)))
+            .flat_map(|(i, (_, tasks))| tasks.iter().map(move |(t, cost)| (i, *t, *cost)))
             .collect();
-        let rechecks: Vec<(usize, DueDay)> = tasks
+        let rechecks: Vec<&(usize, Task, f64)> = tasks
             .iter()
-            .filter_map(|(i, task)| match task {
-                Task::Recheck(due) => Some((*i, *due)),
-                _ => None,
-            })
+            .filter(|(_, task, _)| matches!(task, Task::Recheck(_)))
             .collect();
         let demands: Vec<RecheckDemand> = rechecks
             .iter()
-            .map(|(i, due)| RecheckDemand {
-                cost: of(*i).recheck_pages,
-                overdue: scheduler::intervals_since(
-                    due.due_since,
-                    now,
-                    self.settings.poll_interval,
-                ),
+            .map(|(_, task, cost)| RecheckDemand {
+                cost: *cost,
+                overdue: match task {
+                    Task::Recheck(due) => {
+                        scheduler::intervals_since(due.due_since, now, self.settings.poll_interval)
+                    }
+                    _ => 0.0,
+                },
             })
             .collect();
         let rationed = scheduler::ration_rechecks(&demands, budget, self.settings.max_staleness);
-        let mut deferred: Vec<(usize, Task)> = rationed
-            .deferred
+        let days: Vec<&(usize, Task, f64)> = tasks
             .iter()
-            .map(|&d| (rechecks[d].0, Task::Recheck(rechecks[d].1)))
+            .filter(|(_, task, _)| matches!(task, Task::CatchUp(_)))
             .collect();
-        let days: Vec<(usize, Task)> = tasks
-            .into_iter()
-            .filter(|(_, task)| matches!(task, Task::CatchUp(_)))
-            .collect();
-        let costs: Vec<f64> = days.iter().map(|(i, _)| of(*i).day_pages).collect();
+        let costs: Vec<f64> = days.iter().map(|(_, _, cost)| *cost).collect();
         let catch_up = scheduler::ration_catch_up(&costs, (budget - rationed.spent).max(0.0));
-        deferred.extend(catch_up.deferred.iter().map(|&d| days[d]));
-        for (i, task) in deferred {
-            plans[i].1.retain(|t| *t != task);
-        }
+        let read: Vec<(usize, Task)> = rationed
+            .read
+            .iter()
+            .map(|&r| (rechecks[r].0, rechecks[r].1))
+            .chain(catch_up.read.iter().map(|&d| (days[d].0, days[d].1)))
+            .collect();
         plans
+            .into_iter()
+            .enumerate()
+            .map(|(i, (widget, tasks))| {
+                let kept = tasks
+                    .into_iter()
+                    .map(|(task, _)| task)
+                    .filter(|task| read.contains(&(i, *task)))
+                    .collect();
+                (widget, kept)
+            })
+            .filter(|(_, tasks): &(String, Vec<Task>)| !tasks.is_empty())
+            .collect()
     }
 
-    /// Reads one widget's windows of this cycle, in order.
+    /// Reads one widget's windows of this cycle, in order, holding the widget. A backlog
+    /// window stops at its next page when a fresh read waits for the widget: the rest waits
+    /// for the lane's next cycle.
     pub(super) async fn read_widget(
         &self,
         widget: &str,
+        slot: &WidgetSlot,
+        lane: Lane,
         tasks: &[Task],
-        progress: &mut WidgetProgress,
         cycle_started: DateTime<Utc>,
         shutdown: &CancellationToken,
     ) -> Result<WidgetCycle, PipelineError> {
@@ -203,17 +187,22 @@ impl Pipeline {
             widget: widget.to_owned(),
             ..WidgetCycle::default()
         };
+        let Some(_reading) = slot.take(lane, shutdown).await else {
+            return Ok(out);
+        };
+        let yield_to = (lane == Lane::Backlog).then_some(slot);
         for &task in tasks {
             if shutdown.is_cancelled() {
                 break;
             }
             self.health.beat();
-            let window = scheduler::window_for(task, progress, cycle_started, &schedule);
+            let progress = slot.progress();
+            let window = scheduler::window_for(task, &progress, cycle_started, &schedule);
             let started = Instant::now();
             let window_started = self.clock.now();
             let mut read = CycleStats::default();
             let end = self
-                .read_window(widget, task, window, shutdown, &mut read)
+                .read_window(widget, task, window, yield_to, shutdown, &mut read)
                 .await;
             out.stats.add(&read);
             match end {
@@ -227,26 +216,19 @@ impl Pipeline {
                                 pages: read.pages,
                                 created: read.created,
                                 staleness: scheduler::staleness(
-                                    progress,
+                                    &progress,
                                     cycle_started,
                                     schedule.poll_interval,
                                 ),
                             });
                         }
                         Task::CatchUp(_) => out.day_pages.push(read.pages),
-                        Task::Recheck(_) => out.recheck_pages.push(read.pages),
+                        Task::Recheck(_) => {}
                     }
-                    self.window_done(
-                        widget,
-                        task,
-                        cycle_started,
-                        window_started,
-                        progress,
-                        shutdown,
-                    )
-                    .await?;
+                    self.window_done(widget, task, cycle_started, window_started, slot, shutdown)
+                        .await?;
                 }
-                Ok(WindowEnd::Interrupted) => break,
+                Ok(WindowEnd::Interrupted | WindowEnd::Yielded) => break,
                 Err(WindowFailure::Client(e)) => {
                     out.stats.window_errors += 1;
                     metrics::window_error(widget, e.kind());

@@ -8,6 +8,7 @@
 mod cycle;
 mod delivery;
 mod flight;
+mod lanes;
 mod observe;
 mod page;
 mod progress;
@@ -31,13 +32,10 @@ use crate::metrics;
 use crate::sink::{KafkaSink, Outgoing};
 use crate::snapengage::{Case, LogsClient, Page};
 use crate::state::{Change, StateError, StateStore, WidgetProgress};
-use cycle::WidgetCycle;
 use flight::Flight;
-use futures::{StreamExt, TryStreamExt};
 pub use observe::ClientMetrics;
 use page::{Known, PageBatch, PageCases, PageContext};
-use progress::CatchUpProgress;
-use scheduler::{Activity, Schedule, Task};
+use scheduler::{Schedule, Task};
 pub use settings::*;
 
 /// How often state counts are refreshed for metrics.
@@ -50,9 +48,9 @@ const MAX_PAGES_IN_FLIGHT: usize = 4;
 /// Exactly-once delivery: pages per Kafka transaction, at most (a window's last pages commit
 /// when it ends).
 const PAGES_PER_TRANSACTION: usize = 10;
-/// Widgets whose windows are read at once, sharing the request budget: the pages of one
-/// window come one after another (each link is in the page before), so only several windows
-/// in flight keep the budget, not the wait for each response, the limit.
+/// Widgets whose windows each lane reads at once, sharing the request budget: the pages of
+/// one window come one after another (each link is in the page before), so only several
+/// windows in flight keep the budget, not the wait for each response, the limit.
 const MAX_CONCURRENT_WIDGETS: usize = 4;
 /// Re-check days read per widget per cycle, so old surveys never crowd out fresh cases.
 const RECHECK_DAYS_PER_CYCLE: usize = 4;
@@ -141,7 +139,8 @@ impl Pipeline {
         Ok(result?)
     }
 
-    /// Polls until `shutdown` fires; then the page in flight is finished and committed.
+    /// Polls until `shutdown` fires, in two lanes ([`lanes`]): fresh windows every interval,
+    /// the backlog with what they leave. Then the pages in flight are finished and committed.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), PipelineError> {
         let widgets = self.settings.widgets.clone();
         // A first start reads the lookback days once (the catch-up), not only today: cases of
@@ -149,7 +148,7 @@ impl Pipeline {
         let since = self.settings.since.unwrap_or_else(|| {
             scheduler::lookback_start(self.clock.now().date_naive(), self.settings.lookback)
         });
-        let mut progress = HashMap::new();
+        let mut slots = Vec::new();
         for widget in &widgets {
             let w = widget.clone();
             let known = self.state(move |s| s.widget(&w)).await?;
@@ -169,90 +168,13 @@ impl Pipeline {
                     fresh
                 }
             };
-            progress.insert(widget.clone(), p);
+            slots.push((widget.clone(), lanes::WidgetSlot::new(p)));
         }
-        let schedule = self.schedule();
-        let mut catch_up = CatchUpProgress::new(&progress, self.fresh_start());
-        let mut activity: HashMap<String, Activity> = HashMap::new();
-        let mut budget_note = None;
-        // The first prune comes one period after start, not at once: a start is busy enough
-        // (a catch-up's first days, a migrated state's first prune would both land together).
-        let mut last_prune = Instant::now();
-
-        while !shutdown.is_cancelled() {
-            self.health.beat();
-            let cycle_started = Instant::now();
-            let requests_before = self.client.requests_sent();
-            let now = self.clock.now();
-            let recheck_before = scheduler::recheck_before(now, &schedule);
-            let mut plans = Vec::new();
-            for widget in &widgets {
-                let w = widget.clone();
-                let due = self
-                    .state(move |s| s.due_days(&w, now, recheck_before, RECHECK_DAYS_PER_CYCLE))
-                    .await?;
-                let tasks = scheduler::plan_widget(&progress[widget], now, &schedule, &due);
-                plans.push((widget.clone(), tasks));
-            }
-            let plans = self.ration(plans, &progress, &activity, now, &mut budget_note);
-            let mut stats = CycleStats::default();
-            let cycles: Vec<WidgetCycle> = {
-                let mut slots: HashMap<&String, &mut WidgetProgress> =
-                    progress.iter_mut().collect();
-                let mut reads = Vec::new();
-                for (widget, tasks) in &plans {
-                    if let Some(p) = slots.remove(widget) {
-                        reads.push(self.read_widget(widget, tasks, p, now, &shutdown));
-                    }
-                }
-                futures::stream::iter(reads)
-                    .buffer_unordered(MAX_CONCURRENT_WIDGETS)
-                    .try_collect()
-                    .await?
-            };
-            for cycle in cycles {
-                stats.add(&cycle.stats);
-                let a = activity.entry(cycle.widget).or_default();
-                if let Some(fresh) = cycle.fresh {
-                    a.fresh_read(fresh.pages, fresh.created, fresh.staleness);
-                }
-                for pages in cycle.day_pages {
-                    a.day_read(pages);
-                    catch_up.day_done();
-                }
-                for pages in cycle.recheck_pages {
-                    a.recheck_read(pages);
-                }
-            }
-            if !shutdown.is_cancelled()
-                && self.clock.virtual_duration(last_prune.elapsed()) >= PRUNE_EVERY
-            {
-                stats.pruned = self.prune(&progress, &shutdown).await?;
-                last_prune = Instant::now();
-            }
-            let spent = self.client.requests_sent().saturating_sub(requests_before);
-            metrics::budget_use(spent as f64 / self.budget_per_interval().max(1e-9));
-            let fresh_start = self.fresh_start();
-            self.report_cycle(&stats, cycle_started.elapsed(), &progress, fresh_start)
-                .await;
-            catch_up.show(&progress, fresh_start);
-            let still_catching_up = progress
-                .values()
-                .any(|p| scheduler::next_catch_up(p, fresh_start).is_some());
-            if shutdown.is_cancelled() || (still_catching_up && stats.window_errors == 0) {
-                continue;
-            }
-            // Next cycle when the poll interval has passed since this one started, measured on
-            // the monotonic clock: a wall clock stepped back must not stretch the wait.
-            let elapsed = self.clock.virtual_duration(cycle_started.elapsed());
-            let wait = self.settings.poll_interval.saturating_sub(elapsed);
-            self.health.beat_for(self.clock.real_duration(wait));
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = self.clock.sleep(wait) => {}
-            }
-        }
-        catch_up.finish();
+        let widgets = lanes::Widgets(slots);
+        tokio::try_join!(
+            self.fresh_lane(&widgets, &shutdown),
+            self.backlog_lane(&widgets, &shutdown)
+        )?;
         tracing::info!("poll loop stopped");
         Ok(())
     }
@@ -274,11 +196,12 @@ impl Pipeline {
 
     async fn report_cycle(
         &self,
+        lane: lanes::Lane,
         stats: &CycleStats,
         took: Duration,
         progress: &HashMap<String, WidgetProgress>,
-        fresh_start: NaiveDate,
     ) {
+        let fresh_start = self.fresh_start();
         let behind: u64 = progress
             .values()
             .map(|p| scheduler::catch_up_remaining(p, fresh_start))
@@ -292,6 +215,7 @@ impl Pipeline {
         }
         if stats.windows + stats.window_errors + stats.pruned > 0 {
             tracing::info!(
+                lane = lane.label(),
                 windows = stats.windows,
                 pages = stats.pages,
                 cases = stats.cases,
@@ -330,15 +254,15 @@ impl Pipeline {
         task: Task,
         cycle_started: DateTime<Utc>,
         window_started: DateTime<Utc>,
-        progress: &mut WidgetProgress,
+        slot: &lanes::WidgetSlot,
         shutdown: &CancellationToken,
     ) -> Result<(), PipelineError> {
         let mut changes = Vec::new();
-        match task {
-            Task::CatchUp(day) => progress.caught_up_through = Some(day),
+        let progress = match task {
+            Task::CatchUp(day) => slot.update_progress(|p| p.caught_up_through = Some(day)),
             Task::Fresh => {
-                progress.last_fresh_poll = Some(cycle_started);
                 self.health.fresh_poll_done(widget);
+                slot.update_progress(|p| p.last_fresh_poll = Some(cycle_started))
             }
             Task::Recheck(due) => {
                 let day = due.day;
@@ -355,15 +279,19 @@ impl Pipeline {
                     c.record.next_check = tracker::next_check(c.record.chat_end, now, &settings);
                     Change::Case(c)
                 }));
+                slot.progress()
             }
-        }
+        };
         changes.push(Change::Widget {
             widget: widget.to_owned(),
-            progress: progress.clone(),
+            progress,
         });
-        changes.push(Change::CursorCleared {
-            widget: widget.to_owned(),
-        });
+        // The widget's cursor is its backlog window's: a fresh window never saves one.
+        if task != Task::Fresh {
+            changes.push(Change::CursorCleared {
+                widget: widget.to_owned(),
+            });
+        }
         self.write(changes, shutdown).await
     }
 

@@ -241,10 +241,8 @@ pub struct Activity {
     pub fresh_pages: f64,
     /// New cases per poll interval.
     pub new_per_interval: f64,
-    /// Requests per whole-day read (catch-up).
+    /// Requests per whole-day read (catch-up), for days the state knows nothing of.
     pub day_pages: f64,
-    /// Requests per re-check read.
-    pub recheck_pages: f64,
 }
 
 impl Default for Activity {
@@ -253,7 +251,6 @@ impl Default for Activity {
             fresh_pages: 1.0,
             new_per_interval: 0.0,
             day_pages: 1.0,
-            recheck_pages: 1.0,
         }
     }
 }
@@ -277,10 +274,27 @@ impl Activity {
     pub fn day_read(&mut self, pages: u64) {
         self.day_pages = blend(self.day_pages, pages.max(1) as f64);
     }
+}
 
-    pub fn recheck_read(&mut self, pages: u64) {
-        self.recheck_pages = blend(self.recheck_pages, pages.max(1) as f64);
+/// Cases a Logs API page holds.
+const CASES_PER_PAGE: f64 = 100.0;
+
+/// Requests a backlog window (a catch-up day, a re-check) is expected to cost: the cases the
+/// state knows on its day, spread evenly over the day, in the part of it the window covers;
+/// `unknown` (recent whole-day reads) for a day the state knows nothing of. At least one.
+/// A rolling average of past re-checks would price a whole-day re-check (every case of a day
+/// falls due at the grid's midnight point) like the 10-minute ones before it.
+pub fn backlog_pages(window: &Window, day_cases: u64, unknown: f64) -> f64 {
+    if day_cases == 0 {
+        return unknown.max(1.0);
     }
+    let share = match window {
+        Window::Dates { .. } => 1.0,
+        Window::Times { start, end } => {
+            ((*end - *start).num_milliseconds() as f64 / 86_400_000.0).clamp(0.0, 1.0)
+        }
+    };
+    (day_cases as f64 * share / CASES_PER_PAGE).ceil().max(1.0)
 }
 
 /// One widget's claim on this cycle's budget for its fresh window.
@@ -744,6 +758,28 @@ mod tests {
                 prop_assert!(cycles <= cap + 1);
             }
         }
+    }
+
+    #[test]
+    fn a_backlog_window_costs_the_pages_of_the_cases_it_covers() {
+        let day = NaiveDate::from_ymd_opt(2026, 3, 10).unwrap();
+        let whole = Window::Dates {
+            start: day,
+            end: day,
+        };
+        // A whole day of 4,801 known cases: 49 pages, whatever recent reads cost.
+        assert_eq!(backlog_pages(&whole, 4_801, 3.0), 49.0);
+        // A quarter of the day, in `datetimes` mode: a quarter of its cases.
+        let quarter = Window::Times {
+            start: midnight(day),
+            end: midnight(day) + chrono::Duration::hours(6),
+        };
+        assert_eq!(backlog_pages(&quarter, 4_800, 3.0), 12.0);
+        // A day the state knows nothing of (a first start's catch-up): recent whole days.
+        assert_eq!(backlog_pages(&whole, 0, 7.5), 7.5);
+        // Never less than the one request any read costs.
+        assert_eq!(backlog_pages(&quarter, 1, 0.0), 1.0);
+        assert_eq!(backlog_pages(&whole, 0, 0.0), 1.0);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::flight::Flight;
+use super::lanes::WidgetSlot;
 use super::scheduler::Task;
 use super::{
     CycleStats, MAX_PAGES_IN_FLIGHT, PAGES_PER_TRANSACTION, PREFETCH_PAGES, Pipeline, PipelineError,
@@ -20,6 +21,8 @@ use crate::state::{Change, WindowCursor};
 pub(super) enum WindowEnd {
     Complete,
     Interrupted,
+    /// Stopped at a page for a fresh read of the same widget; goes on from its cursor.
+    Yielded,
 }
 
 impl Pipeline {
@@ -28,19 +31,26 @@ impl Pipeline {
         widget: &str,
         task: Task,
         window: Window,
+        yield_to: Option<&WidgetSlot>,
         shutdown: &CancellationToken,
         stats: &mut CycleStats,
     ) -> Result<WindowEnd, WindowFailure> {
         tracing::debug!(widget, kind = task.label(), %window, "reading window");
-        // A window interrupted part-way (a restart, a pod killed) goes on from its saved
-        // cursor, if the cursor is for this very window.
+        // A backlog window interrupted part-way (a restart, a pod killed, a fresh read of its
+        // widget) goes on from its saved cursor, if the cursor is for this very window. Fresh
+        // windows keep none: they are read again whole every interval, and the widget's one
+        // cursor stays the backlog window's.
+        let keeps_cursor = task != Task::Fresh;
         let first = self.client.window_url(widget, &window);
         let window_url = first.to_string();
         let w = widget.to_owned();
-        let resume = self
-            .state(move |s| s.window_cursor(&w))
-            .await?
-            .filter(|c| c.window == window_url);
+        let resume = if keeps_cursor {
+            self.state(move |s| s.window_cursor(&w))
+                .await?
+                .filter(|c| c.window == window_url)
+        } else {
+            None
+        };
         if let Some(c) = &resume {
             tracing::info!(widget, %window, pages_done = c.pages_done, "resuming a window where it stopped");
             metrics::window_resumed(widget);
@@ -62,7 +72,12 @@ impl Pipeline {
             }
         }));
         let mut flight = Flight::default();
+        // Whether the page read last links to another: a window yields only between pages.
+        let mut more = false;
         let end = loop {
+            if more && yield_to.is_some_and(WidgetSlot::fresh_waiting) {
+                break Ok(WindowEnd::Yielded);
+            }
             // A fetch in flight is abandoned at shutdown: nothing of it was committed.
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break Ok(WindowEnd::Interrupted),
@@ -74,12 +89,17 @@ impl Pipeline {
                 Some(Ok(page)) => {
                     // A long window is progress, page by page: liveness never fails for it.
                     self.health.beat();
-                    let cursor = page.next.as_ref().map(|next| WindowCursor {
-                        widget: widget.to_owned(),
-                        window: window_url.clone(),
-                        next: next.to_string(),
-                        pages_done: page.index + 1,
-                    });
+                    let cursor =
+                        page.next
+                            .as_ref()
+                            .filter(|_| keeps_cursor)
+                            .map(|next| WindowCursor {
+                                widget: widget.to_owned(),
+                                window: window_url.clone(),
+                                next: next.to_string(),
+                                pages_done: page.index + 1,
+                            });
+                    more = page.next.is_some();
                     let mut batch = self.decide(page, &mut flight, stats).await?;
                     batch.cursor = cursor;
                     if self.sink.exactly_once() {

@@ -255,5 +255,7 @@ pub trait StateStore: Send + Sync {
         day: NaiveDate,
         now: DateTime<Utc>,
     ) -> Result<Vec<StoredCase>, StateError>;
+    /// How many cases of `widget` the state knows on `day`: what a read of the day costs.
+    fn day_cases(&self, widget: &str, day: NaiveDate) -> Result<u64, StateError>;
     fn stats(&self) -> Result<StateStats, StateError>;
 }

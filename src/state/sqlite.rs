@@ -414,6 +414,15 @@ impl StateStore for SqliteStore {
             .collect()
     }
 
+    fn day_cases(&self, widget: &str, day: NaiveDate) -> Result<u64, StateError> {
+        let count: i64 = self
+            .conn()
+            .prepare_cached("SELECT COUNT(*) FROM cases WHERE widget = ?1 AND day = ?2")
+            .and_then(|mut stmt| stmt.query_row(params![widget, day.to_string()], |r| r.get(0)))
+            .map_err(self.err())?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     fn due_cases(
         &self,
         widget: &str,
@@ -588,6 +597,10 @@ mod tests {
         due.sort_by(|a, b| a.id.cmp(&b.id));
         assert_eq!(due.len(), 2);
         assert_eq!((due[0].id.as_str(), due[1].id.as_str()), ("a", "f"));
+        // Every case of the day counts toward what reading it costs, due or not.
+        assert_eq!(store.day_cases("w1", day("2026-01-01")).unwrap(), 4);
+        assert_eq!(store.day_cases("w1", day("2026-01-04")).unwrap(), 0);
+        assert_eq!(store.day_cases("w2", day("2026-01-01")).unwrap(), 0);
     }
 
     #[test]

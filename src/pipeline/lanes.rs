@@ -1,0 +1,306 @@
+//! The poll loop's two lanes, sharing the widgets and the request budget.
+//!
+//! The fresh lane reads the widgets' fresh windows every poll interval, rationed by
+//! [`scheduler::ration`]. The backlog lane reads the catch-up days and the due re-checks with
+//! what the fresh windows leave of the budget. A backlog window can be a whole day of 50 pages
+//! and more: when both kinds shared one cycle, a cycle ended with its slowest window, and a
+//! day's final read held back every widget's next fresh read.
+//!
+//! A widget's windows are still read one at a time: two windows deciding the same case at
+//! once would both announce it. A fresh read waiting for its widget makes the backlog window
+//! stop at its next page; that window goes on from its saved cursor in a later cycle.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use tokio_util::sync::CancellationToken;
+
+use super::cycle::WidgetCycle;
+use super::progress::CatchUpProgress;
+use super::scheduler::{self, Activity, Task};
+use super::{CycleStats, MAX_CONCURRENT_WIDGETS, PRUNE_EVERY, Pipeline, PipelineError};
+use super::{RECHECK_DAYS_PER_CYCLE, metrics};
+use crate::state::WidgetProgress;
+
+/// Which lane reads a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Lane {
+    Fresh,
+    Backlog,
+}
+
+impl Lane {
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Lane::Fresh => "fresh",
+            Lane::Backlog => "backlog",
+        }
+    }
+}
+
+/// One widget, as both lanes share it.
+pub(super) struct WidgetSlot {
+    /// Held while one of the widget's windows is read.
+    reading: tokio::sync::Mutex<()>,
+    /// A fresh read waits for `reading`: the backlog window holding it stops at its next page.
+    fresh_waiting: AtomicBool,
+    progress: Mutex<WidgetProgress>,
+    activity: Mutex<Activity>,
+}
+
+impl WidgetSlot {
+    pub(super) fn new(progress: WidgetProgress) -> Self {
+        Self {
+            reading: tokio::sync::Mutex::new(()),
+            fresh_waiting: AtomicBool::new(false),
+            progress: Mutex::new(progress),
+            activity: Mutex::new(Activity::default()),
+        }
+    }
+
+    pub(super) fn progress(&self) -> WidgetProgress {
+        self.progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Changes the progress and returns it as changed. Only a lane holding the widget calls
+    /// this, so the widget's progress is written to the state in the order it changes.
+    pub(super) fn update_progress(
+        &self,
+        change: impl FnOnce(&mut WidgetProgress),
+    ) -> WidgetProgress {
+        let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        change(&mut progress);
+        progress.clone()
+    }
+
+    fn activity(&self) -> Activity {
+        *self.activity.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn record(&self, change: impl FnOnce(&mut Activity)) {
+        change(&mut self.activity.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// The widget to this lane alone, for its windows of one cycle. `None`: shutdown came
+    /// first.
+    pub(super) async fn take(
+        &self,
+        lane: Lane,
+        shutdown: &CancellationToken,
+    ) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if lane == Lane::Fresh {
+            self.fresh_waiting.store(true, Ordering::Relaxed);
+        }
+        let taken = tokio::select! {
+            taken = self.reading.lock() => Some(taken),
+            _ = shutdown.cancelled() => None,
+        };
+        if lane == Lane::Fresh {
+            self.fresh_waiting.store(false, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// Whether a fresh read waits for the backlog window being read.
+    pub(super) fn fresh_waiting(&self) -> bool {
+        self.fresh_waiting.load(Ordering::Relaxed)
+    }
+}
+
+/// The configured widgets, in their order.
+pub(super) struct Widgets(pub(super) Vec<(String, WidgetSlot)>);
+
+impl Widgets {
+    pub(super) fn progress(&self) -> HashMap<String, WidgetProgress> {
+        self.0
+            .iter()
+            .map(|(w, s)| (w.clone(), s.progress()))
+            .collect()
+    }
+
+    fn activity(&self) -> HashMap<String, Activity> {
+        self.0
+            .iter()
+            .map(|(w, s)| (w.clone(), s.activity()))
+            .collect()
+    }
+
+    fn slot(&self, widget: &str) -> Option<&WidgetSlot> {
+        self.0.iter().find(|(w, _)| w == widget).map(|(_, s)| s)
+    }
+}
+
+impl Pipeline {
+    /// Reads the fresh windows every poll interval until `shutdown`.
+    pub(super) async fn fresh_lane(
+        &self,
+        widgets: &Widgets,
+        shutdown: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let interval = self.settings.poll_interval;
+        let mut budget_note = None;
+        let mut since = (Instant::now(), self.client.requests_sent());
+        while !shutdown.is_cancelled() {
+            self.health.beat();
+            let cycle_started = Instant::now();
+            let now = self.clock.now();
+            let progress = widgets.progress();
+            let due: Vec<String> = widgets
+                .0
+                .iter()
+                .map(|(w, _)| w)
+                .filter(|w| scheduler::fresh_due(&progress[*w], now, interval))
+                .cloned()
+                .collect();
+            let read =
+                self.ration_fresh(due, &progress, &widgets.activity(), now, &mut budget_note);
+            let mut reads = Vec::new();
+            for widget in &read {
+                if let Some(slot) = widgets.slot(widget) {
+                    reads.push(self.read_widget(
+                        widget,
+                        slot,
+                        Lane::Fresh,
+                        &[Task::Fresh],
+                        now,
+                        shutdown,
+                    ));
+                }
+            }
+            let cycles: Vec<WidgetCycle> = futures::stream::iter(reads)
+                .buffer_unordered(MAX_CONCURRENT_WIDGETS)
+                .try_collect()
+                .await?;
+            let mut stats = CycleStats::default();
+            for cycle in cycles {
+                stats.add(&cycle.stats);
+                if let (Some(fresh), Some(slot)) = (cycle.fresh, widgets.slot(&cycle.widget)) {
+                    slot.record(|a| a.fresh_read(fresh.pages, fresh.created, fresh.staleness));
+                }
+            }
+            // Requests of both lanes since the cycle before, over what the budget allowed.
+            let requests = self.client.requests_sent();
+            let allowed = self.budget_per_interval()
+                * (since.0.elapsed().as_secs_f64()
+                    / self.clock.real_duration(interval).as_secs_f64().max(1e-9));
+            if allowed > 0.0 {
+                metrics::budget_use(requests.saturating_sub(since.1) as f64 / allowed);
+            }
+            since = (cycle_started, requests);
+            self.report_cycle(
+                Lane::Fresh,
+                &stats,
+                cycle_started.elapsed(),
+                &widgets.progress(),
+            )
+            .await;
+            self.wait_rest_of_interval(cycle_started, shutdown).await;
+        }
+        Ok(())
+    }
+
+    /// Reads catch-up days and due re-checks, with what the fresh windows leave of the
+    /// budget, until `shutdown`; prunes the state now and then.
+    pub(super) async fn backlog_lane(
+        &self,
+        widgets: &Widgets,
+        shutdown: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let schedule = self.schedule();
+        let mut catch_up = CatchUpProgress::new(&widgets.progress(), self.fresh_start());
+        // The first prune comes one period after start, not at once: a start is busy enough
+        // (a catch-up's first days, a migrated state's first prune would both land together).
+        let mut last_prune = Instant::now();
+        while !shutdown.is_cancelled() {
+            self.health.beat();
+            let cycle_started = Instant::now();
+            let now = self.clock.now();
+            let recheck_before = scheduler::recheck_before(now, &schedule);
+            let activity = widgets.activity();
+            let mut plans = Vec::new();
+            for (widget, slot) in &widgets.0 {
+                let progress = slot.progress();
+                let w = widget.clone();
+                let due = self
+                    .state(move |s| s.due_days(&w, now, recheck_before, RECHECK_DAYS_PER_CYCLE))
+                    .await?;
+                let mut tasks = Vec::new();
+                for task in scheduler::plan_widget(&progress, now, &schedule, &due) {
+                    let day = match task {
+                        Task::Fresh => continue,
+                        Task::CatchUp(day) => day,
+                        Task::Recheck(due) => due.day,
+                    };
+                    let w = widget.clone();
+                    let known = self.state(move |s| s.day_cases(&w, day)).await?;
+                    let window = scheduler::window_for(task, &progress, now, &schedule);
+                    let unknown = activity.get(widget).copied().unwrap_or_default().day_pages;
+                    tasks.push((task, scheduler::backlog_pages(&window, known, unknown)));
+                }
+                plans.push((widget.clone(), tasks));
+            }
+            // What the fresh windows are expected to spend each interval stays theirs.
+            let fresh: f64 = activity.values().map(|a| a.fresh_pages).sum();
+            let budget = (self.budget_per_interval() - fresh).max(0.0);
+            let plans = self.ration_backlog(plans, now, budget);
+            let mut reads = Vec::new();
+            for (widget, tasks) in &plans {
+                if let Some(slot) = widgets.slot(widget) {
+                    reads.push(self.read_widget(widget, slot, Lane::Backlog, tasks, now, shutdown));
+                }
+            }
+            let cycles: Vec<WidgetCycle> = futures::stream::iter(reads)
+                .buffer_unordered(MAX_CONCURRENT_WIDGETS)
+                .try_collect()
+                .await?;
+            let mut stats = CycleStats::default();
+            for cycle in cycles {
+                stats.add(&cycle.stats);
+                if let Some(slot) = widgets.slot(&cycle.widget) {
+                    for pages in cycle.day_pages {
+                        slot.record(|a| a.day_read(pages));
+                        catch_up.day_done();
+                    }
+                }
+            }
+            if !shutdown.is_cancelled()
+                && self.clock.virtual_duration(last_prune.elapsed()) >= PRUNE_EVERY
+            {
+                stats.pruned = self.prune(&widgets.progress(), shutdown).await?;
+                last_prune = Instant::now();
+            }
+            let progress = widgets.progress();
+            self.report_cycle(Lane::Backlog, &stats, cycle_started.elapsed(), &progress)
+                .await;
+            let fresh_start = self.fresh_start();
+            catch_up.show(&progress, fresh_start);
+            let still_catching_up = progress
+                .values()
+                .any(|p| scheduler::next_catch_up(p, fresh_start).is_some());
+            // A catch-up goes on at once, as fast as the budget allows.
+            if !(still_catching_up && stats.window_errors == 0) {
+                self.wait_rest_of_interval(cycle_started, shutdown).await;
+            }
+        }
+        catch_up.finish();
+        Ok(())
+    }
+
+    /// Waits until the poll interval has passed since `cycle_started`, measured on the
+    /// monotonic clock: a wall clock stepped back must not stretch the wait.
+    async fn wait_rest_of_interval(&self, cycle_started: Instant, shutdown: &CancellationToken) {
+        let elapsed = self.clock.virtual_duration(cycle_started.elapsed());
+        let wait = self.settings.poll_interval.saturating_sub(elapsed);
+        self.health.beat_for(self.clock.real_duration(wait));
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = self.clock.sleep(wait) => {}
+        }
+    }
+}
