@@ -1001,7 +1001,7 @@ fn probe_state(dir: &Path, size: u64) {
     // What the pipeline asks at start: widget progress and due re-check days.
     let _ = store.widget("w1").unwrap();
     let _ = store
-        .due_days("w1", Utc::now(), Utc::now().date_naive(), 4)
+        .due_days("w1", Utc::now(), Utc::now().date_naive(), None, 4)
         .unwrap();
     let startup = started.elapsed();
     let pages = 1000;

@@ -158,14 +158,14 @@ const BUDGET_USE: Metric = metric(
     "casestream_budget_use_ratio",
     Gauge,
     None,
-    "Logs API requests the last poll cycle spent, over those the rate limit allows per poll interval",
+    "Logs API requests spent since the fresh lane's cycle before, over those the rate limit allowed in that time",
     &[],
 );
 const STALENESS: Metric = metric(
     "casestream_widget_staleness_intervals",
     Gauge,
     None,
-    "Poll intervals since the fresh window of a widget was last read completely, as of the last cycle",
+    "Poll intervals since the fresh window of a widget was last read completely, as of the fresh lane's last plan",
     &["widget"],
 );
 const WINDOW_SECONDS: Metric = metric(

@@ -13,7 +13,7 @@ use super::scheduler::{self, Activity, FreshDemand, RecheckDemand, Task};
 use super::window::{WindowEnd, WindowFailure};
 use super::{CycleStats, Pipeline, PipelineError};
 use crate::metrics;
-use crate::state::WidgetProgress;
+use crate::state::{DueDay, WidgetProgress};
 
 /// What one widget's reads of a cycle did, for the cycle's line and the budget's estimates.
 #[derive(Debug, Default)]
@@ -126,20 +126,20 @@ impl Pipeline {
             .enumerate()
             .flat_map(|(i, (_, tasks))| tasks.iter().map(move |(t, cost)| (i, *t, *cost)))
             .collect();
-        let rechecks: Vec<&(usize, Task, f64)> = tasks
+        let rechecks: Vec<(usize, DueDay, f64)> = tasks
             .iter()
-            .filter(|(_, task, _)| matches!(task, Task::Recheck(_)))
+            .filter_map(|&(i, task, cost)| match task {
+                Task::Recheck(due) => Some((i, due, cost)),
+                _ => None,
+            })
             .collect();
+        let interval = self.settings.poll_interval;
         let demands: Vec<RecheckDemand> = rechecks
             .iter()
-            .map(|(_, task, cost)| RecheckDemand {
+            .map(|(_, due, cost)| RecheckDemand {
                 cost: *cost,
-                overdue: match task {
-                    Task::Recheck(due) => {
-                        scheduler::intervals_since(due.due_since, now, self.settings.poll_interval)
-                    }
-                    _ => 0.0,
-                },
+                overdue: scheduler::intervals_since(due.due_since, now, interval),
+                newest_age: scheduler::intervals_since(due.last_end, now, interval),
             })
             .collect();
         let rationed = scheduler::ration_rechecks(&demands, budget, self.settings.max_staleness);
@@ -152,27 +152,26 @@ impl Pipeline {
         let read: Vec<(usize, Task)> = rationed
             .read
             .iter()
-            .map(|&r| (rechecks[r].0, rechecks[r].1))
+            .map(|&r| (rechecks[r].0, Task::Recheck(rechecks[r].1)))
             .chain(catch_up.read.iter().map(|&d| (days[d].0, days[d].1)))
             .collect();
-        plans
-            .into_iter()
-            .enumerate()
-            .map(|(i, (widget, tasks))| {
-                let kept = tasks
-                    .into_iter()
-                    .map(|(task, _)| task)
-                    .filter(|task| read.contains(&(i, *task)))
-                    .collect();
-                (widget, kept)
-            })
-            .filter(|(_, tasks): &(String, Vec<Task>)| !tasks.is_empty())
-            .collect()
+        // In the order rationed: the widget with the youngest due cases starts first, and
+        // reads them first.
+        let mut out: Vec<(String, Vec<Task>)> = Vec::new();
+        let mut at: HashMap<usize, usize> = HashMap::new();
+        for (i, task) in read {
+            let k = *at.entry(i).or_insert_with(|| {
+                out.push((plans[i].0.clone(), Vec::new()));
+                out.len() - 1
+            });
+            out[k].1.push(task);
+        }
+        out
     }
 
     /// Reads one widget's windows of this cycle, in order, holding the widget. A backlog
-    /// window stops at its next page when a fresh read waits for the widget: the rest waits
-    /// for the lane's next cycle.
+    /// window stops at its next page when a fresh read waits for the widget, and goes on
+    /// from its cursor once that read is done.
     pub(super) async fn read_widget(
         &self,
         widget: &str,
@@ -187,11 +186,14 @@ impl Pipeline {
             widget: widget.to_owned(),
             ..WidgetCycle::default()
         };
-        let Some(_reading) = slot.take(lane, shutdown).await else {
+        let Some(mut reading) = slot.take(lane, shutdown).await else {
             return Ok(out);
         };
         let yield_to = (lane == Lane::Backlog).then_some(slot);
-        for &task in tasks {
+        let mut next = 0;
+        let mut stopped = None;
+        while let Some(&task) = tasks.get(next) {
+            next += 1;
             if shutdown.is_cancelled() {
                 break;
             }
@@ -199,7 +201,9 @@ impl Pipeline {
             let progress = slot.progress();
             let window = scheduler::window_for(task, &progress, cycle_started, &schedule);
             let started = Instant::now();
-            let window_started = self.clock.now();
+            // A window that stopped for a fresh read started when its first part did: due
+            // cases it read then may fall due again before it ends.
+            let window_started = stopped.take().unwrap_or_else(|| self.clock.now());
             let mut read = CycleStats::default();
             let end = self
                 .read_window(widget, task, window, yield_to, shutdown, &mut read)
@@ -228,7 +232,18 @@ impl Pipeline {
                     self.window_done(widget, task, cycle_started, window_started, slot, shutdown)
                         .await?;
                 }
-                Ok(WindowEnd::Interrupted | WindowEnd::Yielded) => break,
+                Ok(WindowEnd::Interrupted) => break,
+                Ok(WindowEnd::Yielded) => {
+                    // The fresh read has the widget; then the same window goes on from its
+                    // cursor (it stopped after a page, so it always moves on).
+                    drop(reading);
+                    reading = match slot.take(lane, shutdown).await {
+                        Some(taken) => taken,
+                        None => break,
+                    };
+                    next -= 1;
+                    stopped = Some(window_started);
+                }
                 Err(WindowFailure::Client(e)) => {
                     out.stats.window_errors += 1;
                     metrics::window_error(widget, e.kind());

@@ -21,8 +21,10 @@ use tokio_util::sync::CancellationToken;
 use super::cycle::WidgetCycle;
 use super::progress::CatchUpProgress;
 use super::scheduler::{self, Activity, Task};
+use super::tracker;
 use super::{CycleStats, MAX_CONCURRENT_WIDGETS, PRUNE_EVERY, Pipeline, PipelineError};
 use super::{RECHECK_DAYS_PER_CYCLE, metrics};
+use crate::snapengage::WindowMode;
 use crate::state::WidgetProgress;
 
 /// Which lane reads a window.
@@ -222,13 +224,19 @@ impl Pipeline {
             let cycle_started = Instant::now();
             let now = self.clock.now();
             let recheck_before = scheduler::recheck_before(now, &schedule);
+            // A rolling window can read a day's recent hours alone; a `dates` window reads the
+            // whole day whatever its due cases.
+            let split_at = (schedule.mode == WindowMode::Datetimes)
+                .then(|| tracker::frequent_checks_since(now, &self.settings.tracker));
             let activity = widgets.activity();
             let mut plans = Vec::new();
             for (widget, slot) in &widgets.0 {
                 let progress = slot.progress();
                 let w = widget.clone();
                 let due = self
-                    .state(move |s| s.due_days(&w, now, recheck_before, RECHECK_DAYS_PER_CYCLE))
+                    .state(move |s| {
+                        s.due_days(&w, now, recheck_before, split_at, RECHECK_DAYS_PER_CYCLE)
+                    })
                     .await?;
                 let mut tasks = Vec::new();
                 for task in scheduler::plan_widget(&progress, now, &schedule, &due) {

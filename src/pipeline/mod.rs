@@ -265,7 +265,6 @@ impl Pipeline {
                 slot.update_progress(|p| p.last_fresh_poll = Some(cycle_started))
             }
             Task::Recheck(due) => {
-                let day = due.day;
                 // Due cases the API no longer returned: move their next check on, or they
                 // would make this day due forever. Due as of the window's start: a case that
                 // fell due while the window was read was read before it was due, and its
@@ -273,7 +272,7 @@ impl Pipeline {
                 let (w, now, settings) =
                     (widget.to_owned(), self.clock.now(), self.settings.tracker);
                 let unseen = self
-                    .state(move |s| s.due_cases(&w, day, window_started))
+                    .state(move |s| s.due_cases(&w, &due, window_started))
                     .await?;
                 changes.extend(unseen.into_iter().map(|mut c| {
                     c.record.next_check = tracker::next_check(c.record.chat_end, now, &settings);

@@ -362,16 +362,25 @@ pub struct RecheckDemand {
     pub cost: f64,
     /// Poll intervals since the first of its cases fell due.
     pub overdue: f64,
+    /// Poll intervals since the newest of its due cases' chats ended.
+    pub newest_age: f64,
 }
 
-/// Spends what the fresh windows left on due re-checks, longest waiting first. A re-check
-/// that would otherwise wait past `max_staleness` intervals is read whatever the budget, so
-/// re-checks falling due together (every widget's at the same grid time) spread over a few
-/// cycles instead of crowding out the fresh windows, and none waits long.
+/// Spends what the fresh windows left on due re-checks, the youngest cases first: surveys
+/// come mostly in the first hours after a chat, and at the grids' shared points (midnight
+/// above all) the re-checks of every widget's older days fall due with them. A re-check that
+/// would otherwise wait past `max_staleness` intervals is read whatever the budget, so
+/// re-checks falling due together spread over a few cycles instead of crowding out the fresh
+/// windows, and none waits long.
 pub fn ration_rechecks(demands: &[RecheckDemand], budget: f64, max_staleness: u32) -> Ration {
     let cap = f64::from(max_staleness.max(1));
     let mut order: Vec<usize> = (0..demands.len()).collect();
-    order.sort_by(|&a, &b| demands[b].overdue.total_cmp(&demands[a].overdue));
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&demands[a], &demands[b]);
+        a.newest_age
+            .total_cmp(&b.newest_age)
+            .then(b.overdue.total_cmp(&a.overdue))
+    });
     let (forced, optional) = order
         .into_iter()
         .partition(|&i| demands[i].overdue + 1.0 > cap);
@@ -744,7 +753,7 @@ mod tests {
             while !waiting.is_empty() {
                 let demands: Vec<RecheckDemand> = waiting
                     .iter()
-                    .map(|&(i, overdue)| RecheckDemand { cost: costs[i], overdue })
+                    .map(|&(i, overdue)| RecheckDemand { cost: costs[i], overdue, newest_age: i as f64 })
                     .collect();
                 let r = ration_rechecks(&demands, budget - fresh_spent, cap);
                 let forced_cost: f64 = demands.iter().filter(|d| d.overdue + 1.0 > f64::from(cap)).map(|d| d.cost).sum();
@@ -758,6 +767,29 @@ mod tests {
                 prop_assert!(cycles <= cap + 1);
             }
         }
+    }
+
+    #[test]
+    fn rechecks_of_the_youngest_cases_go_first_and_none_waits_past_the_cap() {
+        let demand = |newest_age: f64, overdue: f64| RecheckDemand {
+            cost: 40.0,
+            overdue,
+            newest_age,
+        };
+        // Midnight: yesterday's whole day (its newest case 10 min old: 20 intervals) and
+        // the day before (a day old) fall due together, with a 10-minute check of today.
+        let demands = [demand(2_900.0, 0.0), demand(20.0, 0.0), demand(2.0, 0.0)];
+        let r = ration_rechecks(&demands, 90.0, 5);
+        assert_eq!(r.read, [2, 1]);
+        assert_eq!(r.deferred, [0]);
+        // Whatever its age, a re-check about to wait past the cap is read first, over the
+        // budget if need be; the youngest of the others take what it leaves.
+        let demands = [demand(2_900.0, 4.5), demand(20.0, 0.0), demand(2.0, 0.0)];
+        let r = ration_rechecks(&demands, 90.0, 5);
+        assert_eq!(r.read, [0, 2]);
+        assert_eq!(r.deferred, [1]);
+        let r = ration_rechecks(&demands, 10.0, 5);
+        assert_eq!((r.read.as_slice(), r.spent), ([0].as_slice(), 40.0));
     }
 
     #[test]

@@ -59,6 +59,17 @@ fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
+/// Chats that ended from then on are still checked on the first grid, every 10 minutes: the
+/// re-checks worth reading apart from their day's older cases, which fall due with them at
+/// the grids' shared points.
+pub fn frequent_checks_since(now: DateTime<Utc>, settings: &TrackerSettings) -> DateTime<Utc> {
+    let (first_grid_until, _) = RECHECK_GRIDS[0];
+    now.checked_sub_signed(
+        chrono::Duration::from_std(settings.settle + first_grid_until).unwrap_or_default(),
+    )
+    .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 /// The next time to look for a survey after `now`: the first grid point at or after settle,
 /// then the next point of the grid for the case's age, never past the horizon (the last check
 /// is at the horizon); `None` from then on.
@@ -225,6 +236,19 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn frequent_checks_are_those_of_chats_ended_since_the_cutoff() {
+        let now = t(30 * 3600);
+        let cutoff = frequent_checks_since(now, &SETTINGS);
+        let minutes = |chat_end: DateTime<Utc>| {
+            (next_check(chat_end, now, &SETTINGS).unwrap() - now).num_minutes()
+        };
+        // Ended just after the cutoff: the next check within 10 minutes.
+        assert!(minutes(cutoff + chrono::Duration::seconds(1)) <= 10);
+        // Ended just before: the 2-hour grid.
+        assert!(minutes(cutoff - chrono::Duration::seconds(1)) > 10);
     }
 
     #[test]

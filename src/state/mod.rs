@@ -240,19 +240,23 @@ pub trait StateStore: Send + Sync {
         self.apply(&[Change::Widget { widget, progress }], None)
     }
     /// Days before `before` with cases of `widget` whose re-check is due at `now`, oldest first,
-    /// with the span of those cases' chat ends.
+    /// with the span of those cases' chat ends. With `split_at`, a day's due cases whose chats
+    /// ended from then on are a day of their own, after the older ones: a re-check of recent
+    /// cases then reads their hours, not the whole day that falls due with them.
     fn due_days(
         &self,
         widget: &str,
         now: DateTime<Utc>,
         before: NaiveDate,
+        split_at: Option<DateTime<Utc>>,
         limit: usize,
     ) -> Result<Vec<DueDay>, StateError>;
-    /// Cases of one widget and day whose re-check is due at `now`.
+    /// Cases of `due`'s widget and day, in its span of chat ends, whose re-check is due at
+    /// `now`.
     fn due_cases(
         &self,
         widget: &str,
-        day: NaiveDate,
+        due: &DueDay,
         now: DateTime<Utc>,
     ) -> Result<Vec<StoredCase>, StateError>;
     /// How many cases of `widget` the state knows on `day`: what a read of the day costs.

@@ -375,6 +375,7 @@ impl StateStore for SqliteStore {
         widget: &str,
         now: DateTime<Utc>,
         before: NaiveDate,
+        split_at: Option<DateTime<Utc>>,
         limit: usize,
     ) -> Result<Vec<DueDay>, StateError> {
         let conn = self.conn();
@@ -384,7 +385,7 @@ impl StateStore for SqliteStore {
                 "SELECT day, MIN(chat_end_ms), MAX(chat_end_ms), MIN(next_check_ms) FROM cases
                  WHERE widget = ?1 AND next_check_ms IS NOT NULL AND next_check_ms <= ?2
                    AND day < ?3
-                 GROUP BY day ORDER BY day LIMIT ?4",
+                 GROUP BY day, chat_end_ms >= ?5 ORDER BY day, 2 LIMIT ?4",
             )
             .map_err(&err)?;
         let rows: Vec<(String, i64, i64, i64)> = stmt
@@ -393,7 +394,8 @@ impl StateStore for SqliteStore {
                     widget,
                     now.timestamp_millis(),
                     before.to_string(),
-                    i64::try_from(limit).unwrap_or(i64::MAX)
+                    i64::try_from(limit).unwrap_or(i64::MAX),
+                    split_at.map_or(i64::MIN, |t| t.timestamp_millis())
                 ],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
@@ -426,7 +428,7 @@ impl StateStore for SqliteStore {
     fn due_cases(
         &self,
         widget: &str,
-        day: NaiveDate,
+        due: &DueDay,
         now: DateTime<Utc>,
     ) -> Result<Vec<StoredCase>, StateError> {
         let conn = self.conn();
@@ -434,11 +436,19 @@ impl StateStore for SqliteStore {
         let mut stmt = conn
             .prepare_cached(&format!(
                 "SELECT id, {RECORD_COLUMNS} FROM cases
-                 WHERE widget = ?1 AND next_check_ms IS NOT NULL AND next_check_ms <= ?2 AND day = ?3"
+                 WHERE widget = ?1 AND next_check_ms IS NOT NULL AND next_check_ms <= ?2 AND day = ?3
+                   AND chat_end_ms BETWEEN ?4 AND ?5"
             ))
             .map_err(&err)?;
+        let day = due.day;
         stmt.query_map(
-            params![widget, now.timestamp_millis(), day.to_string()],
+            params![
+                widget,
+                now.timestamp_millis(),
+                day.to_string(),
+                due.first_end.timestamp_millis(),
+                due.last_end.timestamp_millis()
+            ],
             |row| {
                 Ok(StoredCase {
                     id: row.get(0)?,
@@ -561,7 +571,7 @@ mod tests {
         late.record.chat_end = t(2_500);
         store.commit_cases(&[late]).unwrap();
         let days = store
-            .due_days("w1", t(6_000), day("2026-01-03"), 10)
+            .due_days("w1", t(6_000), day("2026-01-03"), None, 10)
             .unwrap();
         assert_eq!(
             days,
@@ -582,21 +592,52 @@ mod tests {
         );
         assert_eq!(
             store
-                .due_days("w1", t(6_000), day("2026-01-03"), 1)
+                .due_days("w1", t(6_000), day("2026-01-03"), None, 1)
                 .unwrap()
                 .len(),
             1
         );
         assert!(
             store
-                .due_days("w2", t(6_000), day("2026-01-03"), 10)
+                .due_days("w2", t(6_000), day("2026-01-03"), None, 10)
                 .unwrap()
                 .is_empty()
         );
-        let mut due = store.due_cases("w1", day("2026-01-01"), t(6_000)).unwrap();
+        let mut due = store.due_cases("w1", &days[0], t(6_000)).unwrap();
         due.sort_by(|a, b| a.id.cmp(&b.id));
         assert_eq!(due.len(), 2);
         assert_eq!((due[0].id.as_str(), due[1].id.as_str()), ("a", "f"));
+        // Split at a chat end: the later chats of a day are a day of their own, after the
+        // earlier ones, and each one's due cases are those of its span.
+        let split = store
+            .due_days("w1", t(6_000), day("2026-01-03"), Some(t(2_200)), 10)
+            .unwrap();
+        let spans: Vec<_> = split
+            .iter()
+            .map(|d| (d.day, d.first_end, d.last_end))
+            .collect();
+        assert_eq!(
+            spans,
+            [
+                (day("2026-01-01"), t(2_000), t(2_000)),
+                (day("2026-01-01"), t(2_500), t(2_500)),
+                (day("2026-01-02"), t(2_000), t(2_000)),
+            ]
+        );
+        let ids = |due: &DueDay| -> Vec<String> {
+            let mut ids: Vec<String> = store
+                .due_cases("w1", due, t(6_000))
+                .unwrap()
+                .into_iter()
+                .map(|c| c.id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(
+            (ids(&split[0]), ids(&split[1])),
+            (vec!["a".to_owned()], vec!["f".to_owned()])
+        );
         // Every case of the day counts toward what reading it costs, due or not.
         assert_eq!(store.day_cases("w1", day("2026-01-01")).unwrap(), 4);
         assert_eq!(store.day_cases("w1", day("2026-01-04")).unwrap(), 0);
