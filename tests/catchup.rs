@@ -312,24 +312,7 @@ async fn the_last_check_of_the_horizon_is_never_skipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_backlog_window_never_holds_back_fresh_cases() {
     let bootstrap = kafka_bootstrap().await;
-    // Real speed, past midnight and its grace period: the 20 h history is mostly yesterday,
-    // a catch-up day of 70 pages and more, each link slow.
-    let clock = Clock::scaled(at("2026-03-11T00:45:00Z"), 1.0);
-    let sim = start_simulator(
-        SimConfig {
-            widgets: vec!["w1".into()],
-            page_size: 10,
-            cases_per_hour: 40.0,
-            history: Duration::from_secs(20 * 3600),
-            faults: Faults {
-                slow_cursor_ms: 150,
-                ..Faults::default()
-            },
-            ..SimConfig::default()
-        },
-        clock.clone(),
-    )
-    .await;
+    let (clock, sim) = long_catch_up_day(150).await;
     let prefix = unique_prefix("lanes");
     let dir = tempfile::tempdir().unwrap();
     let admin = free_port();
@@ -337,13 +320,8 @@ async fn a_long_backlog_window_never_holds_back_fresh_cases() {
         c.pipeline.poll_interval = Duration::from_secs(1);
         c.admin.addr = ([127, 0, 0, 1], admin).into();
     });
-    let yesterday = NaiveDate::from_ymd_opt(2026, 3, 10).unwrap();
-    let caught_up = || {
-        SqliteStore::open_read_only(dir.path())
-            .ok()
-            .and_then(|s| s.widget("w1").ok().flatten())
-            .is_some_and(|p| p.caught_up_through == Some(yesterday))
-    };
+    let yesterday: NaiveDate = LONG_DAY.parse().unwrap();
+    let caught_up = || caught_up_through(dir.path(), "w1") == Some(yesterday);
     let day_pages = sim
         .sim
         .visible_cases("w1")
@@ -357,12 +335,7 @@ async fn a_long_backlog_window_never_holds_back_fresh_cases() {
     eventually(
         Duration::from_secs(60),
         "the catch-up day under way",
-        async || {
-            SqliteStore::open_read_only(dir.path())
-                .ok()
-                .and_then(|s| s.window_cursor("w1").ok().flatten())
-                .is_some_and(|c| c.pages_done >= 5)
-        },
+        async || saved_cursor(dir.path(), "w1").is_some_and(|c| c.pages_done >= 5),
     )
     .await;
     let mut case = sim.sim.make_case("w1");

@@ -138,30 +138,13 @@ async fn a_clock_stepped_back_does_not_stall_polling() {
 /// every interval), backlog windows do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_resumes_a_long_window_where_it_stopped() {
-    use casestream::state::{SqliteStore, StateStore};
     let bootstrap = kafka_bootstrap().await;
-    // Real speed, at a fixed hour: past midnight and its grace period, so the 20 h history
-    // lies mostly on yesterday, which the first start reads as a catch-up day.
-    let clock = Clock::scaled("2026-03-11T00:45:00Z".parse().unwrap(), 1.0);
-    let sim = start_simulator(
-        SimConfig {
-            widgets: vec!["w1".into()],
-            page_size: 10,
-            cases_per_hour: 40.0,
-            history: Duration::from_secs(20 * 3600),
-            faults: Faults {
-                slow_cursor_ms: 60,
-                ..Faults::default()
-            },
-            ..SimConfig::default()
-        },
-        clock.clone(),
-    )
-    .await;
+    // The first start reads yesterday as a catch-up day.
+    let (clock, sim) = long_catch_up_day(60).await;
     let prefix = unique_prefix("resume");
     let dir = tempfile::tempdir().unwrap();
     let config = || forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |_| {});
-    let yesterday: chrono::NaiveDate = "2026-03-10".parse().unwrap();
+    let yesterday: chrono::NaiveDate = LONG_DAY.parse().unwrap();
     let created_on = |day: chrono::NaiveDate| {
         sim.sim
             .visible_cases("w1")
@@ -176,22 +159,18 @@ async fn a_restart_resumes_a_long_window_where_it_stopped() {
     };
     let window_pages = created_on(yesterday).div_ceil(10);
     assert!(window_pages >= 60, "a long window: {window_pages} pages");
-    let saved_cursor = || {
-        SqliteStore::open_read_only(dir.path())
-            .ok()
-            .and_then(|s| s.window_cursor("w1").ok().flatten())
-    };
+    let cursor = || saved_cursor(dir.path(), "w1");
 
     let first = RunningForwarder::start(config(), clock.clone());
     eventually(
         Duration::from_secs(60),
         "a third of the catch-up day read",
-        async || saved_cursor().is_some_and(|c| c.pages_done >= window_pages / 3),
+        async || cursor().is_some_and(|c| c.pages_done >= window_pages / 3),
     )
     .await;
     first.stop().await;
     let served_before = sim.sim.stats().pages_served;
-    let saved = saved_cursor().expect("the interrupted window left a cursor");
+    let saved = cursor().expect("the interrupted window left a cursor");
     assert!(saved.pages_done >= window_pages / 3, "{saved:?}");
     // Every case that existed when the first run stopped must be out once the window ends.
     let existing: Vec<String> = sim
@@ -205,12 +184,7 @@ async fn a_restart_resumes_a_long_window_where_it_stopped() {
     eventually(
         Duration::from_secs(60),
         "the catch-up day read to its end",
-        async || {
-            SqliteStore::open_read_only(dir.path())
-                .ok()
-                .and_then(|s| s.widget("w1").ok().flatten())
-                .is_some_and(|p| p.caught_up_through == Some(yesterday))
-        },
+        async || caught_up_through(dir.path(), "w1") == Some(yesterday),
     )
     .await;
     let served_after = sim.sim.stats().pages_served - served_before;

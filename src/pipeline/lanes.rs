@@ -162,26 +162,12 @@ impl Pipeline {
                 .collect();
             let read =
                 self.ration_fresh(due, &progress, &widgets.activity(), now, &mut budget_note);
-            let mut reads = Vec::new();
-            for widget in &read {
-                if let Some(slot) = widgets.slot(widget) {
-                    reads.push(self.read_widget(
-                        widget,
-                        slot,
-                        Lane::Fresh,
-                        &[Task::Fresh],
-                        now,
-                        shutdown,
-                    ));
-                }
-            }
-            let cycles: Vec<WidgetCycle> = futures::stream::iter(reads)
-                .buffer_unordered(MAX_CONCURRENT_WIDGETS)
-                .try_collect()
+            let plans: Vec<(String, Vec<Task>)> =
+                read.into_iter().map(|w| (w, vec![Task::Fresh])).collect();
+            let (stats, cycles) = self
+                .read_widgets(widgets, Lane::Fresh, &plans, now, shutdown)
                 .await?;
-            let mut stats = CycleStats::default();
             for cycle in cycles {
-                stats.add(&cycle.stats);
                 if let (Some(fresh), Some(slot)) = (cycle.fresh, widgets.slot(&cycle.widget)) {
                     slot.record(|a| a.fresh_read(fresh.pages, fresh.created, fresh.staleness));
                 }
@@ -257,19 +243,10 @@ impl Pipeline {
             let fresh: f64 = activity.values().map(|a| a.fresh_pages).sum();
             let budget = (self.budget_per_interval() - fresh).max(0.0);
             let plans = self.ration_backlog(plans, now, budget);
-            let mut reads = Vec::new();
-            for (widget, tasks) in &plans {
-                if let Some(slot) = widgets.slot(widget) {
-                    reads.push(self.read_widget(widget, slot, Lane::Backlog, tasks, now, shutdown));
-                }
-            }
-            let cycles: Vec<WidgetCycle> = futures::stream::iter(reads)
-                .buffer_unordered(MAX_CONCURRENT_WIDGETS)
-                .try_collect()
+            let (mut stats, cycles) = self
+                .read_widgets(widgets, Lane::Backlog, &plans, now, shutdown)
                 .await?;
-            let mut stats = CycleStats::default();
             for cycle in cycles {
-                stats.add(&cycle.stats);
                 if let Some(slot) = widgets.slot(&cycle.widget) {
                     for pages in cycle.day_pages {
                         slot.record(|a| a.day_read(pages));
@@ -298,6 +275,33 @@ impl Pipeline {
         }
         catch_up.finish();
         Ok(())
+    }
+
+    /// Reads each widget's windows of `plans`, up to [`MAX_CONCURRENT_WIDGETS`] widgets at
+    /// once: what they did, together and per widget.
+    async fn read_widgets(
+        &self,
+        widgets: &Widgets,
+        lane: Lane,
+        plans: &[(String, Vec<Task>)],
+        now: chrono::DateTime<chrono::Utc>,
+        shutdown: &CancellationToken,
+    ) -> Result<(CycleStats, Vec<WidgetCycle>), PipelineError> {
+        let mut reads = Vec::new();
+        for (widget, tasks) in plans {
+            if let Some(slot) = widgets.slot(widget) {
+                reads.push(self.read_widget(widget, slot, lane, tasks, now, shutdown));
+            }
+        }
+        let cycles: Vec<WidgetCycle> = futures::stream::iter(reads)
+            .buffer_unordered(MAX_CONCURRENT_WIDGETS)
+            .try_collect()
+            .await?;
+        let mut stats = CycleStats::default();
+        for cycle in &cycles {
+            stats.add(&cycle.stats);
+        }
+        Ok((stats, cycles))
     }
 
     /// Waits until the poll interval has passed since `cycle_started`, measured on the

@@ -282,6 +282,51 @@ pub async fn start_simulator(config: SimConfig, clock: Clock) -> RunningSimulato
 
 /// The settings every forwarder test starts from, built in Rust: what [`process_env`] sets,
 /// and what an in-process run on a fast virtual clock needs; `tweak` changes the rest.
+/// The day a first start on [`long_catch_up_day`]'s clock catches up on.
+pub const LONG_DAY: &str = "2026-03-10";
+
+/// One widget, `w1`, on a clock at real speed just past midnight and its grace period, with
+/// a 20 h history: mostly [`LONG_DAY`], a catch-up day of 70 pages and more (10 cases a
+/// page), each next-page link answered after `slow_cursor_ms`.
+pub async fn long_catch_up_day(slow_cursor_ms: u64) -> (Clock, RunningSimulator) {
+    let clock = Clock::scaled("2026-03-11T00:45:00Z".parse().expect("a time"), 1.0);
+    let sim = start_simulator(
+        SimConfig {
+            widgets: vec!["w1".into()],
+            page_size: 10,
+            cases_per_hour: 40.0,
+            history: Duration::from_secs(20 * 3600),
+            faults: casestream::simulator::Faults {
+                slow_cursor_ms,
+                ..casestream::simulator::Faults::default()
+            },
+            ..SimConfig::default()
+        },
+        clock.clone(),
+    )
+    .await;
+    (clock, sim)
+}
+
+/// The saved cursor of `widget`'s interrupted window in the state at `dir`, read beside a
+/// running forwarder.
+pub fn saved_cursor(
+    dir: &std::path::Path,
+    widget: &str,
+) -> Option<casestream::state::WindowCursor> {
+    use casestream::state::StateStore;
+    let store = casestream::state::SqliteStore::open_read_only(dir).ok()?;
+    store.window_cursor(widget).ok().flatten()
+}
+
+/// The last day `widget`'s catch-up read in the state at `dir`, read beside a running
+/// forwarder.
+pub fn caught_up_through(dir: &std::path::Path, widget: &str) -> Option<chrono::NaiveDate> {
+    use casestream::state::StateStore;
+    let store = casestream::state::SqliteStore::open_read_only(dir).ok()?;
+    store.widget(widget).ok().flatten()?.caught_up_through
+}
+
 pub fn forwarder_config(
     sim: &RunningSimulator,
     bootstrap: &str,
