@@ -186,7 +186,7 @@ const WINDOWS_RESUMED: Metric = metric(
     "casestream_windows_resumed_total",
     Counter,
     None,
-    "Windows that went on from a cursor saved before a restart",
+    "Windows that went on from a saved cursor: after a restart, or after stopping for a fresh read of their widget",
     &["widget"],
 );
 const KAFKA_DELIVERY_ERRORS: Metric = metric(

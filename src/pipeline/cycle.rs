@@ -200,10 +200,11 @@ impl Pipeline {
             self.health.beat();
             let progress = slot.progress();
             let window = scheduler::window_for(task, &progress, cycle_started, &schedule);
-            let started = Instant::now();
-            // A window that stopped for a fresh read started when its first part did: due
-            // cases it read then may fall due again before it ends.
-            let window_started = stopped.take().unwrap_or_else(|| self.clock.now());
+            // A window that stopped for a fresh read started when its first part did (due
+            // cases it read then may fall due again before it ends), with its pages so far.
+            let (window_started, started, pages_before) = stopped
+                .take()
+                .unwrap_or_else(|| (self.clock.now(), Instant::now(), 0));
             let mut read = CycleStats::default();
             let end = self
                 .read_window(widget, task, window, yield_to, shutdown, &mut read)
@@ -226,7 +227,7 @@ impl Pipeline {
                                 ),
                             });
                         }
-                        Task::CatchUp(_) => out.day_pages.push(read.pages),
+                        Task::CatchUp(_) => out.day_pages.push(pages_before + read.pages),
                         Task::Recheck(_) => {}
                     }
                     self.window_done(widget, task, cycle_started, window_started, slot, shutdown)
@@ -242,7 +243,7 @@ impl Pipeline {
                         None => break,
                     };
                     next -= 1;
-                    stopped = Some(window_started);
+                    stopped = Some((window_started, started, pages_before + read.pages));
                 }
                 Err(WindowFailure::Client(e)) => {
                     out.stats.window_errors += 1;

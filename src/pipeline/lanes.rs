@@ -8,7 +8,7 @@
 //!
 //! A widget's windows are still read one at a time: two windows deciding the same case at
 //! once would both announce it. A fresh read waiting for its widget makes the backlog window
-//! stop at its next page; that window goes on from its saved cursor in a later cycle.
+//! stop at its next page; that window goes on from its saved cursor once the read is done.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -173,14 +173,14 @@ impl Pipeline {
                 }
             }
             // Requests of both lanes since the cycle before, over what the budget allowed.
-            let requests = self.client.requests_sent();
+            let (at, requests) = (Instant::now(), self.client.requests_sent());
             let allowed = self.budget_per_interval()
-                * (since.0.elapsed().as_secs_f64()
+                * ((at - since.0).as_secs_f64()
                     / self.clock.real_duration(interval).as_secs_f64().max(1e-9));
             if allowed > 0.0 {
                 metrics::budget_use(requests.saturating_sub(since.1) as f64 / allowed);
             }
-            since = (cycle_started, requests);
+            since = (at, requests);
             self.report_cycle(
                 Lane::Fresh,
                 &stats,
@@ -231,11 +231,11 @@ impl Pipeline {
                         Task::CatchUp(day) => day,
                         Task::Recheck(due) => due.day,
                     };
-                    let w = widget.clone();
-                    let known = self.state(move |s| s.day_cases(&w, day)).await?;
                     let window = scheduler::window_for(task, &progress, now, &schedule);
+                    let (w, ends) = (widget.clone(), scheduler::chat_ends_of(&window));
+                    let known = self.state(move |s| s.cases_on(&w, day, ends)).await?;
                     let unknown = activity.get(widget).copied().unwrap_or_default().day_pages;
-                    tasks.push((task, scheduler::backlog_pages(&window, known, unknown)));
+                    tasks.push((task, scheduler::backlog_pages(known, unknown)));
                 }
                 plans.push((widget.clone(), tasks));
             }

@@ -279,22 +279,26 @@ impl Activity {
 /// Cases a Logs API page holds.
 const CASES_PER_PAGE: f64 = 100.0;
 
-/// Requests a backlog window (a catch-up day, a re-check) is expected to cost: the cases the
-/// state knows on its day, spread evenly over the day, in the part of it the window covers;
-/// `unknown` (recent whole-day reads) for a day the state knows nothing of. At least one.
-/// A rolling average of past re-checks would price a whole-day re-check (every case of a day
-/// falls due at the grid's midnight point) like the 10-minute ones before it.
-pub fn backlog_pages(window: &Window, day_cases: u64, unknown: f64) -> f64 {
-    if day_cases == 0 {
+/// The chat ends a backlog window's cases have, as far as the state can tell: a rolling
+/// window's bounds (a case is created within them, and ends soon after: the state keeps chat
+/// ends, not creation times), or the whole day for a `dates` window.
+pub fn chat_ends_of(window: &Window) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    match window {
+        Window::Dates { .. } => None,
+        Window::Times { start, end } => Some((*start, *end)),
+    }
+}
+
+/// Requests a backlog window (a catch-up day, a re-check) is expected to cost: the pages of
+/// the `known` cases the state has in it; `unknown` (recent whole-day reads) for a window the
+/// state knows nothing of. At least one. A rolling average of past re-checks would price a
+/// whole-day re-check (every case of a day falls due at the grid's midnight point) like the
+/// 10-minute ones before it.
+pub fn backlog_pages(known: u64, unknown: f64) -> f64 {
+    if known == 0 {
         return unknown.max(1.0);
     }
-    let share = match window {
-        Window::Dates { .. } => 1.0,
-        Window::Times { start, end } => {
-            ((*end - *start).num_milliseconds() as f64 / 86_400_000.0).clamp(0.0, 1.0)
-        }
-    };
-    (day_cases as f64 * share / CASES_PER_PAGE).ceil().max(1.0)
+    (known as f64 / CASES_PER_PAGE).ceil()
 }
 
 /// One widget's claim on this cycle's budget for its fresh window.
@@ -795,23 +799,27 @@ mod tests {
     #[test]
     fn a_backlog_window_costs_the_pages_of_the_cases_it_covers() {
         let day = NaiveDate::from_ymd_opt(2026, 3, 10).unwrap();
+        // 4,801 known cases: 49 pages, whatever recent reads cost.
+        assert_eq!(backlog_pages(4_801, 3.0), 49.0);
+        // A window the state knows nothing of (a first start's catch-up): recent whole days.
+        assert_eq!(backlog_pages(0, 7.5), 7.5);
+        // Never less than the one request any read costs.
+        assert_eq!(backlog_pages(1, 0.0), 1.0);
+        assert_eq!(backlog_pages(0, 0.0), 1.0);
+        // A rolling window counts the cases that ended within it; a `dates` one the day's.
+        let six_hours = Window::Times {
+            start: midnight(day),
+            end: midnight(day) + chrono::Duration::hours(6),
+        };
+        assert_eq!(
+            chat_ends_of(&six_hours),
+            Some((midnight(day), midnight(day) + chrono::Duration::hours(6)))
+        );
         let whole = Window::Dates {
             start: day,
             end: day,
         };
-        // A whole day of 4,801 known cases: 49 pages, whatever recent reads cost.
-        assert_eq!(backlog_pages(&whole, 4_801, 3.0), 49.0);
-        // A quarter of the day, in `datetimes` mode: a quarter of its cases.
-        let quarter = Window::Times {
-            start: midnight(day),
-            end: midnight(day) + chrono::Duration::hours(6),
-        };
-        assert_eq!(backlog_pages(&quarter, 4_800, 3.0), 12.0);
-        // A day the state knows nothing of (a first start's catch-up): recent whole days.
-        assert_eq!(backlog_pages(&whole, 0, 7.5), 7.5);
-        // Never less than the one request any read costs.
-        assert_eq!(backlog_pages(&quarter, 1, 0.0), 1.0);
-        assert_eq!(backlog_pages(&whole, 0, 0.0), 1.0);
+        assert_eq!(chat_ends_of(&whole), None);
     }
 
     #[test]

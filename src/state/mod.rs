@@ -239,10 +239,11 @@ pub trait StateStore: Send + Sync {
         let (widget, progress) = (widget.to_owned(), progress.clone());
         self.apply(&[Change::Widget { widget, progress }], None)
     }
-    /// Days before `before` with cases of `widget` whose re-check is due at `now`, oldest first,
-    /// with the span of those cases' chat ends. With `split_at`, a day's due cases whose chats
-    /// ended from then on are a day of their own, after the older ones: a re-check of recent
-    /// cases then reads their hours, not the whole day that falls due with them.
+    /// Days before `before` with cases of `widget` whose re-check is due at `now`, with the span
+    /// of those cases' chat ends, the youngest cases first (the first `limit`: older days come
+    /// once these are read, and surveys come mostly in a chat's first hours). With `split_at`,
+    /// a day's due cases whose chats ended from then on are a day of their own: a re-check of
+    /// recent cases then reads their hours, not the whole day that falls due with them.
     fn due_days(
         &self,
         widget: &str,
@@ -259,7 +260,13 @@ pub trait StateStore: Send + Sync {
         due: &DueDay,
         now: DateTime<Utc>,
     ) -> Result<Vec<StoredCase>, StateError>;
-    /// How many cases of `widget` the state knows on `day`: what a read of the day costs.
-    fn day_cases(&self, widget: &str, day: NaiveDate) -> Result<u64, StateError>;
+    /// How many cases of `widget` the state knows on `day`, of those whose chats ended within
+    /// `chat_ends` if given: what a read of the day, or of those hours of it, costs.
+    fn cases_on(
+        &self,
+        widget: &str,
+        day: NaiveDate,
+        chat_ends: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    ) -> Result<u64, StateError>;
     fn stats(&self) -> Result<StateStats, StateError>;
 }

@@ -385,7 +385,7 @@ impl StateStore for SqliteStore {
                 "SELECT day, MIN(chat_end_ms), MAX(chat_end_ms), MIN(next_check_ms) FROM cases
                  WHERE widget = ?1 AND next_check_ms IS NOT NULL AND next_check_ms <= ?2
                    AND day < ?3
-                 GROUP BY day, chat_end_ms >= ?5 ORDER BY day, 2 LIMIT ?4",
+                 GROUP BY day, chat_end_ms >= ?5 ORDER BY 3 DESC, 1 DESC LIMIT ?4",
             )
             .map_err(&err)?;
         let rows: Vec<(String, i64, i64, i64)> = stmt
@@ -416,11 +416,24 @@ impl StateStore for SqliteStore {
             .collect()
     }
 
-    fn day_cases(&self, widget: &str, day: NaiveDate) -> Result<u64, StateError> {
+    fn cases_on(
+        &self,
+        widget: &str,
+        day: NaiveDate,
+        chat_ends: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    ) -> Result<u64, StateError> {
+        let (from, to) = chat_ends.map_or((i64::MIN, i64::MAX), |(from, to)| {
+            (from.timestamp_millis(), to.timestamp_millis())
+        });
         let count: i64 = self
             .conn()
-            .prepare_cached("SELECT COUNT(*) FROM cases WHERE widget = ?1 AND day = ?2")
-            .and_then(|mut stmt| stmt.query_row(params![widget, day.to_string()], |r| r.get(0)))
+            .prepare_cached(
+                "SELECT COUNT(*) FROM cases
+                 WHERE widget = ?1 AND day = ?2 AND chat_end_ms BETWEEN ?3 AND ?4",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![widget, day.to_string(), from, to], |r| r.get(0))
+            })
             .map_err(self.err())?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
@@ -590,13 +603,11 @@ mod tests {
                 }
             ]
         );
-        assert_eq!(
-            store
-                .due_days("w1", t(6_000), day("2026-01-03"), None, 1)
-                .unwrap()
-                .len(),
-            1
-        );
+        // The youngest due cases first: with a limit of one, the day of the latest chat.
+        let youngest = store
+            .due_days("w1", t(6_000), day("2026-01-03"), None, 1)
+            .unwrap();
+        assert_eq!(youngest, days[..1]);
         assert!(
             store
                 .due_days("w2", t(6_000), day("2026-01-03"), None, 10)
@@ -607,8 +618,8 @@ mod tests {
         due.sort_by(|a, b| a.id.cmp(&b.id));
         assert_eq!(due.len(), 2);
         assert_eq!((due[0].id.as_str(), due[1].id.as_str()), ("a", "f"));
-        // Split at a chat end: the later chats of a day are a day of their own, after the
-        // earlier ones, and each one's due cases are those of its span.
+        // Split at a chat end: the later chats of a day are a day of their own, and each
+        // one's due cases are those of its span.
         let split = store
             .due_days("w1", t(6_000), day("2026-01-03"), Some(t(2_200)), 10)
             .unwrap();
@@ -619,9 +630,9 @@ mod tests {
         assert_eq!(
             spans,
             [
-                (day("2026-01-01"), t(2_000), t(2_000)),
                 (day("2026-01-01"), t(2_500), t(2_500)),
                 (day("2026-01-02"), t(2_000), t(2_000)),
+                (day("2026-01-01"), t(2_000), t(2_000)),
             ]
         );
         let ids = |due: &DueDay| -> Vec<String> {
@@ -635,13 +646,16 @@ mod tests {
             ids
         };
         assert_eq!(
-            (ids(&split[0]), ids(&split[1])),
-            (vec!["a".to_owned()], vec!["f".to_owned()])
+            (ids(&split[0]), ids(&split[2])),
+            (vec!["f".to_owned()], vec!["a".to_owned()])
         );
         // Every case of the day counts toward what reading it costs, due or not.
-        assert_eq!(store.day_cases("w1", day("2026-01-01")).unwrap(), 4);
-        assert_eq!(store.day_cases("w1", day("2026-01-04")).unwrap(), 0);
-        assert_eq!(store.day_cases("w2", day("2026-01-01")).unwrap(), 0);
+        assert_eq!(store.cases_on("w1", day("2026-01-01"), None).unwrap(), 4);
+        assert_eq!(store.cases_on("w1", day("2026-01-04"), None).unwrap(), 0);
+        assert_eq!(store.cases_on("w2", day("2026-01-01"), None).unwrap(), 0);
+        // Those of some hours: the chats ended within them.
+        let hours = Some((t(2_100), t(2_600)));
+        assert_eq!(store.cases_on("w1", day("2026-01-01"), hours).unwrap(), 1);
     }
 
     #[test]
