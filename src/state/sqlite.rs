@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use chrono::{DateTime, NaiveDate, Utc};
-use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     CaseRecord, Change, ChangelogPosition, DueDay, StateError, StateStats, StateStore, StoredCase,
@@ -16,10 +16,11 @@ use super::{
 use super::schema::{MIGRATIONS, SCHEMA_VERSION};
 
 mod apply;
-mod due;
 mod inspect;
+mod rows;
 use apply::apply_one;
 pub use inspect::WidgetSummary;
+use rows::{RECORD_COLUMNS, cursor_from_row, ms_to_time, query_in, record_from_row};
 
 pub const STATE_FILE: &str = "casestream.sqlite";
 
@@ -37,10 +38,6 @@ impl std::fmt::Debug for SqliteStore {
             .field("path", &self.path)
             .finish()
     }
-}
-
-fn ms_to_time(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 impl SqliteStore {
@@ -161,50 +158,6 @@ fn volume(dir: &Path) -> Option<(u64, u64)> {
         fs.f_blocks.saturating_mul(fs.f_frsize),
         fs.f_bavail.saturating_mul(fs.f_frsize),
     ))
-}
-
-/// A window cursor from `widget, window, next_link, pages_done`.
-fn cursor_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<WindowCursor> {
-    Ok(WindowCursor {
-        widget: row.get(0)?,
-        window: row.get(1)?,
-        next: row.get(2)?,
-        pages_done: usize::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
-    })
-}
-
-/// The columns of a [`CaseRecord`], in the order [`record_from_row`] reads them.
-const RECORD_COLUMNS: &str = "first_seen_ms, chat_end_ms, created_emitted, survey_digest, \
-                              next_check_ms, survey_emitted_ms";
-
-fn record_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<CaseRecord> {
-    Ok(CaseRecord {
-        first_seen: ms_to_time(row.get(offset)?),
-        chat_end: ms_to_time(row.get(offset + 1)?),
-        created_emitted: row.get(offset + 2)?,
-        survey_digest: row.get(offset + 3)?,
-        next_check: row.get::<_, Option<i64>>(offset + 4)?.map(ms_to_time),
-        survey_emitted: row.get::<_, Option<i64>>(offset + 5)?.map(ms_to_time),
-    })
-}
-
-/// Runs `select` (ending in `IN`) over `keys`, in chunks far below SQLite's parameter cap,
-/// and collects what `row` makes of each result row.
-fn query_in<T, C: FromIterator<T>>(
-    conn: &Connection,
-    select: &str,
-    keys: &[&str],
-    row: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-) -> rusqlite::Result<C> {
-    let mut found = Vec::new();
-    for chunk in keys.chunks(500) {
-        let placeholders = vec!["?"; chunk.len()].join(",");
-        let mut stmt = conn.prepare_cached(&format!("{select} ({placeholders})"))?;
-        for item in stmt.query_map(params_from_iter(chunk.iter()), &row)? {
-            found.push(item?);
-        }
-    }
-    Ok(found.into_iter().collect())
 }
 
 impl StateStore for SqliteStore {
@@ -379,7 +332,42 @@ impl StateStore for SqliteStore {
         split_at: Option<DateTime<Utc>>,
         limit: usize,
     ) -> Result<Vec<DueDay>, StateError> {
-        self.query_due_days(widget, now, before, split_at, limit)
+        let conn = self.conn();
+        let err = self.err();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT day, MIN(chat_end_ms), MAX(chat_end_ms), MIN(next_check_ms) FROM cases
+                 WHERE widget = ?1 AND next_check_ms IS NOT NULL AND next_check_ms <= ?2
+                   AND day < ?3
+                 GROUP BY day, chat_end_ms >= ?5 ORDER BY 3 DESC, 1 DESC LIMIT ?4",
+            )
+            .map_err(&err)?;
+        let rows: Vec<(String, i64, i64, i64)> = stmt
+            .query_map(
+                params![
+                    widget,
+                    now.timestamp_millis(),
+                    before.to_string(),
+                    i64::try_from(limit).unwrap_or(i64::MAX),
+                    split_at.map_or(i64::MIN, |t| t.timestamp_millis())
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .map_err(&err)?
+            .collect::<Result<_, _>>()
+            .map_err(&err)?;
+        drop(stmt);
+        drop(conn);
+        rows.iter()
+            .map(|(day, first, last, due)| {
+                Ok(DueDay {
+                    day: self.parse_day(day)?,
+                    first_end: ms_to_time(*first),
+                    last_end: ms_to_time(*last),
+                    due_since: ms_to_time(*due),
+                })
+            })
+            .collect()
     }
 
     fn cases_on(
@@ -388,7 +376,20 @@ impl StateStore for SqliteStore {
         day: NaiveDate,
         chat_ends: Option<(DateTime<Utc>, DateTime<Utc>)>,
     ) -> Result<u64, StateError> {
-        self.query_cases_on(widget, day, chat_ends)
+        let (from, to) = chat_ends.map_or((i64::MIN, i64::MAX), |(from, to)| {
+            (from.timestamp_millis(), to.timestamp_millis())
+        });
+        let count: i64 = self
+            .conn()
+            .prepare_cached(
+                "SELECT COUNT(*) FROM cases
+                 WHERE widget = ?1 AND day = ?2 AND chat_end_ms BETWEEN ?3 AND ?4",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![widget, day.to_string(), from, to], |r| r.get(0))
+            })
+            .map_err(self.err())?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     fn due_cases(
@@ -397,7 +398,36 @@ impl StateStore for SqliteStore {
         due: &DueDay,
         now: DateTime<Utc>,
     ) -> Result<Vec<StoredCase>, StateError> {
-        self.query_due_cases(widget, due, now)
+        let conn = self.conn();
+        let err = self.err();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT id, {RECORD_COLUMNS} FROM cases
+                 WHERE widget = ?1 AND next_check_ms IS NOT NULL AND next_check_ms <= ?2 AND day = ?3
+                   AND chat_end_ms BETWEEN ?4 AND ?5"
+            ))
+            .map_err(&err)?;
+        let day = due.day;
+        stmt.query_map(
+            params![
+                widget,
+                now.timestamp_millis(),
+                day.to_string(),
+                due.first_end.timestamp_millis(),
+                due.last_end.timestamp_millis()
+            ],
+            |row| {
+                Ok(StoredCase {
+                    id: row.get(0)?,
+                    widget: widget.to_owned(),
+                    day,
+                    record: record_from_row(row, 1)?,
+                })
+            },
+        )
+        .map_err(&err)?
+        .collect::<Result<_, _>>()
+        .map_err(&err)
     }
     fn stats(&self) -> Result<StateStats, StateError> {
         let conn = self.conn();
