@@ -152,20 +152,11 @@ fn seed_state(dir: &std::path::Path, sim: &RunningSimulator, now: DateTime<Utc>)
     for widget in &sim.sim.config().widgets {
         let known: Vec<StoredCase> = sim
             .sim
-            .visible_cases_with_survey_times(widget)
+            // Seeding takes minutes of the virtual clock: the cases as served at `now`, so a
+            // survey that landed since is not known yet (else it would never be announced).
+            .cases_served_at(widget, now)
             .into_iter()
-            .map(|(mut value, survey_ms)| {
-                // Seeding takes minutes of the virtual clock: a survey that landed since
-                // `now` is not known yet (it would never be announced).
-                if survey_ms.is_some_and(|at| at > now.timestamp_millis())
-                    && let Some(body) = value.as_object_mut()
-                {
-                    body.remove("survey_score");
-                    body.remove("survey_comments");
-                }
-                value
-            })
-            .filter_map(|value| Case::from_value(value).ok())
+            .filter_map(|(value, _)| Case::from_value(value).ok())
             .filter(|case| {
                 case.chat_end()
                     .is_some_and(|end| end + chrono::Duration::milliseconds(INDEX_DELAY_MS) <= now)

@@ -217,26 +217,25 @@ impl Pipeline {
             let activity = widgets.activity();
             let mut plans = Vec::new();
             for (widget, slot) in &widgets.0 {
-                let progress = slot.progress();
-                let w = widget.clone();
-                let due = self
+                let (w, progress) = (widget.clone(), slot.progress());
+                let unknown = activity.get(widget).copied().unwrap_or_default().day_pages;
+                // The widget's due days and what each backlog window costs, in one state call.
+                let tasks = self
                     .state(move |s| {
-                        s.due_days(&w, now, recheck_before, split_at, RECHECK_DAYS_PER_CYCLE)
+                        let due =
+                            s.due_days(&w, now, recheck_before, split_at, RECHECK_DAYS_PER_CYCLE)?;
+                        let mut tasks = Vec::new();
+                        for task in scheduler::plan_widget(&progress, now, &schedule, &due) {
+                            let Some(day) = task.backlog_day() else {
+                                continue;
+                            };
+                            let window = scheduler::window_for(task, &progress, now, &schedule);
+                            let known = s.cases_on(&w, day, scheduler::chat_ends_of(&window))?;
+                            tasks.push((task, scheduler::backlog_pages(known, unknown)));
+                        }
+                        Ok(tasks)
                     })
                     .await?;
-                let mut tasks = Vec::new();
-                for task in scheduler::plan_widget(&progress, now, &schedule, &due) {
-                    let day = match task {
-                        Task::Fresh => continue,
-                        Task::CatchUp(day) => day,
-                        Task::Recheck(due) => due.day,
-                    };
-                    let window = scheduler::window_for(task, &progress, now, &schedule);
-                    let (w, ends) = (widget.clone(), scheduler::chat_ends_of(&window));
-                    let known = self.state(move |s| s.cases_on(&w, day, ends)).await?;
-                    let unknown = activity.get(widget).copied().unwrap_or_default().day_pages;
-                    tasks.push((task, scheduler::backlog_pages(known, unknown)));
-                }
                 plans.push((widget.clone(), tasks));
             }
             // What the fresh windows are expected to spend each interval stays theirs.

@@ -44,6 +44,15 @@ pub enum Task {
 }
 
 impl Task {
+    /// The day a backlog window reads; `None` for the fresh window.
+    pub fn backlog_day(&self) -> Option<NaiveDate> {
+        match self {
+            Task::CatchUp(day) => Some(*day),
+            Task::Recheck(due) => Some(due.day),
+            Task::Fresh => None,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Task::CatchUp(_) => "catch_up",

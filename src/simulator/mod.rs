@@ -416,17 +416,27 @@ impl Simulator {
     /// Every case of `widget` visible now, as served, with the time (epoch ms) its survey
     /// lands, if it ever does: the ground truth for tests, taken at one instant.
     pub fn visible_cases_with_survey_times(&self, widget: &str) -> Vec<(Value, Option<i64>)> {
-        let now_ms = self.clock.now().timestamp_millis();
+        self.cases_served_at(widget, self.clock.now())
+    }
+
+    /// Every case of `widget` visible at `at` (not after now), as it was served then, with
+    /// the time (epoch ms) its survey lands: what a reader of the API at `at` knew.
+    pub fn cases_served_at(&self, widget: &str, at: DateTime<Utc>) -> Vec<(Value, Option<i64>)> {
+        let at_ms = self
+            .clock
+            .now()
+            .timestamp_millis()
+            .min(at.timestamp_millis());
         let mut state = self.lock();
-        self.generate_until(&mut state, now_ms);
+        self.generate_until(&mut state, at_ms);
         state
             .widgets
             .get(widget)
             .map(|log| {
                 log.cases
                     .values()
-                    .filter(|c| c.visible_ms <= now_ms)
-                    .map(|c| (c.as_served(now_ms), c.survey.as_ref().map(|s| s.at_ms)))
+                    .filter(|c| c.visible_ms <= at_ms)
+                    .map(|c| (c.as_served(at_ms), c.survey.as_ref().map(|s| s.at_ms)))
                     .collect()
             })
             .unwrap_or_default()
@@ -513,6 +523,22 @@ mod tests {
         let served = sim.visible_cases("w1");
         assert_eq!(served[0]["survey_score"], 80);
         assert_eq!(served[0]["survey_comments"], "fine");
+        // As served at earlier instants: a case visible 2 h ago with a survey 30 min ago.
+        let now = Utc::now();
+        let mut earlier = sim.make_case("w1");
+        earlier["id"] = "case-2".into();
+        sim.add_case("w1", earlier, Some(now - chrono::Duration::hours(2)), None);
+        let landed = now - chrono::Duration::minutes(30);
+        assert!(sim.attach_survey("case-2", Some(50), None, Some(landed)));
+        let score_at = |hours_ago: i64| {
+            sim.cases_served_at("w1", now - chrono::Duration::hours(hours_ago))
+                .into_iter()
+                .find(|(case, _)| case["id"] == "case-2")
+                .map(|(case, _)| case["survey_score"].clone())
+        };
+        assert_eq!(score_at(3), None);
+        assert_eq!(score_at(1), Some(Value::Null));
+        assert_eq!(score_at(0), Some(Value::from(50)));
         assert!(!sim.attach_survey("nope", None, None, None));
     }
 }
