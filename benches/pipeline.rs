@@ -113,6 +113,7 @@ fn parse_args() -> Args {
                 let matrix = args.only_economy.get_or_insert_default();
                 matrix.widgets = vec![2];
                 matrix.volumes = vec![200.0];
+                matrix.catch_up_days = 1;
             }
             "--economy-widgets" => {
                 args.only_economy.get_or_insert_default().widgets = value()
@@ -538,26 +539,11 @@ struct CatchUp {
     _state: tempfile::TempDir,
 }
 
-/// Starts a forwarder on a fresh state and waits until its state holds every case of the
-/// backlog, i.e. every event was acknowledged by Kafka and checkpointed.
-async fn catch_up(
-    sim: &RunningSimulator,
-    bootstrap: &str,
-    widgets: usize,
-    total: usize,
-    poll_secs: u64,
-    extra: &[(&str, &str)],
-) -> CatchUp {
-    let state_dir = tempfile::tempdir().unwrap();
-    let state = state_dir.path().to_owned();
-    let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let served_before = sim.sim.stats().cases_served;
+/// Waits until the state in `state_dir` holds `total` cases (checkpointed: read as a second
+/// SQLite reader, which WAL allows, once the forwarder has created the file).
+async fn known_cases_reach(state_dir: &Path, total: usize, timeout: Duration) {
+    let db = state_dir.join(casestream::state::sqlite::STATE_FILE);
     let started = Instant::now();
-    let forwarder = spawn_forwarder(sim, bootstrap, widgets, &state, &prefix, poll_secs, extra);
-    let pid = forwarder.child.id();
-    let db = state.join(casestream::state::sqlite::STATE_FILE);
-    // Checkpointed = in the state; read it as a second SQLite reader (WAL allows it), opened
-    // once the forwarder has created the file.
     let mut reader: Option<rusqlite::Connection> = None;
     loop {
         if reader.is_none() {
@@ -575,14 +561,31 @@ async fn catch_up(
             })
             .unwrap_or(0);
         if known as usize >= total {
-            break;
+            return;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(1800),
-            "catch-up did not finish"
-        );
+        assert!(started.elapsed() < timeout, "catch-up did not finish");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Starts a forwarder on a fresh state and waits until its state holds every case of the
+/// backlog, i.e. every event was acknowledged by Kafka and checkpointed.
+async fn catch_up(
+    sim: &RunningSimulator,
+    bootstrap: &str,
+    widgets: usize,
+    total: usize,
+    poll_secs: u64,
+    extra: &[(&str, &str)],
+) -> CatchUp {
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = state_dir.path().to_owned();
+    let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let served_before = sim.sim.stats().cases_served;
+    let started = Instant::now();
+    let forwarder = spawn_forwarder(sim, bootstrap, widgets, &state, &prefix, poll_secs, extra);
+    let pid = forwarder.child.id();
+    known_cases_reach(&state, total, Duration::from_secs(1800)).await;
     let time = started.elapsed();
     let (peak_kib, _, cpu_secs) = proc_usage(pid);
     CatchUp {
