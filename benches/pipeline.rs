@@ -122,8 +122,10 @@ fn parse_args() -> Args {
                     .collect();
             }
             "--economy-volumes" => {
+                // Empty: the budgeted catch-up alone.
                 args.only_economy.get_or_insert_default().volumes = value()
                     .split(',')
+                    .filter(|n| !n.is_empty())
                     .map(|n| n.parse().expect("--economy-volumes 20,200"))
                     .collect();
             }

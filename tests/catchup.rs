@@ -198,11 +198,13 @@ async fn catch_up_across_midnight_with_a_late_survey_and_pruning() {
 
 /// The horizon's last check falls due while its day's re-check window is being read (the
 /// window's second page is slow): it is not skipped, and the survey that landed just before
-/// it is published.
+/// it is published. The last check is the first point of the case's grid at or after its
+/// horizon (the 2-hour grid for a 1-day horizon), so B is read after its horizon, early, and
+/// must keep that check (with the check at the horizon itself, that read ended it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_check_of_the_horizon_is_never_skipped() {
     let bootstrap = kafka_bootstrap().await;
-    let start = at("2026-03-10T08:00:00Z");
+    let start = at("2026-03-10T09:40:00Z");
     let clock = Clock::scaled(start, 60.0);
     let sim = start_simulator(
         SimConfig {
@@ -215,25 +217,30 @@ async fn the_last_check_of_the_horizon_is_never_skipped() {
         clock.clone(),
     )
     .await;
-    // B's horizon (chat end + 1 day) is start + 5 min; its survey lands at start + 4.5 min.
-    let b = case_at(&sim, "w1", "case-b", "2026-03-09T08:00:00Z");
+    // B's chat ends at 08:10: its horizon (chat end + 1 day) has passed at the start, its
+    // last check is at 10:00 = start + 20 min (20 s of real time, well after the forwarder
+    // has started and read B's page), and its survey lands at start + 19.5 min.
+    let mut b = case_at(&sim, "w1", "case-b", "2026-03-09T07:55:00Z");
+    b["chat_duration"] = json!(900);
     sim.sim.add_case(
         "w1",
         b,
         None,
         Some(SurveyPlan {
-            at_ms: (start + chrono::Duration::seconds(270)).timestamp_millis(),
+            at_ms: (start + chrono::Duration::seconds(1170)).timestamp_millis(),
             score: Some(70),
             comments: None,
         }),
     );
     // A, on the same day, is due at start: it makes the day due. It comes second, on a slow
-    // page, so the window spans B's last check. Its own horizon passes during the window, so
-    // nothing but B's pending check can make the day be read again.
-    let a = case_at(&sim, "w1", "case-a", "2026-03-09T08:01:00Z");
+    // page, so the window spans B's last check. Its chat ended at 07:57, so its own last
+    // check (08:00) is long past: nothing but B's pending check can make the day be read
+    // again.
+    let mut a = case_at(&sim, "w1", "case-a", "2026-03-09T07:56:00Z");
+    a["chat_duration"] = json!(60);
     sim.sim.add_case("w1", a, None, None);
     sim.sim.set_faults(Faults {
-        slow_cursor_ms: 20_000,
+        slow_cursor_ms: 30_000,
         ..Faults::default()
     });
     let dir = tempfile::tempdir().unwrap();
@@ -267,12 +274,12 @@ async fn the_last_check_of_the_horizon_is_never_skipped() {
             .commit_cases(&[
                 seeded(
                     "case-b",
-                    "2026-03-09T08:05:00Z",
-                    start + chrono::Duration::minutes(5),
+                    "2026-03-09T08:10:00Z",
+                    start + chrono::Duration::minutes(20),
                 ),
                 seeded(
                     "case-a",
-                    "2026-03-09T08:06:00Z",
+                    "2026-03-09T07:57:00Z",
                     start - chrono::Duration::minutes(1),
                 ),
             ])
@@ -299,7 +306,7 @@ async fn the_last_check_of_the_horizon_is_never_skipped() {
     let surveys = events_by_case(&bootstrap, &surveys_topic).await;
     let event = &surveys["case-b"][0];
     assert!(
-        at(event["time"].as_str().unwrap()) >= start + chrono::Duration::minutes(5),
+        at(event["time"].as_str().unwrap()) >= start + chrono::Duration::minutes(20),
         "seen at the last check, not earlier: {event}"
     );
     sim.stop().await.unwrap();

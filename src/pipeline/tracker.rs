@@ -70,31 +70,40 @@ pub fn frequent_checks_since(now: DateTime<Utc>, settings: &TrackerSettings) -> 
     .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
+/// The grid a case is checked on at `age` after its chat ended.
+fn grid_for(age: Duration, settings: &TrackerSettings) -> Duration {
+    RECHECK_GRIDS
+        .iter()
+        .find(|(until, _)| age < settings.settle + *until)
+        .map_or(RECHECK_LATE_EVERY, |(_, every)| *every)
+}
+
 /// The next time to look for a survey after `now`: the first grid point at or after settle,
-/// then the next point of the grid for the case's age, never past the horizon (the last check
-/// is at the horizon); `None` from then on.
+/// then the next point of the grid for the case's age; the last is the first point at or after
+/// the horizon, `None` from then on. The last check stays on a grid: at the horizon itself, a
+/// day's cases would fall due one by one as their chats' ends come round, and a `dates`
+/// re-check reads the whole day each time.
 pub fn next_check(
     chat_end: DateTime<Utc>,
     now: DateTime<Utc>,
     settings: &TrackerSettings,
 ) -> Option<DateTime<Utc>> {
-    let horizon = add(chat_end, settings.horizon);
-    if now >= horizon {
+    let last = grid_at_or_after(
+        add(chat_end, settings.horizon),
+        grid_for(settings.horizon, settings),
+    );
+    if now >= last {
         return None;
     }
     let settled = add(chat_end, settings.settle);
     let from = settled.max(now);
-    let age = (from - chat_end).to_std().unwrap_or_default();
-    let grid = RECHECK_GRIDS
-        .iter()
-        .find(|(until, _)| age < settings.settle + *until)
-        .map_or(RECHECK_LATE_EVERY, |(_, every)| *every);
+    let grid = grid_for((from - chat_end).to_std().unwrap_or_default(), settings);
     let at = if now < settled {
         grid_at_or_after(settled, grid)
     } else {
         grid_after(now, grid)
     };
-    Some(at.min(horizon))
+    Some(at.min(last))
 }
 
 /// The first point of a grid of `every` (counted from the Unix epoch) at or after `t`.
@@ -165,6 +174,10 @@ mod tests {
         horizon: Duration::from_secs(7 * 86_400),
     };
     const CREATED_MS: i64 = 1_700_000_000_000;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
 
     fn t(secs_after_created: i64) -> DateTime<Utc> {
         DateTime::from_timestamp_millis(CREATED_MS + secs_after_created * 1000).unwrap()
@@ -280,10 +293,14 @@ mod tests {
             .filter(|at| (6 * 60 + 15..24 * 60).contains(&minutes(at)));
         assert!(day_one.clone().all(|at| at.timestamp() % 7200 == 0));
         assert!(day_one.count() >= 8);
-        assert_eq!(*checks.last().unwrap(), end + chrono::Duration::days(7));
+        // The last on the 12-hour grid, the first point at or after the horizon.
+        let last = *checks.last().unwrap();
+        let horizon = end + chrono::Duration::days(7);
+        assert!(last >= horizon && last - horizon < chrono::Duration::hours(12));
+        assert_eq!(last.timestamp() % 43_200, 0, "on the grid");
         assert!(checks.windows(2).all(|w| w[0] < w[1]));
         assert!(checks.len() < 36 + 10 + 14 + 2);
-        assert_eq!(next_check(end, t(100 + 7 * 86_400), &SETTINGS), None);
+        assert_eq!(next_check(end, last, &SETTINGS), None);
     }
 
     #[test]
@@ -295,6 +312,36 @@ mod tests {
         let a = next_check(t(100), t(30_000), &SETTINGS);
         let b = next_check(t(3_000), t(30_000), &SETTINGS);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn the_last_checks_of_a_day_fall_due_together() {
+        // Chats ending hours apart on one day: their horizons pass one by one, their last
+        // checks do not (else the day would be due again with each case).
+        let day = at("2026-03-03T00:00:00Z");
+        let ends = [1, 5, 11].map(|h| day + chrono::Duration::hours(h));
+        let last = |end: DateTime<Utc>| {
+            std::iter::successors(next_check(end, end, &SETTINGS), |at| {
+                next_check(end, *at, &SETTINGS)
+            })
+            .last()
+            .unwrap()
+        };
+        let lasts = ends.map(last);
+        assert_eq!(lasts, [at("2026-03-10T12:00:00Z"); 3]);
+        // Seen after its horizon but before that last check (read early by a re-check of its
+        // day, say), a case keeps the check.
+        let end = ends[2];
+        for seen in [
+            end + chrono::Duration::days(7) - chrono::Duration::minutes(1),
+            end + chrono::Duration::days(7) + chrono::Duration::minutes(1),
+        ] {
+            assert_eq!(
+                next_check(end, seen, &SETTINGS),
+                Some(at("2026-03-10T12:00:00Z"))
+            );
+        }
+        assert_eq!(next_check(end, at("2026-03-10T12:00:00Z"), &SETTINGS), None);
     }
 
     #[test]
