@@ -184,6 +184,57 @@ fn seed_state(dir: &std::path::Path, sim: &RunningSimulator, now: DateTime<Utc>)
     }
 }
 
+/// A forwarder running in this process on the scenario's clock.
+struct Forwarder {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), casestream::app::AppError>>,
+}
+
+impl Forwarder {
+    fn start(config: Config, clock: &Clock) -> Self {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(casestream::app::run(
+            config,
+            clock.clone(),
+            Arc::new(Health::default()),
+            stop.clone(),
+        ));
+        Self { stop, task }
+    }
+
+    /// Shuts it down as SIGTERM would, and waits for it to end without an error.
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task
+            .await
+            .expect("forwarder task")
+            .expect("forwarder run");
+    }
+}
+
+/// The simulator of a scenario on `clock`: widgets w1.., `volume` cases an hour each, and
+/// `history` of past cases.
+async fn start_simulator(
+    clock: &Clock,
+    widgets: usize,
+    volume: f64,
+    history: Duration,
+) -> RunningSimulator {
+    let sim = Arc::new(Simulator::new(
+        SimConfig {
+            widgets: (1..=widgets).map(|i| format!("w{i}")).collect(),
+            cases_per_hour: volume,
+            history,
+            index_delay: Duration::from_millis(INDEX_DELAY_MS as u64),
+            ..SimConfig::default()
+        },
+        clock.clone(),
+    ));
+    casestream::simulator::http::start(sim, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("simulator")
+}
+
 /// The forwarder of a scenario: the simulator's API under the virtual budget, topics of its
 /// own (named after the returned prefix), its state in `dir`, poll 30 s.
 fn forwarder_config(
@@ -235,20 +286,9 @@ async fn scenario(
 ) -> Row {
     let start = at("2026-03-10T23:15:00Z");
     let clock = Clock::scaled(start, speed);
-    let sim = Arc::new(Simulator::new(
-        SimConfig {
-            widgets: (1..=widgets).map(|i| format!("w{i}")).collect(),
-            cases_per_hour: volume,
-            // Yesterday whole, today until now.
-            history: Duration::from_secs(47 * 3600 + 15 * 60),
-            index_delay: Duration::from_millis(INDEX_DELAY_MS as u64),
-            ..SimConfig::default()
-        },
-        clock.clone(),
-    ));
-    let sim = casestream::simulator::http::start(sim, "127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("simulator");
+    // Yesterday whole, today until now.
+    let history = Duration::from_secs(47 * 3600 + 15 * 60);
+    let sim = start_simulator(&clock, widgets, volume, history).await;
     let dir = tempfile::tempdir().expect("state dir");
     seed_state(dir.path(), &sim, start);
     // Seeding took real time, which the virtual clock counted: back to the start, so the
@@ -263,13 +303,7 @@ async fn scenario(
         config.pipeline.late_visibility = Duration::from_secs(86_400);
     }
 
-    let stop = CancellationToken::new();
-    let forwarder = tokio::spawn(casestream::app::run(
-        config,
-        clock.clone(),
-        Arc::new(Health::default()),
-        stop.clone(),
-    ));
+    let forwarder = Forwarder::start(config, &clock);
     let measured_from = at("2026-03-10T23:20:00Z");
     let midnight = at("2026-03-11T00:00:00Z");
     let grace_end = at("2026-03-11T00:30:00Z");
@@ -280,11 +314,7 @@ async fn scenario(
         clock.sleep(wait).await;
         marks.push(sim.sim.stats().requests);
     }
-    stop.cancel();
-    forwarder
-        .await
-        .expect("forwarder task")
-        .expect("forwarder run");
+    forwarder.stop().await;
 
     let created = publish_times(bootstrap, &format!("{prefix}.cases"), origin, speed);
     let surveyed = publish_times(bootstrap, &format!("{prefix}.surveys"), origin, speed);
@@ -459,19 +489,8 @@ struct CatchUpRow {
 async fn budgeted_catch_up(bootstrap: &str, mode: Mode, widgets: usize, days: u64) -> CatchUpRow {
     let start = at("2026-03-11T00:45:00Z");
     let clock = Clock::scaled(start, CATCH_UP_SPEED);
-    let sim = Arc::new(Simulator::new(
-        SimConfig {
-            widgets: (1..=widgets).map(|i| format!("w{i}")).collect(),
-            cases_per_hour: CATCH_UP_VOLUME,
-            history: Duration::from_secs(days * 86_400 + 45 * 60),
-            index_delay: Duration::from_millis(INDEX_DELAY_MS as u64),
-            ..SimConfig::default()
-        },
-        clock.clone(),
-    ));
-    let sim = casestream::simulator::http::start(sim, "127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("simulator");
+    let history = Duration::from_secs(days * 86_400 + 45 * 60);
+    let sim = start_simulator(&clock, widgets, CATCH_UP_VOLUME, history).await;
     clock.step(start - clock.now());
     // The fewest requests any reader of day windows needs: each day's pages, once.
     let (mut cases, mut day_pages) = (0, 0);
@@ -491,13 +510,7 @@ async fn budgeted_catch_up(bootstrap: &str, mode: Mode, widgets: usize, days: u6
     let dir = tempfile::tempdir().expect("state dir");
     let (mut config, _prefix) = forwarder_config(&sim, bootstrap, dir.path(), mode, CATCH_UP_SPEED);
     config.pipeline.since = start.date_naive().checked_sub_days(chrono::Days::new(days));
-    let stop = CancellationToken::new();
-    let forwarder = tokio::spawn(casestream::app::run(
-        config,
-        clock.clone(),
-        Arc::new(Health::default()),
-        stop.clone(),
-    ));
+    let forwarder = Forwarder::start(config, &clock);
     let mut first_request = None;
     while first_request.is_none() {
         let served = sim.sim.stats().requests;
@@ -515,11 +528,7 @@ async fn budgeted_catch_up(bootstrap: &str, mode: Mode, widgets: usize, days: u6
         seconds: (clock.now() - began).num_milliseconds() as f64 / 1000.0,
         requests: sim.sim.stats().requests - requests_before,
     };
-    stop.cancel();
-    forwarder
-        .await
-        .expect("forwarder task")
-        .expect("forwarder run");
+    forwarder.stop().await;
     sim.stop().await.expect("simulator stop");
     row
 }
