@@ -75,7 +75,8 @@ pub struct CaseRecord {
     pub created_emitted: bool,
     /// Digest of the last survey content emitted.
     pub survey_digest: Option<String>,
-    /// When the case should be read again for a survey; `None` once past the horizon.
+    /// When the case should be read again for a survey; `None` after the last check, on the
+    /// re-check grid at or after the survey horizon.
     pub next_check: Option<DateTime<Utc>>,
     /// When the last survey event was decided (state written before schema version 5, and
     /// changelog records before it, do not say).
