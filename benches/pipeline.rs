@@ -543,7 +543,7 @@ struct CatchUp {
 
 /// Waits until the state in `state_dir` holds `total` cases (checkpointed: read as a second
 /// SQLite reader, which WAL allows, once the forwarder has created the file).
-async fn known_cases_reach(state_dir: &Path, total: usize, timeout: Duration) {
+async fn known_cases_reach(state_dir: &Path, total: usize) {
     let db = state_dir.join(casestream::state::sqlite::STATE_FILE);
     let started = Instant::now();
     let mut reader: Option<rusqlite::Connection> = None;
@@ -565,7 +565,10 @@ async fn known_cases_reach(state_dir: &Path, total: usize, timeout: Duration) {
         if known as usize >= total {
             return;
         }
-        assert!(started.elapsed() < timeout, "catch-up did not finish");
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "catch-up did not finish"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -587,7 +590,7 @@ async fn catch_up(
     let started = Instant::now();
     let forwarder = spawn_forwarder(sim, bootstrap, widgets, &state, &prefix, poll_secs, extra);
     let pid = forwarder.child.id();
-    known_cases_reach(&state, total, Duration::from_secs(1800)).await;
+    known_cases_reach(&state, total).await;
     let time = started.elapsed();
     let (peak_kib, _, cpu_secs) = proc_usage(pid);
     CatchUp {

@@ -35,6 +35,8 @@ const DEFAULT_SPEED: f64 = 120.0;
 /// The request budget, per virtual second.
 const BUDGET_PER_SEC: f64 = 5.0;
 const POLL: Duration = Duration::from_secs(30);
+/// Cases a page holds, in the API and the simulator.
+const PAGE: u64 = casestream::simulator::DEFAULT_PAGE_SIZE as u64;
 const INDEX_DELAY_MS: i64 = 2_000;
 
 fn at(text: &str) -> DateTime<Utc> {
@@ -370,7 +372,7 @@ async fn scenario(
                 let now_ms = t.timestamp_millis();
                 let n = created_at.partition_point(|ms| *ms < now_ms)
                     - created_at.partition_point(|ms| *ms < day_start);
-                today_pages += (n as f64 / 100.0).ceil().max(1.0);
+                today_pages += (n as f64 / PAGE as f64).ceil().max(1.0);
             }
             t += chrono::Duration::from_std(POLL).expect("poll");
         }
@@ -505,23 +507,20 @@ async fn budgeted_catch_up(bootstrap: &str, mode: Mode, widgets: usize, days: u6
             *per_day.entry(day).or_default() += 1;
             cases += 1;
         }
-        day_pages += per_day.values().map(|n| n.div_ceil(100)).sum::<u64>();
+        day_pages += per_day.values().map(|n| n.div_ceil(PAGE)).sum::<u64>();
     }
     let dir = tempfile::tempdir().expect("state dir");
     let (mut config, _prefix) = forwarder_config(&sim, bootstrap, dir.path(), mode, CATCH_UP_SPEED);
     config.pipeline.since = start.date_naive().checked_sub_days(chrono::Days::new(days));
     let forwarder = Forwarder::start(config, &clock);
-    let mut first_request = None;
-    while first_request.is_none() {
+    let (began, requests_before) = loop {
         let served = sim.sim.stats().requests;
         if served > 0 {
-            first_request = Some((clock.now(), served - 1));
-        } else {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            break (clock.now(), served - 1);
         }
-    }
-    let (began, requests_before) = first_request.expect("set by the loop");
-    super::known_cases_reach(dir.path(), cases, Duration::from_secs(1800)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    super::known_cases_reach(dir.path(), cases).await;
     let row = CatchUpRow {
         cases,
         day_pages,
@@ -537,11 +536,11 @@ async fn budgeted_catch_up(bootstrap: &str, mode: Mode, widgets: usize, days: u6
 async fn budgeted_catch_up_rows(bootstrap: &str, matrix: &Matrix) -> String {
     let widgets = matrix.widgets.first().copied().unwrap_or(4);
     let days = matrix.catch_up_days;
-    let allowed = BUDGET_PER_SEC * 100.0;
+    let allowed = BUDGET_PER_SEC * PAGE as f64;
     let mut out = format!(
         "\n### Catch-up under the budget\n\nA first start at 00:45 with {days} whole days of \
          history at {CATCH_UP_VOLUME:.0} cases/hour for each of {widgets} widgets, budget \
-         {BUDGET_PER_SEC} requests per virtual second ({allowed:.0} cases/s at 100 a page), \
+         {BUDGET_PER_SEC} requests per virtual second ({allowed:.0} cases/s at {PAGE} a page), \
          simulator at {CATCH_UP_SPEED}x, poll 30 s. Timed in virtual seconds from the first \
          request to the last case checkpointed (published, acknowledged, in the state); the \
          requests include the fresh window's reads meanwhile; \"day pages\" is the fewest \
