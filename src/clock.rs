@@ -114,6 +114,12 @@ impl Clock {
     pub async fn sleep(&self, virtual_duration: Duration) {
         tokio::time::sleep(self.real_duration(virtual_duration)).await;
     }
+
+    /// Sleep until this clock reads `at` (not at all if it already does).
+    pub async fn sleep_until(&self, at: DateTime<Utc>) {
+        self.sleep((at - self.now()).to_std().unwrap_or_default())
+            .await;
+    }
 }
 
 #[cfg(test)]

@@ -68,6 +68,9 @@ struct SimState {
 pub struct SimStats {
     pub requests: u64,
     pub pages_served: u64,
+    /// Pages of windows that reach the present (`to` after now): fresh reads, as opposed to
+    /// re-reads of the past.
+    pub pages_reaching_now: u64,
     pub cases_served: u64,
     pub faults_429: u64,
     pub faults_5xx: u64,
@@ -301,6 +304,9 @@ impl Simulator {
             .flatten();
         let cases: Vec<Value> = picked.iter().map(|c| c.as_served(now_ms)).collect();
         state.stats.pages_served += 1;
+        if query.to_ms > now_ms {
+            state.stats.pages_reaching_now += 1;
+        }
         state.stats.cases_served += cases.len() as u64;
         if repeat {
             state.stats.faults_repeat += 1;
@@ -493,6 +499,23 @@ mod tests {
             .map(|c| c["created_at_date"].as_i64().unwrap())
             .collect();
         assert!(created.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn pages_of_windows_reaching_now_are_counted_apart() {
+        let sim = sim(24, 100.0);
+        let now = Utc::now().timestamp_millis();
+        let window = |from_ms: i64, to_ms: i64| LogsQuery {
+            widgets: vec!["w1".into()],
+            from_ms,
+            to_ms,
+            cursor: None,
+        };
+        sim.logs(&window(now - 3 * 3_600_000, now - 2 * 3_600_000));
+        sim.logs(&window(now - 3_600_000, now + 3_600_000));
+        sim.logs(&window(now - 3_600_000, now + 3_600_000));
+        let stats = sim.stats();
+        assert_eq!((stats.pages_served, stats.pages_reaching_now), (3, 2));
     }
 
     #[test]
