@@ -129,6 +129,19 @@ fn parse_args() -> Args {
                     .map(|n| n.parse().expect("--economy-volumes 20,200"))
                     .collect();
             }
+            "--economy-modes" => {
+                args.only_economy.get_or_insert_default().modes = value()
+                    .split(',')
+                    .map(|m| {
+                        economy::Mode::parse(m).expect("--economy-modes baseline,dates,datetimes")
+                    })
+                    .collect();
+            }
+            // 0: the steady-state scenarios alone.
+            "--economy-catch-up-days" => {
+                args.only_economy.get_or_insert_default().catch_up_days =
+                    value().parse().expect("--economy-catch-up-days 7");
+            }
             "--economy-speed" => {
                 args.only_economy.get_or_insert_default().speed =
                     value().parse().expect("--economy-speed 30");
@@ -541,33 +554,33 @@ struct CatchUp {
     _state: tempfile::TempDir,
 }
 
-/// Waits until the state in `state_dir` holds `total` cases (checkpointed: read as a second
-/// SQLite reader, which WAL allows, once the forwarder has created the file).
+/// Waits until the state in `state_dir` holds `total` cases (30 min at most).
 async fn known_cases_reach(state_dir: &Path, total: usize) {
-    let db = state_dir.join(casestream::state::sqlite::STATE_FILE);
+    state_reaches(state_dir, &format!("{total} known cases"), |store| {
+        Ok(store.stats()?.known_cases >= total as u64)
+    })
+    .await;
+}
+
+/// Waits until `reached` holds of the state in `state_dir`, opened read-only next to the
+/// forwarder writing it (once the forwarder has created it), 30 min at most.
+async fn state_reaches(
+    state_dir: &Path,
+    what: &str,
+    reached: impl Fn(&SqliteStore) -> Result<bool, casestream::state::StateError>,
+) {
     let started = Instant::now();
-    let mut reader: Option<rusqlite::Connection> = None;
+    let mut reader: Option<SqliteStore> = None;
     loop {
         if reader.is_none() {
-            reader = rusqlite::Connection::open_with_flags(
-                &db,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-            )
-            .ok();
+            reader = SqliteStore::open_read_only(state_dir).ok();
         }
-        let known: i64 = reader
-            .as_ref()
-            .and_then(|c| {
-                c.query_row("SELECT COUNT(*) FROM cases", [], |r| r.get(0))
-                    .ok()
-            })
-            .unwrap_or(0);
-        if known as usize >= total {
+        if reader.as_ref().is_some_and(|s| reached(s).unwrap_or(false)) {
             return;
         }
         assert!(
             started.elapsed() < Duration::from_secs(1800),
-            "catch-up did not finish"
+            "the state never reached {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

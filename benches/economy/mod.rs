@@ -43,8 +43,8 @@ fn at(text: &str) -> DateTime<Utc> {
     text.parse().expect("a time")
 }
 
-#[derive(Clone, Copy)]
-enum Mode {
+#[derive(Clone, Copy, PartialEq)]
+pub enum Mode {
     /// What the first release did: today and the lookback day, every poll.
     Baseline,
     Dates,
@@ -52,6 +52,18 @@ enum Mode {
 }
 
 impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::Baseline, Mode::Dates, Mode::Datetimes];
+
+    /// The mode `--economy-modes` names: `baseline`, `dates` or `datetimes`.
+    pub fn parse(name: &str) -> Option<Mode> {
+        match name {
+            "baseline" => Some(Mode::Baseline),
+            "dates" => Some(Mode::Dates),
+            "datetimes" => Some(Mode::Datetimes),
+            _ => None,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Mode::Baseline => "baseline (today + yesterday every poll)",
@@ -63,7 +75,12 @@ impl Mode {
 
 struct Row {
     requests_per_widget_poll: f64,
-    outside_grace_per_widget_poll: f64,
+    /// Outside the midnight period (midnight until the day just ended has had its final read).
+    outside_midnight_per_widget_poll: f64,
+    /// Of those, pages of fresh windows (windows reaching the present).
+    fresh_outside_midnight_per_widget_poll: f64,
+    /// How long the midnight period lasted; `None`: it outlasted the span.
+    midnight_minutes: Option<f64>,
     today_pages_per_widget_poll: f64,
     requests_per_new_case: f64,
     budget_use: f64,
@@ -308,27 +325,65 @@ async fn scenario(
     let forwarder = Forwarder::start(config, &clock);
     let measured_from = at("2026-03-10T23:20:00Z");
     let midnight = at("2026-03-11T00:00:00Z");
-    let grace_end = at("2026-03-11T00:30:00Z");
     let measured_to = measured_from + chrono::Duration::from_std(span).expect("span");
+    let requests_now = || {
+        let stats = sim.sim.stats();
+        (stats.requests, stats.pages_reaching_now)
+    };
     let mut marks = Vec::new();
-    for mark in [measured_from, midnight, grace_end, measured_to] {
-        let wait = (mark - clock.now()).to_std().unwrap_or_default();
-        clock.sleep(wait).await;
-        marks.push(sim.sim.stats().requests);
+    for mark in [measured_from, midnight] {
+        clock.sleep_until(mark).await;
+        marks.push(requests_now());
     }
+    // Midnight's once-a-day reads (every re-check grid meets there) end with the final
+    // whole-day read of the day just ended, once its grace period has passed (every widget's
+    // catch-up past it): from midnight to then is the midnight period, whatever it holds. The
+    // baseline's fresh window keeps that day until the next midnight: its period is the
+    // grace period alone.
+    let midnight_ended = match mode {
+        Mode::Baseline => {
+            let grace_end = midnight + chrono::Duration::minutes(30);
+            clock.sleep_until(grace_end).await;
+            Some(clock.now())
+        }
+        Mode::Dates | Mode::Datetimes => {
+            let day = measured_from.date_naive();
+            let final_read = |store: &SqliteStore| {
+                for widget in &simulated.widgets {
+                    let through = store.widget(widget)?.and_then(|p| p.caught_up_through);
+                    if through.is_none_or(|through| through < day) {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            };
+            let what = format!("every widget caught up through {day}");
+            tokio::select! {
+                _ = super::state_reaches(dir.path(), &what, final_read) => Some(clock.now()),
+                _ = clock.sleep_until(measured_to) => None,
+            }
+        }
+    };
+    marks.push(requests_now());
+    clock.sleep_until(measured_to).await;
+    marks.push(requests_now());
     forwarder.stop().await;
 
     let created = publish_times(bootstrap, &format!("{prefix}.cases"), origin, speed);
     let surveyed = publish_times(bootstrap, &format!("{prefix}.surveys"), origin, speed);
-    let requests = marks[3] - marks[0];
-    let outside_grace = (marks[1] - marks[0]) + (marks[3] - marks[2]);
+    let requests = marks[3].0 - marks[0].0;
+    let outside = (marks[1].0 - marks[0].0) + (marks[3].0 - marks[2].0);
+    let fresh_outside = (marks[1].1 - marks[0].1) + (marks[3].1 - marks[2].1);
     let polls = span.as_secs_f64() / POLL.as_secs_f64();
-    let outside_polls = polls - (30.0 * 60.0) / POLL.as_secs_f64();
+    let midnight_to = midnight_ended.unwrap_or(measured_to);
+    let midnight_polls = minutes(midnight_to - midnight) * 60.0 / POLL.as_secs_f64();
+    let outside_per_widget_poll =
+        |requests: u64| requests as f64 / (polls - midnight_polls) / widgets as f64;
 
     let mut created_latency = Vec::new();
     let mut created_missing = 0;
     let mut survey_latency = Vec::new();
-    let mut today_pages = 0.0;
+    let (mut today_pages, mut today_polls) = (0.0, 0usize);
     let last_created = measured_to - chrono::Duration::minutes(5);
     let last_survey = measured_to - chrono::Duration::minutes(20);
     for widget in &simulated.widgets {
@@ -363,7 +418,7 @@ async fn scenario(
         created_at.sort_unstable();
         let mut t = measured_from;
         while t < measured_to {
-            if t < midnight || t >= grace_end {
+            if t < midnight || t >= midnight_to {
                 let day_start = t
                     .date_naive()
                     .and_time(chrono::NaiveTime::MIN)
@@ -373,6 +428,7 @@ async fn scenario(
                 let n = created_at.partition_point(|ms| *ms < now_ms)
                     - created_at.partition_point(|ms| *ms < day_start);
                 today_pages += (n as f64 / PAGE as f64).ceil().max(1.0);
+                today_polls += 1;
             }
             t += chrono::Duration::from_std(POLL).expect("poll");
         }
@@ -382,8 +438,10 @@ async fn scenario(
     let within = survey_latency.iter().filter(|m| **m <= 15.0).count();
     let row = Row {
         requests_per_widget_poll: requests as f64 / polls / widgets as f64,
-        outside_grace_per_widget_poll: outside_grace as f64 / outside_polls / widgets as f64,
-        today_pages_per_widget_poll: today_pages / outside_polls / widgets as f64,
+        outside_midnight_per_widget_poll: outside_per_widget_poll(outside),
+        fresh_outside_midnight_per_widget_poll: outside_per_widget_poll(fresh_outside),
+        midnight_minutes: midnight_ended.map(|end| minutes(end - midnight)),
+        today_pages_per_widget_poll: today_pages / today_polls.max(1) as f64,
         requests_per_new_case: requests as f64 / new_cases as f64,
         budget_use: requests as f64 / (BUDGET_PER_SEC * span.as_secs_f64()),
         created_p50: percentile(&mut created_latency, 0.5),
@@ -402,6 +460,8 @@ pub struct Matrix {
     pub widgets: Vec<usize>,
     pub volumes: Vec<f64>,
     pub speed: f64,
+    /// Which modes the steady-state scenarios run (the catch-up runs both scheduler modes).
+    pub modes: Vec<Mode>,
     /// Days of history the budgeted catch-up reads, at the first widget count and 200/h.
     pub catch_up_days: u64,
 }
@@ -411,6 +471,7 @@ impl Default for Matrix {
         Self {
             widgets: vec![4, 20],
             volumes: vec![20.0, 200.0, 1_000.0],
+            modes: Mode::ALL.to_vec(),
             speed: DEFAULT_SPEED,
             catch_up_days: 7,
         }
@@ -425,18 +486,23 @@ pub async fn economy_rows(bootstrap: &str, matrix: &Matrix) -> String {
         "Steady state for {:.0} virtual minutes from 23:20 (midnight and its 30 min grace inside), \
          simulator at {speed}x with a 47 h history already known, poll 30 s, settle 5 min, \
          budget {BUDGET_PER_SEC} requests per virtual second shared by all widgets, one \
-         broker. Requests are per widget per poll, over the whole span and outside midnight's \
-         grace period (which holds the day's final read of yesterday and its re-checks); \
-         \"beyond today\" is requests outside the grace period minus the pages today holds. Latencies in minutes: `case.created` from \
-         the case becoming visible in the API, `case.survey` from the survey appearing.\n\n\
-         | mode | widgets | cases/h/widget | requests/poll | outside grace | beyond today | \
-         requests/new case | budget use | created p50 | created p99 | survey p99 | \
-         surveys ≤ 15 min |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         broker. Requests are per widget per poll: over the span, and outside the midnight \
+         period (from midnight until the day just ended has had its final whole-day read, after \
+         its grace period; the baseline's is its grace period) with the fresh windows' pages in \
+         brackets. Neither is a day's average: a day also holds the 2-hourly and twice-daily \
+         survey re-checks of older cases, which this span meets only at midnight, and this \
+         history reaches 2 days back, not the survey horizon's 7. \"Beyond today\" is requests outside the midnight period minus the pages today \
+         holds. Latencies in minutes: `case.created` from the case becoming visible in the \
+         API, `case.survey` from the survey appearing.\n\n\
+         | mode | widgets | cases/h/widget | requests/poll | outside midnight (fresh) | \
+         midnight period | beyond today | requests/new case | budget use | created p50 | \
+         created p99 | survey p99 | surveys ≤ 15 min |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         span.as_secs_f64() / 60.0
     );
     for &widgets in &matrix.widgets {
         for &volume in &matrix.volumes {
-            for mode in [Mode::Baseline, Mode::Dates, Mode::Datetimes] {
+            for &mode in &matrix.modes {
                 let started = Instant::now();
                 let r = scenario(bootstrap, mode, widgets, volume, span, speed).await;
                 eprintln!(
@@ -449,13 +515,18 @@ pub async fn economy_rows(bootstrap: &str, matrix: &Matrix) -> String {
                 } else {
                     String::new()
                 };
+                let midnight = r
+                    .midnight_minutes
+                    .map_or("past the span".to_owned(), |m| format!("{m:.1} min"));
                 out.push_str(&format!(
-                    "| {} | {widgets} | {volume:.0} | {:.2} | {:.2} | {:+.2} | {:.2} | {:.2} | {:.1} | \
-                     {:.1}{missing} | {:.1} | {:.1}% of {} |\n",
+                    "| {} | {widgets} | {volume:.0} | {:.2} | {:.2} ({:.2}) | \
+                     {midnight} | {:+.2} | {:.2} | {:.2} | {:.1} | {:.1}{missing} | {:.1} | \
+                     {:.1}% of {} |\n",
                     mode.name(),
                     r.requests_per_widget_poll,
-                    r.outside_grace_per_widget_poll,
-                    r.outside_grace_per_widget_poll - r.today_pages_per_widget_poll,
+                    r.outside_midnight_per_widget_poll,
+                    r.fresh_outside_midnight_per_widget_poll,
+                    r.outside_midnight_per_widget_poll - r.today_pages_per_widget_poll,
                     r.requests_per_new_case,
                     r.budget_use,
                     r.created_p50,
@@ -536,6 +607,9 @@ async fn budgeted_catch_up(bootstrap: &str, mode: Mode, widgets: usize, days: u6
 async fn budgeted_catch_up_rows(bootstrap: &str, matrix: &Matrix) -> String {
     let widgets = matrix.widgets.first().copied().unwrap_or(4);
     let days = matrix.catch_up_days;
+    if days == 0 {
+        return String::new();
+    }
     let allowed = BUDGET_PER_SEC * PAGE as f64;
     let mut out = format!(
         "\n### Catch-up under the budget\n\nA first start at 00:45 with {days} whole days of \
