@@ -9,6 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# CI builds each target once: incremental caches would only take disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+echo "== disk free at start: $(df -h --output=avail . | tail -n 1 | tr -d ' ')"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -54,4 +57,9 @@ BENCH_KAFKA_BOOTSTRAP=$TEST_KAFKA_BOOTSTRAP cargo test --locked --bench pipeline
 echo "== alerts and dashboard (deploy/observability)"
 wait "$promtool_build" || { echo "building promtool failed:"; cat "$promtool_log"; }
 bash scripts/check-observability.sh
+# What the run left on disk (a CI machine once ran out while linking).
+echo "== disk free at the end: $(df -h --output=avail . | tail -n 1 | tr -d ' '); taken:"
+go_caches=$(command -v go >/dev/null 2>&1 && go env GOMODCACHE GOCACHE || true)
+# shellcheck disable=SC2086 # the Go caches are two paths, split on purpose
+du -sh target .kafka .cache ~/.m2 ~/.cargo/registry $go_caches 2>/dev/null || true
 echo "tests: $passed passed, 0 failed"
