@@ -137,6 +137,10 @@ fn parse_args() -> Args {
                     })
                     .collect();
             }
+            // A whole day with the survey horizon's history, not 80 minutes across midnight.
+            "--economy-day" => {
+                args.only_economy.get_or_insert_default().span = economy::Span::Day;
+            }
             // 0: the steady-state scenarios alone.
             "--economy-catch-up-days" => {
                 args.only_economy.get_or_insert_default().catch_up_days =
@@ -554,7 +558,7 @@ struct CatchUp {
     _state: tempfile::TempDir,
 }
 
-/// Waits until the state in `state_dir` holds `total` cases (30 min at most).
+/// Waits until the state in `state_dir` holds `total` cases (2 h at most).
 async fn known_cases_reach(state_dir: &Path, total: usize) {
     state_reaches(state_dir, &format!("{total} known cases"), |store| {
         Ok(store.stats()?.known_cases >= total as u64)
@@ -563,7 +567,8 @@ async fn known_cases_reach(state_dir: &Path, total: usize) {
 }
 
 /// Waits until `reached` holds of the state in `state_dir`, opened read-only next to the
-/// forwarder writing it (once the forwarder has created it), 30 min at most.
+/// forwarder writing it (once the forwarder has created it), 2 h at most: a whole-day economy
+/// scenario at 30x lasts 48 min.
 async fn state_reaches(
     state_dir: &Path,
     what: &str,
@@ -579,7 +584,7 @@ async fn state_reaches(
             return;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(1800),
+            started.elapsed() < Duration::from_secs(7200),
             "the state never reached {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -5,8 +5,10 @@
 //! Each scenario runs the forwarder in this process against the simulator on a virtual clock
 //! ([`DEFAULT_SPEED`] times real time by default) and a real broker. The budget is virtual: the client's rate
 //! limit is 5 x the speed in real requests per second. The state starts as a forwarder that has
-//! been running would have it (every case visible at 23:15 is known, a 47 h history), so what
-//! is measured is the steady state: from 23:20, across midnight and its grace period.
+//! been running would have it (every case visible at 23:15 is known), so what is measured is
+//! the steady state from 23:20, across midnight and its grace period: for 80 minutes after a
+//! 47 h history, or with `--economy-day` ([`Span::Day`]) for a whole day after a history that
+//! reaches past the survey horizon.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -81,7 +83,6 @@ struct Row {
     fresh_outside_midnight_per_widget_poll: f64,
     /// How long the midnight period lasted; `None`: it outlasted the span.
     midnight_minutes: Option<f64>,
-    today_pages_per_widget_poll: f64,
     requests_per_new_case: f64,
     budget_use: f64,
     created_p50: f64,
@@ -162,10 +163,16 @@ fn publish_times(
     times
 }
 
-/// A state as a forwarder that has been running would have it at `now`: every case visible
-/// then known (decided by the tracker as of `now`), every widget caught up and read at `now`.
-/// The virtual clock runs on while this works: cases that became visible since are left out.
-fn seed_state(dir: &std::path::Path, sim: &RunningSimulator, now: DateTime<Utc>) {
+/// A state as a forwarder that has been running since `since` would have it at `now`: every
+/// case visible then known (decided by the tracker as of `now`, so each pending survey
+/// re-check sits on its grid), every widget caught up and read at `now`. The virtual clock
+/// runs on while this works: cases that became visible since are left out.
+fn seed_state(
+    dir: &std::path::Path,
+    sim: &RunningSimulator,
+    since: chrono::NaiveDate,
+    now: DateTime<Utc>,
+) {
     let store = SqliteStore::open(dir).expect("state");
     let settings = TrackerSettings::default();
     for widget in &sim.sim.config().widgets {
@@ -194,7 +201,7 @@ fn seed_state(dir: &std::path::Path, sim: &RunningSimulator, now: DateTime<Utc>)
             .set_widget(
                 widget,
                 &WidgetProgress {
-                    since: now.date_naive().pred_opt().expect("a day"),
+                    since,
                     caught_up_through: now.date_naive().pred_opt(),
                     last_fresh_poll: Some(now),
                 },
@@ -295,21 +302,52 @@ fn forwarder_config(
     (config, prefix)
 }
 
+/// How long a steady-state scenario is measured, and the history it starts with.
+#[derive(Clone, Copy)]
+pub enum Span {
+    /// 80 minutes across midnight, 2 days of history: the fresh windows and midnight.
+    Midnight,
+    /// A whole day, 7 past days of history: every re-check grid's points once or more. A case
+    /// with a check inside the day ended after 7 days 12 h before its end (the horizon, and the
+    /// last check up to 12 h after it); an older day would be one a running forwarder had
+    /// pruned, and pruning it inside the span would weigh on the backlog lane.
+    Day,
+}
+
+impl Span {
+    fn measured(self) -> Duration {
+        match self {
+            Span::Midnight => Duration::from_secs(80 * 60),
+            Span::Day => Duration::from_secs(86_400),
+        }
+    }
+
+    /// Whole days of history before today (today's, until the start, comes on top).
+    fn past_days(self) -> u64 {
+        match self {
+            Span::Midnight => 1,
+            Span::Day => 7,
+        }
+    }
+}
+
 async fn scenario(
     bootstrap: &str,
     mode: Mode,
     widgets: usize,
     volume: f64,
-    span: Duration,
+    span: Span,
     speed: f64,
 ) -> Row {
     let start = at("2026-03-10T23:15:00Z");
     let clock = Clock::scaled(start, speed);
-    // Yesterday whole, today until now.
-    let history = Duration::from_secs(47 * 3600 + 15 * 60);
+    // The past days whole, today until now.
+    let history = Duration::from_secs(span.past_days() * 86_400 + 23 * 3600 + 15 * 60);
+    let since = start.date_naive() - chrono::Days::new(span.past_days());
+    let span = span.measured();
     let sim = start_simulator(&clock, widgets, volume, history).await;
     let dir = tempfile::tempdir().expect("state dir");
-    seed_state(dir.path(), &sim, start);
+    seed_state(dir.path(), &sim, since, start);
     // Seeding took real time, which the virtual clock counted: back to the start, so the
     // forwarder begins where the seeded state ends. (Real, virtual) origin of the mapping of
     // record timestamps onto the virtual clock, taken together after the step.
@@ -383,19 +421,16 @@ async fn scenario(
     let mut created_latency = Vec::new();
     let mut created_missing = 0;
     let mut survey_latency = Vec::new();
-    let (mut today_pages, mut today_polls) = (0.0, 0usize);
     let last_created = measured_to - chrono::Duration::minutes(5);
     let last_survey = measured_to - chrono::Duration::minutes(20);
     for widget in &simulated.widgets {
-        let mut created_at: Vec<i64> = Vec::new();
         for (value, survey_ms) in sim.sim.visible_cases_with_survey_times(widget) {
             let Ok(case) = Case::from_value(value) else {
                 continue;
             };
-            let (Some(created_time), Some(end)) = (case.created_at(), case.chat_end()) else {
+            let Some(end) = case.chat_end() else {
                 continue;
             };
-            created_at.push(created_time.timestamp_millis());
             let visible = end + chrono::Duration::milliseconds(INDEX_DELAY_MS);
             if visible >= measured_from && visible <= last_created {
                 match created.get(case.id()) {
@@ -414,24 +449,6 @@ async fn scenario(
                 survey_latency.push(minutes(published - appeared));
             }
         }
-        // Pages today holds at each poll outside the grace period, on average.
-        created_at.sort_unstable();
-        let mut t = measured_from;
-        while t < measured_to {
-            if t < midnight || t >= midnight_to {
-                let day_start = t
-                    .date_naive()
-                    .and_time(chrono::NaiveTime::MIN)
-                    .and_utc()
-                    .timestamp_millis();
-                let now_ms = t.timestamp_millis();
-                let n = created_at.partition_point(|ms| *ms < now_ms)
-                    - created_at.partition_point(|ms| *ms < day_start);
-                today_pages += (n as f64 / PAGE as f64).ceil().max(1.0);
-                today_polls += 1;
-            }
-            t += chrono::Duration::from_std(POLL).expect("poll");
-        }
     }
     let new_cases = created_latency.len().max(1);
     let surveys = survey_latency.len();
@@ -441,7 +458,6 @@ async fn scenario(
         outside_midnight_per_widget_poll: outside_per_widget_poll(outside),
         fresh_outside_midnight_per_widget_poll: outside_per_widget_poll(fresh_outside),
         midnight_minutes: midnight_ended.map(|end| minutes(end - midnight)),
-        today_pages_per_widget_poll: today_pages / today_polls.max(1) as f64,
         requests_per_new_case: requests as f64 / new_cases as f64,
         budget_use: requests as f64 / (BUDGET_PER_SEC * span.as_secs_f64()),
         created_p50: percentile(&mut created_latency, 0.5),
@@ -464,6 +480,7 @@ pub struct Matrix {
     pub modes: Vec<Mode>,
     /// Days of history the budgeted catch-up reads, at the first widget count and 200/h.
     pub catch_up_days: u64,
+    pub span: Span,
 }
 
 impl Default for Matrix {
@@ -474,31 +491,45 @@ impl Default for Matrix {
             modes: Mode::ALL.to_vec(),
             speed: DEFAULT_SPEED,
             catch_up_days: 7,
+            span: Span::Midnight,
         }
     }
 }
 
 /// The table: every mode at every volume and widget count of `matrix`.
 pub async fn economy_rows(bootstrap: &str, matrix: &Matrix) -> String {
-    let span = Duration::from_secs(4_800);
+    let span = matrix.span;
     let speed = matrix.speed;
+    let coverage = match span {
+        Span::Midnight => {
+            "Neither is a day's average: a day also holds the 2-hourly and twice-daily \
+             survey re-checks of older cases, which this span meets only at midnight, and this \
+             history reaches 2 days back, not the survey horizon's 7."
+        }
+        Span::Day => {
+            "Over the span is a day's average: every re-check grid's points are inside it, \
+             and the history reaches past the survey horizon."
+        }
+    };
     let mut out = format!(
         "Steady state for {:.0} virtual minutes from 23:20 (midnight and its 30 min grace inside), \
-         simulator at {speed}x with a 47 h history already known, poll 30 s, settle 5 min, \
+         simulator at {speed}x with a {} h 15 min history already known, \
+         poll 30 s, settle 5 min, \
          budget {BUDGET_PER_SEC} requests per virtual second shared by all widgets, one \
          broker. Requests are per widget per poll: over the span, and outside the midnight \
          period (from midnight until the day just ended has had its final whole-day read, after \
          its grace period; the baseline's is its grace period) with the fresh windows' pages in \
-         brackets. Neither is a day's average: a day also holds the 2-hourly and twice-daily \
-         survey re-checks of older cases, which this span meets only at midnight, and this \
-         history reaches 2 days back, not the survey horizon's 7. \"Beyond today\" is requests outside the midnight period minus the pages today \
-         holds. Latencies in minutes: `case.created` from the case becoming visible in the \
+         brackets. {coverage} \"Past re-reads\" is requests outside the midnight period \
+         other than the fresh windows' pages: re-checks and catch-up. The `dates` fresh window is \
+         today, so for `dates` these are the requests beyond the pages today holds; the \
+         baseline's fresh window holds yesterday too. Latencies in minutes: `case.created` from the case becoming visible in the \
          API, `case.survey` from the survey appearing.\n\n\
          | mode | widgets | cases/h/widget | requests/poll | outside midnight (fresh) | \
-         midnight period | beyond today | requests/new case | budget use | created p50 | \
+         midnight period | past re-reads | requests/new case | budget use | created p50 | \
          created p99 | survey p99 | surveys ≤ 15 min |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
-        span.as_secs_f64() / 60.0
+        span.measured().as_secs_f64() / 60.0,
+        span.past_days() * 24 + 23,
     );
     for &widgets in &matrix.widgets {
         for &volume in &matrix.volumes {
@@ -520,13 +551,13 @@ pub async fn economy_rows(bootstrap: &str, matrix: &Matrix) -> String {
                     .map_or("past the span".to_owned(), |m| format!("{m:.1} min"));
                 out.push_str(&format!(
                     "| {} | {widgets} | {volume:.0} | {:.2} | {:.2} ({:.2}) | \
-                     {midnight} | {:+.2} | {:.2} | {:.2} | {:.1} | {:.1}{missing} | {:.1} | \
+                     {midnight} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1}{missing} | {:.1} | \
                      {:.1}% of {} |\n",
                     mode.name(),
                     r.requests_per_widget_poll,
                     r.outside_midnight_per_widget_poll,
                     r.fresh_outside_midnight_per_widget_poll,
-                    r.outside_midnight_per_widget_poll - r.today_pages_per_widget_poll,
+                    r.outside_midnight_per_widget_poll - r.fresh_outside_midnight_per_widget_poll,
                     r.requests_per_new_case,
                     r.budget_use,
                     r.created_p50,
