@@ -60,15 +60,22 @@ fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-/// Chats that ended from then on are still checked on the first grid, every 10 minutes: the
-/// re-checks worth reading apart from their day's older cases, which fall due with them at
-/// the grids' shared points.
+/// Chats that ended from then on were checked on the first grid, every 10 minutes, at its last
+/// point (at or before `now`): the re-checks worth reading apart from their day's older cases,
+/// which fall due with them at the grids' shared points. Counted from that point, not from
+/// `now`, so a re-check read a little after it finds every case due there in one group.
 pub fn frequent_checks_since(now: DateTime<Utc>, settings: &TrackerSettings) -> DateTime<Utc> {
-    let (first_grid_until, _) = RECHECK_GRIDS[0];
-    now.checked_sub_signed(
-        chrono::Duration::from_std(settings.settle + first_grid_until).unwrap_or_default(),
-    )
-    .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    let (first_grid_until, every) = RECHECK_GRIDS[0];
+    let point = grid_at_or_after(now, every);
+    let point = if point > now { point - every } else { point };
+    // A check at the point is on the first grid while the case is younger than the band.
+    point
+        .checked_sub_signed(
+            chrono::Duration::from_std(settings.settle + first_grid_until).unwrap_or_default(),
+        )
+        .map_or(DateTime::<Utc>::MIN_UTC, |t| {
+            t + chrono::Duration::milliseconds(1)
+        })
 }
 
 /// The grid a case is checked on at `age` after its chat ended.
@@ -97,13 +104,20 @@ pub fn next_check(
         return None;
     }
     let settled = add(chat_end, settings.settle);
-    let from = settled.max(now);
-    let grid = grid_for((from - chat_end).to_std().unwrap_or_default(), settings);
-    let at = if now < settled {
+    let age_at = |t: DateTime<Utc>| (t - chat_end).to_std().unwrap_or_default();
+    let mut grid = grid_for(age_at(settled.max(now)), settings);
+    let mut at = if now < settled {
         grid_at_or_after(settled, grid)
     } else {
         grid_after(now, grid)
     };
+    // A check that would fall past its grid's band goes to the next grid's point instead,
+    // where the day's older cases fall due: one read for both, not a small one for it alone.
+    // The grids nest (each step divides the next), so this ends within their number.
+    while grid_for(age_at(at), settings) != grid {
+        grid = grid_for(age_at(at), settings);
+        at = grid_after(now.max(settled), grid);
+    }
     Some(at.min(last))
 }
 
@@ -254,15 +268,45 @@ mod tests {
 
     #[test]
     fn frequent_checks_are_those_of_chats_ended_since_the_cutoff() {
-        let now = t(30 * 3600);
+        // A 10-minute point that is no 2-hour one, and a re-check read 22 s after it.
+        let point = at("2026-03-11T10:10:00Z");
+        let now = point + chrono::Duration::seconds(22);
         let cutoff = frequent_checks_since(now, &SETTINGS);
-        let minutes = |chat_end: DateTime<Utc>| {
-            (next_check(chat_end, now, &SETTINGS).unwrap() - now).num_minutes()
+        assert_eq!(cutoff, frequent_checks_since(point, &SETTINGS));
+        // Whatever check came before (10 min or 1 ms earlier), is the case due at the point?
+        let due_at_point = |chat_end: DateTime<Utc>| {
+            [
+                chrono::Duration::minutes(10),
+                chrono::Duration::milliseconds(1),
+            ]
+            .iter()
+            .all(|before| next_check(chat_end, point - *before, &SETTINGS) == Some(point))
         };
-        // Ended just after the cutoff: the next check within 10 minutes.
-        assert!(minutes(cutoff + chrono::Duration::seconds(1)) <= 10);
-        // Ended just before: the 2-hour grid.
-        assert!(minutes(cutoff - chrono::Duration::seconds(1)) > 10);
+        // Ended from the cutoff on: due at the point, on the 10-minute grid.
+        for after in [0, 1, 60_000] {
+            assert!(due_at_point(cutoff + chrono::Duration::milliseconds(after)));
+        }
+        // Ended before: its checks are on the 2-hour grid by the point, so none of that
+        // group is due at it (no second, small read beside the frequent one).
+        for before in [1, 1_000, 600_000] {
+            let chat_end = cutoff - chrono::Duration::milliseconds(before);
+            assert_eq!(
+                next_check(chat_end, point - chrono::Duration::minutes(10), &SETTINGS),
+                Some(at("2026-03-11T12:00:00Z"))
+            );
+        }
+    }
+
+    #[test]
+    fn a_check_past_its_band_moves_to_the_next_grid() {
+        let end = at("2026-03-10T00:40:00Z");
+        // Checked at 6 h 02 min, 3 min before the first band ends (settle + 6 h): the next
+        // 10-minute point, 06:50, is past it, so the next check is the 2-hour point after.
+        let next = next_check(end, at("2026-03-10T06:42:00Z"), &SETTINGS);
+        assert_eq!(next, Some(at("2026-03-10T08:00:00Z")));
+        // Likewise past a day: 02:00 is past the second band, so the 12-hour point after.
+        let next = next_check(end, at("2026-03-11T00:42:00Z"), &SETTINGS);
+        assert_eq!(next, Some(at("2026-03-11T12:00:00Z")));
     }
 
     #[test]
