@@ -73,8 +73,10 @@ async fn catch_up_across_midnight_with_a_late_survey_and_pruning() {
         clock.clone(),
     )
     .await;
-    // Ends 2026-03-08T15:45, older than the lookback; its survey lands after midnight and a
-    // re-check (due 2026-03-11T00:30 on the back-off schedule) finds it.
+    // Ends 2026-03-08T15:45, older than the lookback; its survey lands after midnight, after
+    // the day's catch-up and its midnight re-check, and the next re-check (12:00 on the
+    // 12-hour grid) finds it. (The test once waited for 01:00 only, and passed only while the
+    // catch-up read that day slowly enough to find the survey itself.)
     let late = case_at(&sim, "w1", "late-survey", "2026-03-08T15:40:00Z");
     sim.sim.add_case(
         "w1",
@@ -96,10 +98,10 @@ async fn catch_up_across_midnight_with_a_late_survey_and_pruning() {
     let forwarder = RunningForwarder::start(config, clock.clone());
     let surveys_topic = format!("{prefix}.surveys");
     eventually(
-        Duration::from_secs(60),
-        "the late survey and an hour past midnight",
+        Duration::from_secs(120),
+        "the late survey and the re-check at noon",
         async || {
-            clock.now() > at("2026-03-11T01:00:00Z")
+            clock.now() > at("2026-03-11T12:00:00Z")
                 && events_by_case(&bootstrap, &surveys_topic)
                     .await
                     .contains_key("late-survey")
@@ -314,8 +316,9 @@ async fn the_last_check_of_the_horizon_is_never_skipped() {
 
 /// A case that appears while a long catch-up day is being read is announced before that day
 /// is done: the fresh window is read every interval on its own lane, and the day's window,
-/// holding the same widget, stops at a page for it and goes on from its cursor. (When both
-/// shared one cycle, a widget's fresh window waited for its whole catch-up day.)
+/// holding the same widget, stops at a page for it and goes on from its cursor, fetching no
+/// page twice. (When both shared one cycle, a widget's fresh window waited for its whole
+/// catch-up day.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_backlog_window_never_holds_back_fresh_cases() {
     let bootstrap = kafka_bootstrap().await;
@@ -371,6 +374,16 @@ async fn a_long_backlog_window_never_holds_back_fresh_cases() {
         async || caught_up(),
     )
     .await;
+    // Each of the day's pages was fetched once: a window that stops for a fresh read decides
+    // the pages it fetched already (requests spent) and goes on after them. (It used to drop
+    // them, and fetch them again when it went on.) The only past window read so far is the
+    // day's: its cases' first re-checks fall due at 00:50.
+    let stats = sim.sim.stats();
+    assert_eq!(
+        stats.pages_served - stats.pages_reaching_now,
+        day_pages as u64,
+        "pages of past windows served, against the day's pages"
+    );
     let (_, metrics) = admin_get(format!("127.0.0.1:{admin}"), "/metrics")
         .await
         .expect("metrics");

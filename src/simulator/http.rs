@@ -124,10 +124,12 @@ async fn logs(
         Err(message) => return text(StatusCode::BAD_REQUEST, message),
     };
     let faults = sim.faults();
+    let page = sim.logs(&query);
+    // Served (and counted) first, answered late: a slow API has done the request's work, so
+    // a client that gives up waiting has spent the request all the same.
     if query.cursor.is_some() && faults.slow_cursor_ms > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(faults.slow_cursor_ms)).await;
     }
-    let page = sim.logs(&query);
     let looping = query.widgets.iter().any(|w| faults.loop_links.contains(w));
     let link = match (page.next, query.cursor) {
         // A broken cursor: the page links to itself.

@@ -32,7 +32,8 @@ pub struct Faults {
     /// Widgets whose next-page links loop: every page after the first links to itself.
     pub loop_links: Vec<String>,
     /// Responses to next-page requests (those with a cursor) are delayed this long, so a
-    /// window can span a chosen stretch of time.
+    /// window can span a chosen stretch of time. The page is served (counted, its cases
+    /// picked) before the delay.
     pub slow_cursor_ms: u64,
 }
 
