@@ -25,6 +25,9 @@ pub(super) enum WindowEnd {
     Yielded,
 }
 
+/// How long a yielding window waits for each page already on its way.
+const YIELD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Pipeline {
     pub(super) async fn read_window(
         &self,
@@ -88,6 +91,11 @@ impl Pipeline {
             // A fetch in flight is abandoned at shutdown: nothing of it was committed.
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break Ok(WindowEnd::Interrupted),
+                // Yielding, a page not here by then is a fetch in back-off (429s, retries): it
+                // is dropped, and fetched again on resuming, rather than held up the fresh read.
+                _ = tokio::time::sleep(YIELD_WAIT), if stop_fetching.is_cancelled() => {
+                    break Ok(WindowEnd::Yielded)
+                }
                 next = pages.recv() => next,
             };
             match next {
