@@ -45,7 +45,7 @@ fn at(text: &str) -> DateTime<Utc> {
     text.parse().expect("a time")
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 pub enum Mode {
     /// What the first release did: today and the lookback day, every poll.
     Baseline,

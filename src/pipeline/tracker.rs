@@ -66,8 +66,8 @@ fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 /// `now`, so a re-check read a little after it finds every case due there in one group.
 pub fn frequent_checks_since(now: DateTime<Utc>, settings: &TrackerSettings) -> DateTime<Utc> {
     let (first_grid_until, every) = RECHECK_GRIDS[0];
-    let point = grid_at_or_after(now, every);
-    let point = if point > now { point - every } else { point };
+    // The last point at or before `now`.
+    let point = grid_after(now, every) - every;
     // A check at the point is on the first grid while the case is younger than the band.
     point
         .checked_sub_signed(
@@ -114,8 +114,12 @@ pub fn next_check(
     // A check that would fall past its grid's band goes to the next grid's point instead,
     // where the day's older cases fall due: one read for both, not a small one for it alone.
     // The grids nest (each step divides the next), so this ends within their number.
-    while grid_for(age_at(at), settings) != grid {
-        grid = grid_for(age_at(at), settings);
+    loop {
+        let grid_then = grid_for(age_at(at), settings);
+        if grid_then == grid {
+            break;
+        }
+        grid = grid_then;
         at = grid_after(now.max(settled), grid);
     }
     Some(at.min(last))
