@@ -307,10 +307,10 @@ fn forwarder_config(
 pub enum Span {
     /// 80 minutes across midnight, 2 days of history: the fresh windows and midnight.
     Midnight,
-    /// A whole day, 7 past days of history: every re-check grid's points once or more. A case
-    /// with a check inside the day ended after 7 days 12 h before its end (the horizon, and the
-    /// last check up to 12 h after it); an older day would be one a running forwarder had
-    /// pruned, and pruning it inside the span would weigh on the backlog lane.
+    /// A whole day, 7 past days of history: every re-check grid's points once or more. The
+    /// oldest case with a check inside the day ended on the 7th day back (its last check is the
+    /// first 12:00 UTC at or after its 7-day horizon); an older day would be one a running
+    /// forwarder had pruned, and pruning it inside the span would weigh on the backlog lane.
     Day,
 }
 
@@ -502,7 +502,7 @@ pub async fn economy_rows(bootstrap: &str, matrix: &Matrix) -> String {
     let speed = matrix.speed;
     let coverage = match span {
         Span::Midnight => {
-            "Neither is a day's average: a day also holds the 2-hourly and twice-daily \
+            "Neither is a day's average: a day also holds the 2-hourly and daily \
              survey re-checks of older cases, which this span meets only at midnight, and this \
              history reaches 2 days back, not the survey horizon's 7."
         }

@@ -13,7 +13,7 @@ use crate::state::{Change, WidgetProgress};
 const PRUNE_DAYS_PER_TURN: usize = 64;
 /// Dead-letter marks are kept this long beyond lookback and horizon, after which a bad case's
 /// day is normally not read again (a catch-up after a longer outage may dead-letter it again):
-/// a day, plus the up to 12 h by which a case's last survey check follows its horizon.
+/// a day, plus the up to 24 h by which a case's last survey check follows its horizon.
 const DEAD_LETTER_MARGIN: chrono::Duration = chrono::Duration::days(2);
 
 impl Pipeline {

@@ -13,15 +13,58 @@ use crate::state::CaseRecord;
 /// every widget) falls due at the same instants and a day is read once per re-check time, not
 /// once per case. In the first hours after chat end, where answers cluster (the simulator
 /// spreads late ones over 6 h), a check every 10 min keeps a survey within ~10 min of
-/// appearing; later, every 2 h to a day, then twice a day to the horizon.
-const RECHECK_GRIDS: [(Duration, Duration); 2] = [
-    (Duration::from_secs(6 * 3600), Duration::from_secs(10 * 60)),
-    (
-        Duration::from_secs(24 * 3600),
-        Duration::from_secs(2 * 3600),
-    ),
+/// appearing; later, every 2 h to a day, then once a day to the horizon. Surveys that late are
+/// rare and are read a whole day at a time, so a second daily look would cost a tenth of a
+/// request per widget per poll (a day of 4 x 200/h measured) for half a day's latency on them.
+const RECHECK_GRIDS: [(Duration, Grid); 2] = [
+    (Duration::from_secs(6 * 3600), Grid::every(10 * 60)),
+    (Duration::from_secs(24 * 3600), Grid::every(2 * 3600)),
 ];
-const RECHECK_LATE_EVERY: Duration = Duration::from_secs(12 * 3600);
+/// At 12:00 UTC, away from midnight, where the day just ended has its final read and every
+/// other grid has a point. On the 2-hour grid's points, so the grids still nest.
+const RECHECK_LATE: Grid = Grid {
+    step_ms: 24 * 3_600_000,
+    offset_ms: 12 * 3_600_000,
+};
+
+/// Points every `step_ms`, `offset_ms` after the multiples of the step from the Unix epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Grid {
+    step_ms: i64,
+    offset_ms: i64,
+}
+
+impl Grid {
+    const fn every(secs: i64) -> Self {
+        Self {
+            step_ms: secs * 1000,
+            offset_ms: 0,
+        }
+    }
+
+    /// The first point at or after `t`.
+    fn at_or_after(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        let ms = t.timestamp_millis().saturating_sub(self.offset_ms);
+        let at = ms
+            .div_euclid(self.step_ms)
+            .saturating_add(i64::from(ms.rem_euclid(self.step_ms) != 0));
+        DateTime::from_timestamp_millis(
+            at.saturating_mul(self.step_ms)
+                .saturating_add(self.offset_ms),
+        )
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    /// The first point strictly after `t`.
+    fn after(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        self.at_or_after(t + chrono::Duration::milliseconds(1))
+    }
+
+    /// The last point at or before `t`.
+    fn at_or_before(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        self.after(t) - chrono::Duration::milliseconds(self.step_ms)
+    }
+}
 
 pub const ENV_SETTLE: &str = "CASESTREAM_SETTLE";
 pub const ENV_SURVEY_HORIZON: &str = "CASESTREAM_SURVEY_HORIZON";
@@ -65,9 +108,8 @@ fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 /// which fall due with them at the grids' shared points. Counted from that point, not from
 /// `now`, so a re-check read a little after it finds every case due there in one group.
 pub fn frequent_checks_since(now: DateTime<Utc>, settings: &TrackerSettings) -> DateTime<Utc> {
-    let (first_grid_until, every) = RECHECK_GRIDS[0];
-    // The last point at or before `now`.
-    let point = grid_after(now, every) - every;
+    let (first_grid_until, first_grid) = RECHECK_GRIDS[0];
+    let point = first_grid.at_or_before(now);
     // A check at the point is on the first grid while the case is younger than the band.
     point
         .checked_sub_signed(
@@ -79,11 +121,11 @@ pub fn frequent_checks_since(now: DateTime<Utc>, settings: &TrackerSettings) -> 
 }
 
 /// The grid a case is checked on at `age` after its chat ended.
-fn grid_for(age: Duration, settings: &TrackerSettings) -> Duration {
+fn grid_for(age: Duration, settings: &TrackerSettings) -> Grid {
     RECHECK_GRIDS
         .iter()
         .find(|(until, _)| age < settings.settle + *until)
-        .map_or(RECHECK_LATE_EVERY, |(_, every)| *every)
+        .map_or(RECHECK_LATE, |(_, grid)| *grid)
 }
 
 /// The next time to look for a survey after `now`: the first grid point at or after settle,
@@ -96,10 +138,7 @@ pub fn next_check(
     now: DateTime<Utc>,
     settings: &TrackerSettings,
 ) -> Option<DateTime<Utc>> {
-    let last = grid_at_or_after(
-        add(chat_end, settings.horizon),
-        grid_for(settings.horizon, settings),
-    );
+    let last = grid_for(settings.horizon, settings).at_or_after(add(chat_end, settings.horizon));
     if now >= last {
         return None;
     }
@@ -107,37 +146,23 @@ pub fn next_check(
     let age_at = |t: DateTime<Utc>| (t - chat_end).to_std().unwrap_or_default();
     let mut grid = grid_for(age_at(settled.max(now)), settings);
     let mut at = if now < settled {
-        grid_at_or_after(settled, grid)
+        grid.at_or_after(settled)
     } else {
-        grid_after(now, grid)
+        grid.after(now)
     };
     // A check that would fall past its grid's band goes to the next grid's point instead,
     // where the day's older cases fall due: one read for both, not a small one for it alone.
-    // The grids nest (each step divides the next), so this ends within their number.
+    // The grids nest (each one's points are points of the one before), so this ends within
+    // their number.
     loop {
         let grid_then = grid_for(age_at(at), settings);
         if grid_then == grid {
             break;
         }
         grid = grid_then;
-        at = grid_after(now.max(settled), grid);
+        at = grid.after(now.max(settled));
     }
     Some(at.min(last))
-}
-
-/// The first point of a grid of `every` (counted from the Unix epoch) at or after `t`.
-fn grid_at_or_after(t: DateTime<Utc>, every: Duration) -> DateTime<Utc> {
-    let step = i64::try_from(every.as_millis()).unwrap_or(i64::MAX).max(1);
-    let ms = t.timestamp_millis();
-    let at = ms
-        .div_euclid(step)
-        .saturating_add(i64::from(ms.rem_euclid(step) != 0));
-    DateTime::from_timestamp_millis(at.saturating_mul(step)).unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
-/// The first point of a grid of `every` strictly after `t`.
-fn grid_after(t: DateTime<Utc>, every: Duration) -> DateTime<Utc> {
-    grid_at_or_after(t + chrono::Duration::milliseconds(1), every)
 }
 
 /// Decides what one observation of a case means.
@@ -308,7 +333,7 @@ mod tests {
         // 10-minute point, 06:50, is past it, so the next check is the 2-hour point after.
         let next = next_check(end, at("2026-03-10T06:42:00Z"), &SETTINGS);
         assert_eq!(next, Some(at("2026-03-10T08:00:00Z")));
-        // Likewise past a day: 02:00 is past the second band, so the 12-hour point after.
+        // Likewise past a day: 02:00 is past the second band, so the daily point after (12:00).
         let next = next_check(end, at("2026-03-11T00:42:00Z"), &SETTINGS);
         assert_eq!(next, Some(at("2026-03-11T12:00:00Z")));
     }
@@ -342,13 +367,23 @@ mod tests {
             .filter(|at| (6 * 60 + 15..24 * 60).contains(&minutes(at)));
         assert!(day_one.clone().all(|at| at.timestamp() % 7200 == 0));
         assert!(day_one.count() >= 8);
-        // The last on the 12-hour grid, the first point at or after the horizon.
+        // Past the first day, once a day at 12:00 UTC, the last the first such point at or
+        // after the horizon.
+        let late: Vec<_> = checks.iter().filter(|at| minutes(at) >= 24 * 60).collect();
+        assert!(
+            late.iter().all(|at| at.timestamp() % 86_400 == 43_200),
+            "{late:?}"
+        );
+        assert!(
+            late.windows(2)
+                .all(|w| *w[1] - *w[0] == chrono::Duration::days(1))
+        );
         let last = *checks.last().unwrap();
         let horizon = end + chrono::Duration::days(7);
-        assert!(last >= horizon && last - horizon < chrono::Duration::hours(12));
-        assert_eq!(last.timestamp() % 43_200, 0, "on the grid");
+        assert!(last >= horizon && last - horizon < chrono::Duration::days(1));
+        assert_eq!(**late.last().unwrap(), last);
         assert!(checks.windows(2).all(|w| w[0] < w[1]));
-        assert!(checks.len() < 36 + 10 + 14 + 2);
+        assert!(checks.len() < 36 + 10 + 8);
         assert_eq!(next_check(end, last, &SETTINGS), None);
     }
 
@@ -415,7 +450,7 @@ mod tests {
     proptest! {
         /// Any sequence of observations: one created, surveys only when settled, never the same
         /// survey content twice in a row, and the record pending until its last check (the
-        /// first 12-hour grid point at or after the 7-day horizon), which the steps cross.
+        /// first daily grid point at or after the 7-day horizon), which the steps cross.
         #[test]
         fn sequences_of_observations(
             steps in prop::collection::vec((0i64..50_000, survey_strategy()), 1..30)
@@ -424,7 +459,7 @@ mod tests {
             let mut known: Option<CaseRecord> = None;
             let mut created = 0;
             let mut last_survey: Option<EventKind> = None;
-            let last_check = grid_at_or_after(t(100 + 7 * 86_400), RECHECK_LATE_EVERY);
+            let last_check = RECHECK_LATE.at_or_after(t(100 + 7 * 86_400));
             for (advance, survey) in steps {
                 now += advance;
                 let d = observe(&case(survey), known.as_ref(), t(now), &SETTINGS);
