@@ -78,6 +78,29 @@ async fn sigkill_mid_run_loses_nothing_and_sigterm_exits_cleanly() {
         },
     )
     .await;
+    // Every survey that had appeared and settled by now arrives. Waited for, not assumed
+    // after a fixed margin: at 15 requests/s a read of today's ~120 pages takes about 8 s,
+    // and a survey that appears just after its page was read waits for the next read.
+    let surveys_topic = format!("{prefix}.surveys");
+    let cutoff = chrono::Utc::now();
+    let due_surveys = || {
+        ["w1", "w2"]
+            .iter()
+            .flat_map(|w| sim.sim.visible_cases_with_survey_times(w))
+            .map(|(value, survey_at)| (Case::from_value(value).unwrap(), survey_at))
+            .filter(|(case, survey_at)| survey_due(case, *survey_at, cutoff))
+            .map(|(case, _)| case.id().to_owned())
+            .collect::<Vec<String>>()
+    };
+    eventually(
+        Duration::from_secs(60),
+        "every survey due before the stop published",
+        async || {
+            let surveys = created_events(&bootstrap, &surveys_topic).await;
+            due_surveys().iter().all(|id| surveys.contains_key(id))
+        },
+    )
+    .await;
 
     stop_with_sigterm(second, &log).await;
 
@@ -98,22 +121,12 @@ async fn sigkill_mid_run_loses_nothing_and_sigterm_exits_cleanly() {
         repeated <= 5 * 100,
         "{repeated} records repeated: more than the pages in flight at the kill"
     );
-    // Surveys too: every survey that had appeared and settled arrived.
-    let surveys = created_events(&bootstrap, &format!("{prefix}.surveys")).await;
-    let stopped = chrono::Utc::now() - chrono::Duration::seconds(10);
-    let mut due = 0;
-    for w in ["w1", "w2"] {
-        for (value, survey_at) in sim.sim.visible_cases_with_survey_times(w) {
-            let case = Case::from_value(value).unwrap();
-            if survey_due(&case, survey_at, stopped) {
-                due += 1;
-                assert!(
-                    surveys.contains_key(case.id()),
-                    "survey of {} lost",
-                    case.id()
-                );
-            }
-        }
+    // Surveys too: every survey that had appeared and settled arrived, across the kill.
+    let surveys = created_events(&bootstrap, &surveys_topic).await;
+    let due_ids = due_surveys();
+    let due = due_ids.len();
+    for id in &due_ids {
+        assert!(surveys.contains_key(id), "survey of {id} lost");
     }
     assert!(due > 50, "only {due} surveys were due; test too small");
     let logs = std::fs::read_to_string(&log).unwrap();
