@@ -92,15 +92,22 @@ async fn sigkill_mid_run_loses_nothing_and_sigterm_exits_cleanly() {
             .map(|(case, _)| case.id().to_owned())
             .collect::<Vec<String>>()
     };
-    eventually(
-        Duration::from_secs(60),
-        "every survey due before the stop published",
-        async || {
-            let surveys = created_events(&bootstrap, &surveys_topic).await;
-            due_surveys().iter().all(|id| surveys.contains_key(id))
-        },
-    )
-    .await;
+    let waited = std::time::Instant::now();
+    loop {
+        let surveys = created_events(&bootstrap, &surveys_topic).await;
+        let missing: Vec<String> = due_surveys()
+            .into_iter()
+            .filter(|id| !surveys.contains_key(id))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "surveys lost (due before the stop, not published after 60 s): {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     stop_with_sigterm(second, &log).await;
 
@@ -121,13 +128,9 @@ async fn sigkill_mid_run_loses_nothing_and_sigterm_exits_cleanly() {
         repeated <= 5 * 100,
         "{repeated} records repeated: more than the pages in flight at the kill"
     );
-    // Surveys too: every survey that had appeared and settled arrived, across the kill.
-    let surveys = created_events(&bootstrap, &surveys_topic).await;
-    let due_ids = due_surveys();
-    let due = due_ids.len();
-    for id in &due_ids {
-        assert!(surveys.contains_key(id), "survey of {id} lost");
-    }
+    // Surveys too: every survey that had appeared and settled arrived, across the kill
+    // (waited for above).
+    let due = due_surveys().len();
     assert!(due > 50, "only {due} surveys were due; test too small");
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(logs.contains("stopped cleanly"), "graceful stop logged");

@@ -373,11 +373,11 @@ async fn scenario(
         clock.sleep_until(mark).await;
         marks.push(requests_now());
     }
-    // Midnight's once-a-day reads (every re-check grid meets there) end with the final
-    // whole-day read of the day just ended, once its grace period has passed (every widget's
-    // catch-up past it): from midnight to then is the midnight period, whatever it holds. The
-    // baseline's fresh window keeps that day until the next midnight: its period is the
-    // grace period alone.
+    // Midnight's once-a-day read, the final whole-day read of the day just ended, comes once
+    // its grace period has passed (every widget's catch-up past it): from midnight to then is
+    // the midnight period, whatever it holds. The daily re-checks of older days are at 12:00,
+    // outside it. The baseline's fresh window keeps that day until the next midnight: its
+    // period is the grace period alone.
     let midnight_ended = match mode {
         Mode::Baseline => {
             let grace_end = midnight + chrono::Duration::minutes(30);

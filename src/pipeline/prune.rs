@@ -13,8 +13,10 @@ use crate::state::{Change, WidgetProgress};
 const PRUNE_DAYS_PER_TURN: usize = 64;
 /// Dead-letter marks are kept this long beyond lookback and horizon, after which a bad case's
 /// day is normally not read again (a catch-up after a longer outage may dead-letter it again):
-/// a day, plus the up to 24 h by which a case's last survey check follows its horizon.
-const DEAD_LETTER_MARGIN: chrono::Duration = chrono::Duration::days(2);
+/// a day, plus the up to 24 h by which a case's last survey check follows its horizon, plus a
+/// day for chats across midnight and late-visible cases (with no lookback, nothing else
+/// covers them).
+const DEAD_LETTER_MARGIN: chrono::Duration = chrono::Duration::days(3);
 
 impl Pipeline {
     /// Forgets what no future decision needs: per widget, the days before the fresh window

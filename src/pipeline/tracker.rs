@@ -44,7 +44,13 @@ impl Grid {
 
     /// The first point at or after `t`.
     fn at_or_after(self, t: DateTime<Utc>) -> DateTime<Utc> {
-        let ms = t.timestamp_millis().saturating_sub(self.offset_ms);
+        // Whole milliseconds, rounded up: a point is never before `t`.
+        let ms = t
+            .timestamp_millis()
+            .saturating_add(i64::from(
+                !t.timestamp_subsec_nanos().is_multiple_of(1_000_000),
+            ))
+            .saturating_sub(self.offset_ms);
         let at = ms
             .div_euclid(self.step_ms)
             .saturating_add(i64::from(ms.rem_euclid(self.step_ms) != 0));
@@ -336,6 +342,36 @@ mod tests {
         // Likewise past a day: 02:00 is past the second band, so the daily point after (12:00).
         let next = next_check(end, at("2026-03-11T00:42:00Z"), &SETTINGS);
         assert_eq!(next, Some(at("2026-03-11T12:00:00Z")));
+        // Ended at 12:40: its last 2-hour check is 12:00 the next day, and the one after is
+        // the next day's 12:00, not midnight.
+        let end = at("2026-03-10T12:40:00Z");
+        let next = next_check(end, at("2026-03-11T12:00:00Z"), &SETTINGS);
+        assert_eq!(next, Some(at("2026-03-12T12:00:00Z")));
+    }
+
+    #[test]
+    fn grid_points_around_a_time() {
+        let daily = RECHECK_LATE;
+        let noon = at("2026-03-10T12:00:00Z");
+        let ms = chrono::Duration::milliseconds(1);
+        assert_eq!(daily.at_or_after(noon), noon);
+        assert_eq!(daily.at_or_after(noon - ms), noon);
+        assert_eq!(
+            daily.at_or_after(noon + ms),
+            noon + chrono::Duration::days(1)
+        );
+        assert_eq!(daily.after(noon), noon + chrono::Duration::days(1));
+        assert_eq!(daily.at_or_before(noon), noon);
+        assert_eq!(
+            daily.at_or_before(noon - ms),
+            noon - chrono::Duration::days(1)
+        );
+        // Before the epoch, and a part of a millisecond past a point.
+        let before_epoch = at("1969-12-31T11:00:00Z");
+        assert_eq!(daily.at_or_after(before_epoch), at("1969-12-31T12:00:00Z"));
+        let ten = Grid::every(600);
+        let past_a_point = at("2026-03-10T12:10:00.000000500Z");
+        assert_eq!(ten.at_or_after(past_a_point), at("2026-03-10T12:20:00Z"));
     }
 
     #[test]
