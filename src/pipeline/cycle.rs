@@ -254,6 +254,11 @@ impl Pipeline {
                         tracing::error!(widget, window = %window, error = %e, "reading the Logs API failed; will try again next cycle");
                     }
                 }
+                Err(WindowFailure::FetcherStopped { pages_read }) => {
+                    out.stats.window_errors += 1;
+                    metrics::window_error(widget, "fetcher_stopped");
+                    tracing::error!(widget, window = %window, pages_read, "the page fetcher stopped before the window's last page (a bug: it panicked); the pages read are committed, and the window is read again next cycle (a backlog window from its cursor)");
+                }
                 Err(WindowFailure::Pipeline(e)) => return Err(e),
             }
         }

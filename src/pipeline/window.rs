@@ -84,6 +84,7 @@ impl Pipeline {
         let mut flight = Flight::default();
         // Whether the page read last links to another: a window yields only between pages.
         let mut more = false;
+        let mut pages_read = 0u64;
         let end = loop {
             if more && yield_to.is_some_and(WidgetSlot::fresh_waiting) {
                 stop_fetching.cancel();
@@ -99,9 +100,12 @@ impl Pipeline {
                 next = pages.recv() => next,
             };
             match next {
-                // The fetcher stopped before the last page: the window goes on from its cursor.
-                None if more && stop_fetching.is_cancelled() => break Ok(WindowEnd::Yielded),
-                None => break Ok(WindowEnd::Complete),
+                None => {
+                    break end_when_pages_close(pages_read, more, stop_fetching.is_cancelled())
+                        .map_err(|stopped| WindowFailure::FetcherStopped {
+                            pages_read: stopped,
+                        });
+                }
                 Some(Err(e)) => break Err(WindowFailure::Client(e)),
                 Some(Ok(page)) => {
                     // A long window is progress, page by page: liveness never fails for it.
@@ -117,6 +121,7 @@ impl Pipeline {
                                 pages_done: page.index + 1,
                             });
                     more = page.next.is_some();
+                    pages_read += 1;
                     let mut batch = self.decide(page, &mut flight, stats).await?;
                     batch.cursor = cursor;
                     if self.sink.exactly_once() {
@@ -196,14 +201,57 @@ impl Pipeline {
     }
 }
 
-/// Why a window failed: the API, or the pipeline itself (which stops it).
+/// How a window ends when its fetcher closes the channel of pages. The fetcher closes it after
+/// the last page, after a failure it sent, or when told to stop fetching (a yield, between
+/// pages: the window goes on from its cursor). Closed otherwise, it panicked: that is no
+/// complete read, which would mark a day read or a fresh read done without its pages. `Err`
+/// holds the pages read before.
+fn end_when_pages_close(pages_read: u64, more: bool, yielding: bool) -> Result<WindowEnd, u64> {
+    match (pages_read, more, yielding) {
+        (1.., true, true) => Ok(WindowEnd::Yielded),
+        (1.., false, _) => Ok(WindowEnd::Complete),
+        _ => Err(pages_read),
+    }
+}
+
+/// Why a window failed: the API, its page fetcher, or the pipeline itself (which stops it).
 pub(super) enum WindowFailure {
     Client(ClientError),
+    /// The fetcher ended before the window's last page without saying why (it panicked).
+    FetcherStopped {
+        pages_read: u64,
+    },
     Pipeline(PipelineError),
 }
 
 impl From<PipelineError> for WindowFailure {
     fn from(e: PipelineError) -> Self {
         WindowFailure::Pipeline(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_is_complete_only_when_its_last_page_says_so() {
+        let end = |pages, more, yielding| match end_when_pages_close(pages, more, yielding) {
+            Ok(WindowEnd::Complete) => "complete",
+            Ok(WindowEnd::Yielded) => "yielded",
+            Ok(WindowEnd::Interrupted) => "interrupted",
+            Err(_) => "fetcher stopped",
+        };
+        // The last page read links to no other.
+        assert_eq!(end(1, false, false), "complete");
+        assert_eq!(end(7, false, false), "complete");
+        // A yield stops fetching between pages: the window goes on from its cursor.
+        assert_eq!(end(3, true, true), "yielded");
+        // Closed with pages still to come and no yield, or before any page (even the last
+        // page of an empty window comes as a page): the fetcher died.
+        assert_eq!(end(3, true, false), "fetcher stopped");
+        assert_eq!(end(0, false, false), "fetcher stopped");
+        assert_eq!(end(0, false, true), "fetcher stopped");
+        assert!(matches!(end_when_pages_close(5, true, false), Err(5)));
     }
 }
