@@ -74,8 +74,9 @@ async fn catch_up_across_midnight_with_a_late_survey_and_pruning() {
     )
     .await;
     // Ends 2026-03-08T15:45, older than the lookback; its survey lands after midnight, after
-    // the day's catch-up, and the next re-check (12:00, on the daily grid) finds it. (The test once waited for 01:00 only, and passed only while the
-    // catch-up read that day slowly enough to find the survey itself.)
+    // the day's catch-up, and the next re-check (12:00, on the daily grid) finds it. (The
+    // test once waited for 01:00 only, and passed only while the catch-up read that day
+    // slowly enough to find the survey itself.)
     let late = case_at(&sim, "w1", "late-survey", "2026-03-08T15:40:00Z");
     sim.sim.add_case(
         "w1",

@@ -81,33 +81,32 @@ async fn sigkill_mid_run_loses_nothing_and_sigterm_exits_cleanly() {
     // Every survey that had appeared and settled by now arrives. Waited for, not assumed
     // after a fixed margin: at 15 requests/s a read of today's ~120 pages takes about 8 s,
     // and a survey that appears just after its page was read waits for the next read.
+    // The set is fixed at the cutoff: a case is visible 200 ms after its chat ends, and a
+    // survey counts only 2 s after.
     let surveys_topic = format!("{prefix}.surveys");
     let cutoff = chrono::Utc::now();
-    let due_surveys = || {
-        ["w1", "w2"]
-            .iter()
-            .flat_map(|w| sim.sim.visible_cases_with_survey_times(w))
-            .map(|(value, survey_at)| (Case::from_value(value).unwrap(), survey_at))
-            .filter(|(case, survey_at)| survey_due(case, *survey_at, cutoff))
-            .map(|(case, _)| case.id().to_owned())
-            .collect::<Vec<String>>()
-    };
-    let waited = std::time::Instant::now();
-    loop {
-        let surveys = created_events(&bootstrap, &surveys_topic).await;
-        let missing: Vec<String> = due_surveys()
-            .into_iter()
-            .filter(|id| !surveys.contains_key(id))
-            .collect();
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            waited.elapsed() < Duration::from_secs(60),
-            "surveys lost (due before the stop, not published after 60 s): {missing:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let due: Vec<String> = ["w1", "w2"]
+        .iter()
+        .flat_map(|w| sim.sim.visible_cases_with_survey_times(w))
+        .map(|(value, survey_at)| (Case::from_value(value).unwrap(), survey_at))
+        .filter(|(case, survey_at)| survey_due(case, *survey_at, cutoff))
+        .map(|(case, _)| case.id().to_owned())
+        .collect();
+    eventually_or_report(
+        Duration::from_secs(60),
+        "every survey due before the stop published",
+        async || {
+            let surveys = created_events(&bootstrap, &surveys_topic).await;
+            let missing: Vec<&String> =
+                due.iter().filter(|id| !surveys.contains_key(*id)).collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("surveys lost: {missing:?}"))
+            }
+        },
+    )
+    .await;
 
     stop_with_sigterm(second, &log).await;
 
@@ -130,7 +129,7 @@ async fn sigkill_mid_run_loses_nothing_and_sigterm_exits_cleanly() {
     );
     // Surveys too: every survey that had appeared and settled arrived, across the kill
     // (waited for above).
-    let due = due_surveys().len();
+    let due = due.len();
     assert!(due > 50, "only {due} surveys were due; test too small");
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(logs.contains("stopped cleanly"), "graceful stop logged");

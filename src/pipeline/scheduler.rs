@@ -382,10 +382,9 @@ pub struct RecheckDemand {
 /// Spends what the fresh windows left on due re-checks, the youngest cases first: surveys
 /// come mostly in the first hours after a chat, and at the grids' shared points (every 2 h;
 /// at 12:00 the days 2-7 back too) the re-checks of every widget's older days fall due with
-/// them. A re-check that
-/// would otherwise wait past `max_staleness` intervals is read whatever the budget, so
-/// re-checks falling due together spread over a few cycles instead of crowding out the fresh
-/// windows, and none waits long.
+/// them. A re-check that would otherwise wait past `max_staleness` intervals is read whatever
+/// the budget, so re-checks falling due together spread over a few cycles instead of crowding
+/// out the fresh windows, and none waits long.
 pub fn ration_rechecks(demands: &[RecheckDemand], budget: f64, max_staleness: u32) -> Ration {
     let cap = f64::from(max_staleness.max(1));
     let mut order: Vec<usize> = (0..demands.len()).collect();

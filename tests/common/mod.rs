@@ -436,14 +436,34 @@ pub async fn readyz(admin: impl std::fmt::Display) -> Option<(u16, String)> {
 
 /// Polls `check` until it holds or `limit` passes; the test fails with `what` then.
 pub async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    eventually_or_report(limit, what, async || {
+        check().await.then_some(()).ok_or_else(String::new)
+    })
+    .await
+}
+
+/// [`eventually`], for a check that says what is still wrong: the last report is in the
+/// failure.
+pub async fn eventually_or_report(
+    limit: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Result<(), String>,
+) {
     let started = Instant::now();
+    let mut report = String::new();
     while started.elapsed() < limit {
-        if check().await {
-            return;
+        match check().await {
+            Ok(()) => return,
+            Err(last) => report = last,
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    panic!("timed out after {limit:?} waiting for: {what}");
+    let report = if report.is_empty() {
+        report
+    } else {
+        format!("; {report}")
+    };
+    panic!("timed out after {limit:?} waiting for: {what}{report}");
 }
 
 pub fn without_survey(case: &Value) -> Value {
