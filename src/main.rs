@@ -147,6 +147,13 @@ struct SimulateArgs {
     /// Rate of pages that repeat the previous page's last case.
     #[arg(long, value_parser = rate, default_value = "0")]
     fault_repeat_rate: f64,
+    /// A case id whose pages answer 503 on every request (repeatable; `PUT /_sim/faults`
+    /// takes it off again).
+    #[arg(long = "fault-unreadable-case", value_name = "CASE_ID")]
+    fault_unreadable_cases: Vec<String>,
+    /// Windows starting before today answer 503 (today's are served).
+    #[arg(long)]
+    fault_brownout_past_days: bool,
 }
 
 impl SimulateArgs {
@@ -171,6 +178,8 @@ impl SimulateArgs {
                 slow_ms: u64::try_from(self.fault_slow_delay.as_millis()).unwrap_or(u64::MAX),
                 rate_truncate: self.fault_truncate_rate,
                 rate_repeat: self.fault_repeat_rate,
+                unreadable_cases: self.fault_unreadable_cases.clone(),
+                brownout_past_days: self.fault_brownout_past_days,
                 // Scripted through the control API (`PUT /_sim/faults`), not flags.
                 ..Faults::default()
             },

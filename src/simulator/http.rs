@@ -124,11 +124,35 @@ async fn logs(
         Err(message) => return text(StatusCode::BAD_REQUEST, message),
     };
     let faults = sim.faults();
+    let today_ms = sim
+        .clock()
+        .now()
+        .date_naive()
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc()
+        .timestamp_millis();
+    if faults.brownout_past_days && query.from_ms < today_ms {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "<html><body>Gateway Timeout</body></html>",
+        );
+    }
     let page = sim.logs(&query);
     // Served (and counted) first, answered late: a slow API has done the request's work, so
     // a client that gives up waiting has spent the request all the same.
     if query.cursor.is_some() && faults.slow_cursor_ms > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(faults.slow_cursor_ms)).await;
+    }
+    let unreadable = page.cases.iter().any(|case| {
+        case.get("id")
+            .and_then(Value::as_str)
+            .is_some_and(|id| faults.unreadable_cases.iter().any(|bad| bad == id))
+    });
+    if unreadable {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "<html><body>Service Unavailable</body></html>",
+        );
     }
     let looping = query.widgets.iter().any(|w| faults.loop_links.contains(w));
     let link = match (page.next, query.cursor) {

@@ -35,6 +35,12 @@ pub struct Faults {
     /// window can span a chosen stretch of time. The page is served (counted, its cases
     /// picked) before the delay.
     pub slow_cursor_ms: u64,
+    /// Case ids whose pages answer 503 on every request, whatever the window holding them: a
+    /// page the API cannot serve, until the id is taken off the list.
+    pub unreadable_cases: Vec<String>,
+    /// Windows that start before today (UTC, on the simulator's clock) answer 503: an API that
+    /// serves today but fails heavy reads of the past.
+    pub brownout_past_days: bool,
 }
 
 #[derive(Clone, Debug)]
