@@ -186,7 +186,28 @@ const WINDOWS_RESUMED: Metric = metric(
     "casestream_windows_resumed_total",
     Counter,
     None,
-    "Windows that went on from a saved cursor: after a restart, or after stopping for a fresh read of their widget",
+    "Windows that went on where they stopped: from a saved cursor after a restart, or after letting a fresh read of their widget go first",
+    &["widget"],
+);
+const UNREAD_SPANS: Metric = metric(
+    "casestream_unread_spans",
+    Gauge,
+    None,
+    "Spans of a widget's cases the Logs API would not serve (read around, dead-lettered, tried again on the re-check grid)",
+    &["widget"],
+);
+const UNREAD_SPANS_FOUND: Metric = metric(
+    "casestream_unread_spans_found_total",
+    Counter,
+    None,
+    "Spans found that the Logs API would not serve, each sent to the dead-letter topic once",
+    &["widget"],
+);
+const UNREAD_SPANS_READ: Metric = metric(
+    "casestream_unread_spans_read_total",
+    Counter,
+    None,
+    "Unread spans that were read on a later try, their cases announced",
     &["widget"],
 );
 const KAFKA_DELIVERY_ERRORS: Metric = metric(
@@ -255,6 +276,9 @@ const ALL: &[&Metric] = &[
     &WINDOW_SECONDS,
     &WINDOW_ERRORS,
     &WINDOWS_RESUMED,
+    &UNREAD_SPANS,
+    &UNREAD_SPANS_FOUND,
+    &UNREAD_SPANS_READ,
     &KAFKA_DELIVERY_ERRORS,
     &PRODUCER_REPLACEMENTS,
     &READY,
@@ -421,6 +445,22 @@ pub fn window_resumed(widget: &str) {
     counter!(WINDOWS_RESUMED.name, labels(&WINDOWS_RESUMED, [widget])).increment(1);
 }
 
+pub fn unread_spans(widget: &str, spans: usize) {
+    gauge!(UNREAD_SPANS.name, labels(&UNREAD_SPANS, [widget])).set(spans as f64);
+}
+
+pub fn unread_span_found(widget: &str) {
+    counter!(
+        UNREAD_SPANS_FOUND.name,
+        labels(&UNREAD_SPANS_FOUND, [widget])
+    )
+    .increment(1);
+}
+
+pub fn unread_span_read(widget: &str) {
+    counter!(UNREAD_SPANS_READ.name, labels(&UNREAD_SPANS_READ, [widget])).increment(1);
+}
+
 pub fn kafka_delivery_error() {
     counter!(KAFKA_DELIVERY_ERRORS.name).increment(1);
 }
@@ -473,6 +513,9 @@ mod tests {
             window_read("fresh", d);
             window_error("w", "transport");
             window_resumed("w");
+            unread_spans("w", 1);
+            unread_span_found("w");
+            unread_span_read("w");
             kafka_delivery_error();
             producer_replaced();
             ready(true);

@@ -256,6 +256,7 @@ async fn the_last_check_of_the_horizon_is_never_skipped() {
                     since: day,
                     caught_up_through: Some(day),
                     last_fresh_poll: None,
+                    unread: Vec::new(),
                 },
             )
             .unwrap();
@@ -419,4 +420,75 @@ async fn a_long_backlog_window_never_holds_back_fresh_cases() {
         .collect();
     assert!(twice.is_empty(), "cases announced twice: {twice:?}");
     sim.stop().await.unwrap();
+}
+
+/// An API that serves today but answers 503 to every window starting before it (a brownout of
+/// heavy past-day reads), two widgets catching up from yesterday, 1 s polls, retries backing
+/// off for seconds: a case added today on either widget is announced within 3 poll
+/// intervals, each of three times; the backlog windows failing in back-off never hold the
+/// fresh reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_window_in_back_off_never_holds_a_fresh_read() {
+    let bootstrap = kafka_bootstrap().await;
+    let clock = Clock::scaled(at("2026-03-10T10:00:00Z"), 1.0);
+    let sim = start_simulator(
+        SimConfig {
+            widgets: vec!["w1".into(), "w2".into()],
+            cases_per_hour: 0.0,
+            history: Duration::from_secs(30 * 3600),
+            faults: Faults {
+                brownout_past_days: true,
+                ..Faults::default()
+            },
+            ..SimConfig::default()
+        },
+        clock.clone(),
+    )
+    .await;
+    let prefix = unique_prefix("brownout");
+    let dir = tempfile::tempdir().unwrap();
+    let poll = Duration::from_secs(1);
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |c| {
+        c.pipeline.poll_interval = poll;
+        c.pipeline.since = Some(NaiveDate::from_ymd_opt(2026, 3, 9).unwrap());
+        // A failing window sits in back-off for about 20 s, as with the defaults' first tries.
+        c.api.retry = casestream::snapengage::RetryPolicy {
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(5),
+            max_attempts: 8,
+        };
+    });
+    let forwarder = RunningForwarder::start(config, clock.clone());
+    forwarder
+        .wait_for_first_cycle(Duration::from_secs(60), "a first complete cycle")
+        .await;
+    let cases_topic = format!("{prefix}.cases");
+    for (round, widget) in ["w2", "w1", "w2"].into_iter().enumerate() {
+        // Catch-up windows are in back-off by now, and again later.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let id = sim
+            .sim
+            .add_case(widget, sim.sim.make_case(widget), None, None)
+            .unwrap();
+        let added = std::time::Instant::now();
+        eventually(
+            Duration::from_secs(120),
+            "today's case announced",
+            async || {
+                count_by_key(&bootstrap, &cases_topic, Duration::from_millis(200))
+                    .await
+                    .contains_key(&id)
+            },
+        )
+        .await;
+        let took = added.elapsed();
+        assert!(
+            took <= poll * 3,
+            "round {round}: {widget}'s case took {took:?}, more than 3 poll intervals"
+        );
+    }
+    // The backlog really was failing all along: yesterday was never caught up.
+    assert_eq!(caught_up_through(dir.path(), "w1"), None);
+    assert_eq!(caught_up_through(dir.path(), "w2"), None);
+    forwarder.stop().await;
 }

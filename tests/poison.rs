@@ -507,3 +507,311 @@ async fn a_batch_refused_for_one_large_record_loses_none_of_the_others() {
     assert_eq!(dead[0].headers["casestream_body"], "raw");
     sim.stop().await.unwrap();
 }
+
+/// The dead letters naming unread spans, as (widget, start, end) and their bodies.
+fn unread_span_letters(records: &[Record]) -> Vec<(String, Value)> {
+    records
+        .iter()
+        .filter(|r| {
+            r.headers.get("casestream_reason_code").map(String::as_str) == Some("unread_span")
+        })
+        .map(|r| {
+            let body: Value = serde_json::from_slice(&r.payload).expect("a span as JSON");
+            (r.headers["casestream_widget_id"].clone(), body)
+        })
+        .collect()
+}
+
+fn time_of(value: &Value) -> chrono::DateTime<chrono::Utc> {
+    value
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{value} is no time"))
+}
+
+/// A page the client cannot read (`CASESTREAM_MAX_BODY` 1 MiB, a 1.5 MB case, 5 cases a
+/// page) in `datetimes` mode: the 7 cases after it on the same widget are announced within 10
+/// poll intervals, the other widget's case within 3, and one dead letter names the unread
+/// second, which a metric counts; it is not dead-lettered again on later polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_too_large_to_read_costs_one_second_and_one_dead_letter() {
+    let bootstrap = kafka_bootstrap().await;
+    // Real speed from a fixed time, far from midnight.
+    let clock = Clock::scaled("2026-03-10T10:00:00Z".parse().unwrap(), 1.0);
+    let sim = start_simulator(
+        SimConfig {
+            widgets: vec!["w1".into(), "w2".into()],
+            cases_per_hour: 0.0,
+            history: Duration::ZERO,
+            page_size: 5,
+            ..SimConfig::default()
+        },
+        clock.clone(),
+    )
+    .await;
+    let prefix = unique_prefix("unreadable-datetimes");
+    let dir = tempfile::tempdir().unwrap();
+    let poll = Duration::from_secs(1);
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |c| {
+        c.pipeline.poll_interval = poll;
+        c.api.window_mode = casestream::snapengage::WindowMode::Datetimes;
+        c.api.max_body = 1 << 20;
+    });
+    let forwarder = RunningForwarder::start(config, clock.clone());
+    let health = forwarder.health.clone();
+    forwarder
+        .wait_for_first_cycle(Duration::from_secs(60), "a first complete cycle")
+        .await;
+
+    let mut huge = sim.sim.make_case("w1");
+    huge["transcripts"] = json!([{"id": "t1", "message": "x".repeat(1_500_000)}]);
+    let huge_id = sim.sim.add_case("w1", huge, None, None).unwrap();
+    let huge_created = clock.now();
+    // The next cases in later seconds: the API addresses a second at best.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let after: Vec<String> = (0..7)
+        .map(|_| {
+            sim.sim
+                .add_case("w1", sim.sim.make_case("w1"), None, None)
+                .unwrap()
+        })
+        .collect();
+    let other = sim
+        .sim
+        .add_case("w2", sim.sim.make_case("w2"), None, None)
+        .unwrap();
+    let added = Instant::now();
+    let cases_topic = format!("{prefix}.cases");
+    let (mut all_after, mut other_after) = (None, None);
+    while added.elapsed() < Duration::from_secs(60) && all_after.is_none() {
+        let keys = count_by_key(&bootstrap, &cases_topic, Duration::from_millis(300)).await;
+        if other_after.is_none() && keys.contains_key(&other) {
+            other_after = Some(added.elapsed());
+        }
+        if after.iter().all(|id| keys.contains_key(id)) {
+            all_after = Some(added.elapsed());
+        }
+    }
+    let all_after = all_after.expect("the 7 cases after the unreadable page are announced");
+    assert!(
+        all_after <= poll * 10,
+        "the 7 cases took {all_after:?}, more than 10 poll intervals"
+    );
+    let other_after = other_after.expect("the other widget's case is announced");
+    assert!(
+        other_after <= poll * 3,
+        "the other widget waited {other_after:?}"
+    );
+    // Later polls do not name the span again.
+    let requests = sim.sim.stats().requests;
+    eventually(Duration::from_secs(60), "5 more polls", async || {
+        sim.sim.stats().requests >= requests + 10
+    })
+    .await;
+    let (_, metrics) = admin_get(health.admin_addr().unwrap(), "/metrics")
+        .await
+        .expect("metrics answer");
+    assert!(
+        metrics.contains("casestream_unread_spans{widget=\"w1\"} 1"),
+        "{metrics}"
+    );
+    forwarder.stop().await;
+
+    let dead = read_topic_async(
+        &bootstrap,
+        &format!("{prefix}.dead"),
+        Duration::from_secs(2),
+    )
+    .await;
+    let letters = unread_span_letters(&dead);
+    assert_eq!(
+        letters.len(),
+        1,
+        "one dead letter names the span: {letters:?}"
+    );
+    let (widget, span) = &letters[0];
+    assert_eq!(widget, "w1");
+    let (start, end) = (time_of(&span["start"]), time_of(&span["end"]));
+    assert_eq!(end - start, chrono::Duration::seconds(1), "{span}");
+    assert!(
+        start <= huge_created && huge_created - start < chrono::Duration::seconds(2),
+        "the span {span} holds the case created at {huge_created}"
+    );
+    assert!(
+        span["error"].as_str().unwrap().contains("bytes"),
+        "the error is named: {span}"
+    );
+    let cases = count_by_key(&bootstrap, &cases_topic, Duration::from_secs(1)).await;
+    assert!(
+        !cases.contains_key(&huge_id),
+        "the unreadable case was never read"
+    );
+    for id in &after {
+        assert_eq!(cases[id], 1, "{id} announced once");
+    }
+}
+
+/// A page answering 503 on every attempt, in `dates` mode, on a virtual clock across
+/// midnight: the cases of later hours on the same widget are announced, the other widget does
+/// not wait, one dead letter names the unread hour, the day's final read and a later late
+/// survey of the widget still happen, and once the page can be read again the span's retry
+/// on the re-check grid announces the case it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_page_in_dates_mode_costs_its_hour_until_it_can_be_read() {
+    use casestream::simulator::generator::SurveyPlan;
+    let bootstrap = kafka_bootstrap().await;
+    let clock = Clock::scaled("2026-03-10T21:00:00Z".parse().unwrap(), 600.0);
+    let sim = start_simulator(
+        SimConfig {
+            widgets: vec!["w1".into(), "w2".into()],
+            cases_per_hour: 0.0,
+            history: Duration::ZERO,
+            page_size: 5,
+            ..SimConfig::default()
+        },
+        clock.clone(),
+    )
+    .await;
+    let prefix = unique_prefix("unreadable-dates");
+    let dir = tempfile::tempdir().unwrap();
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |c| {
+        // A failing page gives up after 2 attempts: 20 would take virtual hours.
+        c.api.retry.max_attempts = 2;
+    });
+    let forwarder = RunningForwarder::start(config, clock.clone());
+    forwarder
+        .wait_for_first_cycle(Duration::from_secs(60), "a first complete cycle")
+        .await;
+    let at = |t: &str| -> chrono::DateTime<chrono::Utc> { t.parse().unwrap() };
+    let until = async |t: &str| {
+        let t = at(t);
+        eventually(Duration::from_secs(120), "the virtual clock", async || {
+            clock.now() >= t
+        })
+        .await
+    };
+
+    let bad = sim
+        .sim
+        .add_case("w1", sim.sim.make_case("w1"), None, None)
+        .unwrap();
+    let bad_created = clock.now();
+    sim.sim.set_faults(Faults {
+        unreadable_cases: vec![bad.clone()],
+        ..Faults::default()
+    });
+    until("2026-03-10T22:05:00Z").await;
+    let later: Vec<String> = (0..7)
+        .map(|_| {
+            sim.sim
+                .add_case("w1", sim.sim.make_case("w1"), None, None)
+                .unwrap()
+        })
+        .collect();
+    let other = sim
+        .sim
+        .add_case("w2", sim.sim.make_case("w2"), None, None)
+        .unwrap();
+    let cases_topic = format!("{prefix}.cases");
+    let surveys_topic = format!("{prefix}.surveys");
+    let added = clock.now();
+    let mut other_seen = None;
+    eventually(
+        Duration::from_secs(60),
+        "the later hour's cases announced",
+        async || {
+            let keys = count_by_key(&bootstrap, &cases_topic, Duration::from_millis(300)).await;
+            if other_seen.is_none() && keys.contains_key(&other) {
+                other_seen = Some(clock.now());
+            }
+            later.iter().all(|id| keys.contains_key(id))
+        },
+    )
+    .await;
+    let other_seen = other_seen.expect("the other widget's case is announced");
+    assert!(
+        other_seen - added <= chrono::Duration::minutes(5),
+        "the other widget waited {} virtual minutes",
+        (other_seen - added).num_minutes()
+    );
+    // A case late in the day whose survey lands after the day's final read (00:30).
+    until("2026-03-10T23:00:00Z").await;
+    let late = sim
+        .sim
+        .add_case(
+            "w1",
+            without_survey(&sim.sim.make_case("w1")),
+            None,
+            Some(SurveyPlan {
+                at_ms: at("2026-03-11T01:30:00Z").timestamp_millis(),
+                score: Some(80),
+                comments: Some("late but kind".into()),
+            }),
+        )
+        .unwrap();
+    until("2026-03-11T02:00:00Z").await;
+    eventually(
+        Duration::from_secs(60),
+        "the late survey announced",
+        async || {
+            count_by_key(&bootstrap, &surveys_topic, Duration::from_millis(300))
+                .await
+                .contains_key(&late)
+        },
+    )
+    .await;
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 3, 10).unwrap();
+    assert!(
+        caught_up_through(dir.path(), "w1") >= Some(day),
+        "the day's final read is done around the span"
+    );
+    // The page can be read again: the span's next try on the re-check grid announces it.
+    sim.sim.set_faults(Faults::default());
+    eventually(
+        Duration::from_secs(60),
+        "the once unreadable case announced",
+        async || {
+            count_by_key(&bootstrap, &cases_topic, Duration::from_millis(300))
+                .await
+                .contains_key(&bad)
+        },
+    )
+    .await;
+    forwarder.stop().await;
+
+    let dead = read_topic_async(
+        &bootstrap,
+        &format!("{prefix}.dead"),
+        Duration::from_secs(2),
+    )
+    .await;
+    let letters = unread_span_letters(&dead);
+    assert_eq!(
+        letters.len(),
+        1,
+        "one dead letter names the span: {letters:?}"
+    );
+    let (widget, span) = &letters[0];
+    assert_eq!(widget, "w1");
+    let (start, end) = (time_of(&span["start"]), time_of(&span["end"]));
+    assert_eq!(start, at("2026-03-10T21:00:00Z"), "{span}");
+    assert_eq!(end, at("2026-03-10T22:00:00Z"), "{span}");
+    assert!(start <= bad_created && bad_created < end);
+    let cases = count_by_key(&bootstrap, &cases_topic, Duration::from_secs(1)).await;
+    for id in later.iter().chain([&other, &late, &bad]) {
+        assert_eq!(cases.get(id), Some(&1), "{id} announced once");
+    }
+    let progress = casestream::state::SqliteStore::open_read_only(dir.path())
+        .ok()
+        .and_then(|s| {
+            casestream::state::StateStore::widget(&s, "w1")
+                .ok()
+                .flatten()
+        })
+        .expect("w1's progress");
+    assert!(
+        progress.unread.is_empty(),
+        "the span was read: {:?}",
+        progress.unread
+    );
+}

@@ -204,6 +204,7 @@ fn seed_state(
                     since,
                     caught_up_through: now.date_naive().pred_opt(),
                     last_fresh_poll: Some(now),
+                    unread: Vec::new(),
                 },
             )
             .expect("seed progress");

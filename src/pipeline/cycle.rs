@@ -8,9 +8,11 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use super::isolate::FailedRead;
 use super::lanes::{Lane, WidgetSlot};
 use super::scheduler::{self, Activity, FreshDemand, RecheckDemand, Task};
-use super::window::{WindowEnd, WindowFailure};
+use super::unread;
+use super::window::{WindowEnd, WindowFailure, WindowRead};
 use super::{CycleStats, Pipeline, PipelineError};
 use crate::metrics;
 use crate::state::{DueDay, WidgetProgress};
@@ -149,10 +151,18 @@ impl Pipeline {
             .collect();
         let costs: Vec<f64> = days.iter().map(|(_, _, cost)| *cost).collect();
         let catch_up = scheduler::ration_catch_up(&costs, (budget - rationed.spent).max(0.0));
-        let read: Vec<(usize, Task)> = rationed
-            .read
+        // Unread spans are few and narrow: each is tried when due, before the rest.
+        let unread = tasks
             .iter()
-            .map(|&r| (rechecks[r].0, Task::Recheck(rechecks[r].1)))
+            .filter(|(_, task, _)| matches!(task, Task::Unread { .. }))
+            .map(|&(i, task, _)| (i, task));
+        let read: Vec<(usize, Task)> = unread
+            .chain(
+                rationed
+                    .read
+                    .iter()
+                    .map(|&r| (rechecks[r].0, Task::Recheck(rechecks[r].1))),
+            )
             .chain(catch_up.read.iter().map(|&d| (days[d].0, days[d].1)))
             .collect();
         // In the order rationed: the widget with the youngest due cases starts first, and
@@ -170,8 +180,9 @@ impl Pipeline {
     }
 
     /// Reads one widget's windows of this cycle, in order, holding the widget. A backlog
-    /// window stops at its next page when a fresh read waits for the widget, and goes on
-    /// from its cursor once that read is done.
+    /// window lets a fresh read waiting for the widget go first, and goes on after it. A task
+    /// is read in pieces around the widget's unread spans ([`unread::pieces`]); a piece that
+    /// fails cycle after cycle is isolated ([`Pipeline::isolate`]) and the task read again.
     pub(super) async fn read_widget(
         &self,
         widget: &str,
@@ -186,12 +197,12 @@ impl Pipeline {
             widget: widget.to_owned(),
             ..WidgetCycle::default()
         };
-        let Some(mut reading) = slot.take(lane, shutdown).await else {
+        let Some(mut hold) = slot.hold(lane, shutdown).await else {
             return Ok(out);
         };
-        let yield_to = (lane == Lane::Backlog).then_some(slot);
         let mut next = 0;
-        let mut stopped = None;
+        // A task read again at once after isolating one of its pieces, once a cycle.
+        let mut isolated = false;
         while let Some(&task) = tasks.get(next) {
             next += 1;
             if shutdown.is_cancelled() {
@@ -200,15 +211,29 @@ impl Pipeline {
             self.health.beat();
             let progress = slot.progress();
             let window = scheduler::window_for(task, &progress, cycle_started, &schedule);
-            // A window that stopped for a fresh read started when its first part did (due
-            // cases it read then may fall due again before it ends), with its pages so far.
-            let (window_started, started, pages_before) = stopped
-                .take()
-                .unwrap_or_else(|| (self.clock.now(), Instant::now(), 0));
+            let pieces = match task {
+                Task::Unread { .. } => vec![window],
+                _ => unread::pieces(window, &progress.unread, schedule.mode),
+            };
+            let (window_started, started) = (self.clock.now(), Instant::now());
             let mut read = CycleStats::default();
-            let end = self
-                .read_window(widget, task, window, yield_to, shutdown, &mut read)
-                .await;
+            let mut end = Ok(WindowEnd::Complete);
+            let mut failed_piece = window;
+            for piece in pieces {
+                let how = WindowRead {
+                    window: piece,
+                    keeps_cursor: task != Task::Fresh,
+                    label: task.label(),
+                };
+                end = self
+                    .read_window(widget, how, &mut hold, shutdown, &mut read)
+                    .await;
+                if !matches!(end, Ok(WindowEnd::Complete)) {
+                    failed_piece = piece;
+                    break;
+                }
+                slot.window_read(self.client.window_url(widget, &piece).as_str());
+            }
             out.stats.add(&read);
             match end {
                 Ok(WindowEnd::Complete) => {
@@ -227,37 +252,39 @@ impl Pipeline {
                                 ),
                             });
                         }
-                        Task::CatchUp(_) => out.day_pages.push(pages_before + read.pages),
-                        Task::Recheck(_) => {}
+                        Task::CatchUp(_) => out.day_pages.push(read.pages),
+                        Task::Recheck(_) | Task::Unread { .. } => {}
                     }
                     self.window_done(widget, task, cycle_started, window_started, slot, shutdown)
                         .await?;
                 }
                 Ok(WindowEnd::Interrupted) => break,
-                Ok(WindowEnd::Yielded) => {
-                    // The fresh read has the widget; then the same window goes on from its
-                    // cursor (it stopped after a page, so it always moves on).
-                    drop(reading);
-                    reading = match slot.take(lane, shutdown).await {
-                        Some(taken) => taken,
-                        None => break,
-                    };
-                    next -= 1;
-                    stopped = Some((window_started, started, pages_before + read.pages));
-                }
                 Err(WindowFailure::Client(e)) => {
                     out.stats.window_errors += 1;
                     metrics::window_error(widget, e.kind());
                     if e.is_transient() {
-                        tracing::warn!(widget, window = %window, error = %e, "Logs API window gave up after retries; will try again next cycle");
+                        tracing::warn!(widget, window = %failed_piece, error = %e, "Logs API window gave up after retries; will try again next cycle");
                     } else {
-                        tracing::error!(widget, window = %window, error = %e, "reading the Logs API failed; will try again next cycle");
+                        tracing::error!(widget, window = %failed_piece, error = %e, "reading the Logs API failed; will try again next cycle");
+                    }
+                    let failed = FailedRead {
+                        task,
+                        piece: failed_piece,
+                        error: &e,
+                    };
+                    let again = self
+                        .window_failed(widget, slot, &mut hold, failed, shutdown, &mut out.stats)
+                        .await?;
+                    if again && !isolated {
+                        // Read around what was isolated, now rather than next cycle.
+                        isolated = true;
+                        next -= 1;
                     }
                 }
                 Err(WindowFailure::FetcherStopped { pages_read }) => {
                     out.stats.window_errors += 1;
                     metrics::window_error(widget, "fetcher_stopped");
-                    tracing::error!(widget, window = %window, pages_read, "the page fetcher stopped before the window's last page (a bug: it panicked); the pages read are committed, and the window is read again next cycle (a backlog window from its cursor)");
+                    tracing::error!(widget, window = %failed_piece, pages_read, "the page fetcher stopped before the window's last page (a bug: it panicked); the pages read are committed, and the window is read again next cycle (a backlog window from its cursor)");
                 }
                 Err(WindowFailure::Pipeline(e)) => return Err(e),
             }

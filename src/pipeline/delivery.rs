@@ -9,7 +9,7 @@ use super::flight::{Flight, InFlightPage};
 use super::{Pipeline, PipelineError};
 use crate::metrics;
 use crate::sink::{DeadLetter, ErrorClass, Outgoing, RecordResult, classify, encode};
-use crate::state::page_changes;
+use crate::state::{Change, page_changes};
 
 /// A page waiting this long for acknowledgements makes readiness say Kafka is not taking it.
 const ACK_SLOW: Duration = Duration::from_secs(10);
@@ -77,6 +77,33 @@ impl Pipeline {
             sent.push((record, true, result));
         }
         sent
+    }
+
+    /// Publishes `records` (a few, outside any page) and then writes `changes`: in one
+    /// transaction in exactly-once delivery; in at-least-once, the changes only once Kafka
+    /// took every record. Returns false when shutdown came first (nothing is written).
+    pub(super) async fn publish_then_write(
+        &self,
+        records: Vec<Outgoing>,
+        changes: Vec<Change>,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, PipelineError> {
+        if self.sink.exactly_once() {
+            return self.transact(records, changes, shutdown).await;
+        }
+        if !records.is_empty() {
+            let results = self
+                .sink
+                .start_publish(&records)
+                .await
+                .wait(&self.sink)
+                .await;
+            if let Delivered::Interrupted = self.deliver(records, results, shutdown).await? {
+                return Ok(false);
+            }
+        }
+        self.write(changes, shutdown).await?;
+        Ok(true)
     }
 
     /// Waits for the oldest page in flight to be settled with Kafka (sending again what failed

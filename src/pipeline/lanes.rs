@@ -8,7 +8,8 @@
 //!
 //! A widget's windows are still read one at a time: two windows deciding the same case at
 //! once would both announce it. A fresh read waiting for its widget makes the backlog window
-//! stop at its next page; that window goes on from its saved cursor once the read is done.
+//! finish the pages it decided and let it have the widget at once, even while a page of the
+//! window is in back-off; the window goes on where it was once the read is done.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,7 +52,57 @@ pub(super) struct WidgetSlot {
     fresh_waiting: AtomicBool,
     progress: Mutex<WidgetProgress>,
     activity: Mutex<Activity>,
+    /// Windows (by first-page URL) failing cycle after cycle: how often in a row, and the
+    /// pages the API served pipeline-wide when they first failed.
+    failing: Mutex<HashMap<String, (u32, u64)>>,
 }
+
+/// A window failing cycle after cycle.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Failing {
+    /// Failed reads in a row.
+    pub times: u32,
+    /// Whether the API served other pages since it first failed: the failure is the window's,
+    /// not the API's.
+    pub others_served: bool,
+}
+
+/// A lane's hold on a widget, while it reads the widget's windows of one cycle.
+pub(super) struct Holding<'a> {
+    slot: &'a WidgetSlot,
+    lane: Lane,
+    guard: Option<tokio::sync::MutexGuard<'a, ()>>,
+}
+
+impl Holding<'_> {
+    /// Whether a fresh read waits for the widget this backlog window holds.
+    pub(super) fn fresh_waiting(&self) -> bool {
+        self.lane == Lane::Backlog && self.slot.fresh_waiting()
+    }
+
+    /// Ready once a fresh read waits for the widget (never for the fresh lane's own hold).
+    pub(super) async fn fresh_read_waits(&self) {
+        if self.lane != Lane::Backlog {
+            return std::future::pending().await;
+        }
+        // A flag looked at often, rather than a notification that could pass between a look
+        // and the wait.
+        while !self.slot.fresh_waiting() {
+            tokio::time::sleep(FRESH_WAIT_LOOK).await;
+        }
+    }
+
+    /// Lets the waiting fresh read have the widget, and takes it back once it is done. False:
+    /// shutdown came first.
+    pub(super) async fn let_fresh_read(&mut self, shutdown: &CancellationToken) -> bool {
+        self.guard = None;
+        self.guard = self.slot.take(self.lane, shutdown).await;
+        self.guard.is_some()
+    }
+}
+
+/// How often a backlog window looks whether a fresh read waits for its widget.
+const FRESH_WAIT_LOOK: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl WidgetSlot {
     pub(super) fn new(progress: WidgetProgress) -> Self {
@@ -60,7 +111,28 @@ impl WidgetSlot {
             fresh_waiting: AtomicBool::new(false),
             progress: Mutex::new(progress),
             activity: Mutex::new(Activity::default()),
+            failing: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The window at `url` failed again; `served` is the count of pages the API has served
+    /// so far, pipeline-wide.
+    pub(super) fn window_failed(&self, url: &str, served: u64) -> Failing {
+        let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = failing.entry(url.to_owned()).or_insert((0, served));
+        entry.0 += 1;
+        Failing {
+            times: entry.0,
+            others_served: served > entry.1,
+        }
+    }
+
+    /// The window at `url` was read: its failures are forgotten.
+    pub(super) fn window_read(&self, url: &str) {
+        self.failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(url);
     }
 
     pub(super) fn progress(&self) -> WidgetProgress {
@@ -91,7 +163,20 @@ impl WidgetSlot {
 
     /// The widget to this lane alone, for its windows of one cycle. `None`: shutdown came
     /// first.
-    pub(super) async fn take(
+    pub(super) async fn hold(
+        &self,
+        lane: Lane,
+        shutdown: &CancellationToken,
+    ) -> Option<Holding<'_>> {
+        let guard = self.take(lane, shutdown).await?;
+        Some(Holding {
+            slot: self,
+            lane,
+            guard: Some(guard),
+        })
+    }
+
+    async fn take(
         &self,
         lane: Lane,
         shutdown: &CancellationToken,

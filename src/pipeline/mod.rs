@@ -8,6 +8,7 @@
 mod cycle;
 mod delivery;
 mod flight;
+mod isolate;
 mod lanes;
 mod observe;
 mod page;
@@ -17,6 +18,7 @@ pub mod scheduler;
 mod settings;
 pub mod tracker;
 mod transact;
+mod unread;
 mod window;
 
 use std::collections::HashMap;
@@ -99,6 +101,9 @@ pub struct Pipeline {
     /// Places for pages handed to Kafka and not yet committed, shared by the windows read at
     /// once: `MAX_PAGES_IN_FLIGHT` + 1 (one being settled), whatever the concurrency.
     pages_in_flight: Arc<tokio::sync::Semaphore>,
+    /// Pages the API has served, every window together: a window failing while others are
+    /// served fails for a reason of its own.
+    pages_served: std::sync::atomic::AtomicU64,
 }
 
 impl Pipeline {
@@ -123,7 +128,17 @@ impl Pipeline {
             stats_cache: std::sync::Mutex::new(None),
             transaction: tokio::sync::Mutex::new(()),
             pages_in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_PAGES_IN_FLIGHT + 1)),
+            pages_served: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    fn page_served(&self) {
+        self.pages_served
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn pages_served(&self) -> u64 {
+        self.pages_served.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs a blocking state call off the async threads.
@@ -159,6 +174,7 @@ impl Pipeline {
                         since,
                         caught_up_through: None,
                         last_fresh_poll: None,
+                        unread: Vec::new(),
                     };
                     let change = Change::Widget {
                         widget: widget.clone(),
@@ -168,6 +184,7 @@ impl Pipeline {
                     fresh
                 }
             };
+            metrics::unread_spans(widget, p.unread.len());
             slots.push((widget.clone(), lanes::WidgetSlot::new(p)));
         }
         let widgets = lanes::Widgets(slots);
@@ -279,6 +296,15 @@ impl Pipeline {
                     Change::Case(c)
                 }));
                 slot.progress()
+            }
+            Task::Unread { start, end } => {
+                tracing::info!(widget, %start, %end, "an unread span was read: what it holds is announced");
+                metrics::unread_span_read(widget);
+                let progress = slot.update_progress(|p| {
+                    p.unread.retain(|s| !(s.start == start && s.end == end));
+                });
+                metrics::unread_spans(widget, progress.unread.len());
+                progress
             }
         };
         changes.push(Change::Widget {

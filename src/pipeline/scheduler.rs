@@ -41,6 +41,11 @@ pub enum Task {
     Fresh,
     /// An older part of a day holding cases whose survey re-check is due.
     Recheck(DueDay),
+    /// A span the API would not serve, read again on the re-check grid.
+    Unread {
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    },
 }
 
 impl Task {
@@ -49,6 +54,7 @@ impl Task {
         match self {
             Task::CatchUp(day) => Some(*day),
             Task::Recheck(due) => Some(due.day),
+            Task::Unread { start, .. } => Some(start.date_naive()),
             Task::Fresh => None,
         }
     }
@@ -58,6 +64,7 @@ impl Task {
             Task::CatchUp(_) => "catch_up",
             Task::Fresh => "fresh",
             Task::Recheck(_) => "recheck",
+            Task::Unread { .. } => "unread",
         }
     }
 }
@@ -157,8 +164,8 @@ pub fn intervals_since(then: DateTime<Utc>, now: DateTime<Utc>, poll_interval: D
     age.as_secs_f64() / poll_interval.as_secs_f64().max(0.001)
 }
 
-/// The windows one widget reads this cycle: one catch-up day, the fresh window when due, and
-/// due re-check days (already caught up, before [`recheck_before`]).
+/// The windows one widget reads this cycle: one catch-up day, the fresh window when due, due
+/// re-check days (already caught up, before [`recheck_before`]), and unread spans due a retry.
 pub fn plan_widget(
     progress: &WidgetProgress,
     now: DateTime<Utc>,
@@ -179,6 +186,16 @@ pub fn plan_widget(
             .iter()
             .filter(|due| due.day < limit && catch_up.is_none_or(|next| due.day < next))
             .map(|due| Task::Recheck(*due)),
+    );
+    tasks.extend(
+        progress
+            .unread
+            .iter()
+            .filter(|span| span.next_retry.is_some_and(|at| at <= now))
+            .map(|span| Task::Unread {
+                start: span.start,
+                end: span.end,
+            }),
     );
     tasks
 }
@@ -219,6 +236,12 @@ pub fn window_for(
                 end: end_of(today),
             }
         }
+        (Task::Unread { start, end }, WindowMode::Datetimes) => Window::Times { start, end },
+        // From the span's start: the days before it were read up to it.
+        (Task::Unread { start, end }, WindowMode::Dates) => Window::ShiftedDays {
+            first: start,
+            days: super::unread::days_over(start, end),
+        },
         (Task::Recheck(due), WindowMode::Dates) => Window::Dates {
             start: due.day,
             end: due.day,
@@ -295,6 +318,7 @@ pub fn chat_ends_of(window: &Window) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
     match window {
         Window::Dates { .. } => None,
         Window::Times { start, end } => Some((*start, *end)),
+        Window::ShiftedDays { .. } => Some(window.range()),
     }
 }
 
@@ -467,6 +491,7 @@ mod tests {
             since: day(since),
             caught_up_through: through.map(day),
             last_fresh_poll: last,
+            unread: Vec::new(),
         }
     }
 
@@ -644,6 +669,10 @@ mod tests {
         match window {
             Window::Dates { start, end } => (*start..=*end).contains(&created.date_naive()),
             Window::Times { start, end } => (*start..*end).contains(&created),
+            Window::ShiftedDays { .. } => {
+                let (start, end) = window.range();
+                (start..end).contains(&created)
+            }
         }
     }
 
@@ -671,7 +700,7 @@ mod tests {
                     match task {
                         Task::CatchUp(day) => p.caught_up_through = Some(day),
                         Task::Fresh => p.last_fresh_poll = Some(now),
-                        Task::Recheck(_) => {}
+                        Task::Recheck(_) | Task::Unread { .. } => {}
                     }
                 }
                 now += chrono::Duration::seconds(poll_secs as i64);

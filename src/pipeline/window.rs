@@ -8,8 +8,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::flight::Flight;
-use super::lanes::WidgetSlot;
-use super::scheduler::Task;
+use super::lanes::Holding;
 use super::{
     CycleStats, MAX_PAGES_IN_FLIGHT, PAGES_PER_TRANSACTION, PREFETCH_PAGES, Pipeline, PipelineError,
 };
@@ -18,32 +17,41 @@ use crate::snapengage::{ClientError, Window};
 use crate::state::{Change, WindowCursor};
 
 /// How a window's reading ended.
+#[derive(Debug, PartialEq, Eq)]
 pub(super) enum WindowEnd {
     Complete,
     Interrupted,
-    /// Stopped at a page for a fresh read of the same widget; goes on from its cursor.
-    Yielded,
 }
 
-/// How long a yielding window waits for each page already on its way.
-const YIELD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// One window to read, and what it is read for.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct WindowRead {
+    pub window: Window,
+    /// A backlog window keeps a cursor, to go on where a restart stopped it; a fresh window
+    /// (read again whole every interval) and a probe keep none: the widget's one cursor is its
+    /// backlog window's.
+    pub keeps_cursor: bool,
+    /// What the window is read for, in logs.
+    pub label: &'static str,
+}
 
 impl Pipeline {
     pub(super) async fn read_window(
         &self,
         widget: &str,
-        task: Task,
-        window: Window,
-        yield_to: Option<&WidgetSlot>,
+        read: WindowRead,
+        hold: &mut Holding<'_>,
         shutdown: &CancellationToken,
         stats: &mut CycleStats,
     ) -> Result<WindowEnd, WindowFailure> {
-        tracing::debug!(widget, kind = task.label(), %window, "reading window");
-        // A backlog window interrupted part-way (a restart, a pod killed, a fresh read of its
-        // widget) goes on from its saved cursor, if the cursor is for this very window. Fresh
-        // windows keep none: they are read again whole every interval, and the widget's one
-        // cursor stays the backlog window's.
-        let keeps_cursor = task != Task::Fresh;
+        let WindowRead {
+            window,
+            keeps_cursor,
+            label,
+        } = read;
+        tracing::debug!(widget, kind = label, %window, "reading window");
+        // A backlog window interrupted part-way (a restart, a pod killed) goes on from its
+        // saved cursor, if the cursor is for this very window.
         let first = self.client.window_url(widget, &window);
         let window_url = first.to_string();
         let w = widget.to_owned();
@@ -60,11 +68,6 @@ impl Pipeline {
         }
         // The next page is fetched while this one is decided, published and committed.
         let (tx, mut pages) = tokio::sync::mpsc::channel(PREFETCH_PAGES);
-        // Set when the window yields: the fetcher starts no further request, and the pages it
-        // fetched already and the one in flight (requests spent) are decided before the window
-        // stops after them. Dropping them cost up to 3 requests a yield, fetched again after.
-        let stop_fetching = CancellationToken::new();
-        let fetching = stop_fetching.clone();
         let source = self.client.pages_from(
             widget,
             first,
@@ -72,9 +75,7 @@ impl Pipeline {
         );
         let _fetcher = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             let mut source = pin!(source);
-            while !fetching.is_cancelled()
-                && let Some(page) = source.next().await
-            {
+            while let Some(page) = source.next().await {
                 let failed = page.is_err();
                 if tx.send(page).await.is_err() || failed {
                     break;
@@ -82,34 +83,43 @@ impl Pipeline {
             }
         }));
         let mut flight = Flight::default();
-        // Whether the page read last links to another: a window yields only between pages.
+        // Whether the page read last links to another.
         let mut more = false;
         let mut pages_read = 0u64;
         let end = loop {
-            if more && yield_to.is_some_and(WidgetSlot::fresh_waiting) {
-                stop_fetching.cancel();
+            if hold.fresh_waiting() {
+                // A fresh read of this widget waits: what is decided is finished, and the
+                // widget is its until it is done. The fetcher goes on meanwhile (a page in
+                // back-off keeps its retries), and the window after it, from the same page.
+                if !self.finish_flight(&mut flight, shutdown).await? {
+                    return Ok(WindowEnd::Interrupted);
+                }
+                metrics::window_resumed(widget);
+                if !hold.let_fresh_read(shutdown).await {
+                    break Ok(WindowEnd::Interrupted);
+                }
+                continue;
             }
             // A fetch in flight is abandoned at shutdown: nothing of it was committed.
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break Ok(WindowEnd::Interrupted),
-                // Yielding, a page not here by then is a fetch in back-off (429s, retries): it
-                // is dropped, and fetched again on resuming, rather than held up the fresh read.
-                _ = tokio::time::sleep(YIELD_WAIT), if stop_fetching.is_cancelled() => {
-                    break Ok(WindowEnd::Yielded)
-                }
+                // Woken at once, also while the fetcher waits out a failing page's retries.
+                _ = hold.fresh_read_waits() => continue,
                 next = pages.recv() => next,
             };
             match next {
                 None => {
-                    break end_when_pages_close(pages_read, more, stop_fetching.is_cancelled())
-                        .map_err(|stopped| WindowFailure::FetcherStopped {
+                    break end_when_pages_close(pages_read, more).map_err(|stopped| {
+                        WindowFailure::FetcherStopped {
                             pages_read: stopped,
-                        });
+                        }
+                    });
                 }
                 Some(Err(e)) => break Err(WindowFailure::Client(e)),
                 Some(Ok(page)) => {
                     // A long window is progress, page by page: liveness never fails for it.
                     self.health.beat();
+                    self.page_served();
                     let cursor =
                         page.next
                             .as_ref()
@@ -152,13 +162,8 @@ impl Pipeline {
             }
         };
         // Pages already decided or handed to Kafka are finished, whatever ends the window.
-        if !self.commit_held(&mut flight, shutdown).await? {
+        if !self.finish_flight(&mut flight, shutdown).await? {
             return Ok(WindowEnd::Interrupted);
-        }
-        while !flight.pages.is_empty() {
-            if !self.settle_oldest(&mut flight, shutdown).await? {
-                return Ok(WindowEnd::Interrupted);
-            }
         }
         // The API refused to go on from the saved cursor (it may have expired): the window
         // starts over at page 1 next cycle.
@@ -171,6 +176,24 @@ impl Pipeline {
                 .await?;
         }
         end
+    }
+
+    /// Commits the pages held for a transaction and settles those handed to Kafka. Returns
+    /// false when shutdown came first.
+    async fn finish_flight(
+        &self,
+        flight: &mut Flight,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, PipelineError> {
+        if !self.commit_held(flight, shutdown).await? {
+            return Ok(false);
+        }
+        while !flight.pages.is_empty() {
+            if !self.settle_oldest(flight, shutdown).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -202,14 +225,12 @@ impl Pipeline {
 }
 
 /// How a window ends when its fetcher closes the channel of pages. The fetcher closes it after
-/// the last page, after a failure it sent, or when told to stop fetching (a yield, between
-/// pages: the window goes on from its cursor). Closed otherwise, it panicked: that is no
+/// the last page, or after a failure it sent. Closed otherwise, it panicked: that is no
 /// complete read, which would mark a day read or a fresh read done without its pages. `Err`
 /// holds the pages read before.
-fn end_when_pages_close(pages_read: u64, more: bool, yielding: bool) -> Result<WindowEnd, u64> {
-    match (pages_read, more, yielding) {
-        (1.., true, true) => Ok(WindowEnd::Yielded),
-        (1.., false, _) => Ok(WindowEnd::Complete),
+fn end_when_pages_close(pages_read: u64, more: bool) -> Result<WindowEnd, u64> {
+    match (pages_read, more) {
+        (1.., false) => Ok(WindowEnd::Complete),
         _ => Err(pages_read),
     }
 }
@@ -236,22 +257,12 @@ mod tests {
 
     #[test]
     fn a_window_is_complete_only_when_its_last_page_says_so() {
-        let end = |pages, more, yielding| match end_when_pages_close(pages, more, yielding) {
-            Ok(WindowEnd::Complete) => "complete",
-            Ok(WindowEnd::Yielded) => "yielded",
-            Ok(WindowEnd::Interrupted) => "interrupted",
-            Err(_) => "fetcher stopped",
-        };
         // The last page read links to no other.
-        assert_eq!(end(1, false, false), "complete");
-        assert_eq!(end(7, false, false), "complete");
-        // A yield stops fetching between pages: the window goes on from its cursor.
-        assert_eq!(end(3, true, true), "yielded");
-        // Closed with pages still to come and no yield, or before any page (even the last
-        // page of an empty window comes as a page): the fetcher died.
-        assert_eq!(end(3, true, false), "fetcher stopped");
-        assert_eq!(end(0, false, false), "fetcher stopped");
-        assert_eq!(end(0, false, true), "fetcher stopped");
-        assert!(matches!(end_when_pages_close(5, true, false), Err(5)));
+        assert_eq!(end_when_pages_close(1, false), Ok(WindowEnd::Complete));
+        assert_eq!(end_when_pages_close(7, false), Ok(WindowEnd::Complete));
+        // Closed with pages still to come, or before any page (even the last page of an
+        // empty window comes as a page): the fetcher died.
+        assert_eq!(end_when_pages_close(3, true), Err(3));
+        assert_eq!(end_when_pages_close(0, false), Err(0));
     }
 }

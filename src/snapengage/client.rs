@@ -146,7 +146,7 @@ impl LogsClient {
             .append_pair("widgetId", widget_id)
             .append_pair("start", &start)
             .append_pair("end", &end)
-            .append_pair("timezone", "Etc/UTC");
+            .append_pair("timezone", &window.timezone());
         url
     }
 

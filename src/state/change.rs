@@ -161,6 +161,7 @@ mod tests {
                     since: day,
                     caught_up_through: Some(day),
                     last_fresh_poll: Some(t),
+                    unread: Vec::new(),
                 },
             },
             Change::Cursor(WindowCursor {

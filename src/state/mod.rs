@@ -109,6 +109,28 @@ pub struct WidgetProgress {
     pub caught_up_through: Option<NaiveDate>,
     /// When the fresh window was last read completely.
     pub last_fresh_poll: Option<DateTime<Utc>>,
+    /// Parts of the widget's timeline the Logs API would not serve: windows read around them,
+    /// and they are tried again on the re-check grid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unread: Vec<UnreadSpan>,
+}
+
+/// A part of a widget's timeline, as narrow as the API lets it be addressed, whose pages the
+/// API would not serve (a body too large, not JSON, a 5xx on every attempt). Every other
+/// window of the widget is read around it; it is read again on the re-check grid until the
+/// survey horizon, and what it holds is announced once it can be read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UnreadSpan {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// What the last read of it failed with.
+    pub error: String,
+    /// Reads of it that failed, the isolating ones included.
+    pub attempts: u32,
+    /// When it was found unreadable.
+    pub found: DateTime<Utc>,
+    /// When it is read again; `None` past the survey horizon: it is only read around.
+    pub next_retry: Option<DateTime<Utc>>,
 }
 
 /// A day holding cases whose survey re-check is due, and the span of their chat ends (a

@@ -2,7 +2,9 @@
 
 /// The schema, one step per version: a file at version `v` has had the first `v` steps
 /// applied. They run in one transaction with the version bump.
-pub(super) const MIGRATIONS: [&str; 5] = [SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
+pub(super) const MIGRATIONS: [&str; 6] = [
+    SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
+];
 
 /// The length of [`MIGRATIONS`]; an unknown (newer) version refuses to open, older ones are
 /// migrated forward.
@@ -67,4 +69,10 @@ CREATE TABLE IF NOT EXISTS changelog (
 /// idempotent: migrations run in one transaction with the version bump.
 const SCHEMA_V5: &str = "
 ALTER TABLE cases ADD COLUMN survey_emitted_ms INTEGER;
+";
+
+/// Version 6: the parts of a widget's timeline the Logs API would not serve (JSON, absent when
+/// none), read around and tried again.
+const SCHEMA_V6: &str = "
+ALTER TABLE widgets ADD COLUMN unread_spans TEXT;
 ";

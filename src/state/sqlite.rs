@@ -129,17 +129,27 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// A widget's progress from its row's `since`, `caught_up_through`, `last_fresh_poll_ms`.
+    /// A widget's progress from its row's `since`, `caught_up_through`, `last_fresh_poll_ms`,
+    /// `unread_spans` (JSON).
     fn progress(
         &self,
         since: &str,
         through: Option<&str>,
         fresh: Option<i64>,
+        unread: Option<&str>,
     ) -> Result<WidgetProgress, StateError> {
+        let unread = match unread {
+            None => Vec::new(),
+            Some(json) => serde_json::from_str(json).map_err(|e| StateError::Corrupt {
+                path: self.path.display().to_string(),
+                what: format!("unread spans `{json}`: {e}"),
+            })?,
+        };
         Ok(WidgetProgress {
             since: self.parse_day(since)?,
             caught_up_through: through.map(|d| self.parse_day(d)).transpose()?,
             last_fresh_poll: fresh.map(ms_to_time),
+            unread,
         })
     }
 
@@ -311,17 +321,21 @@ impl StateStore for SqliteStore {
 
     fn widget(&self, widget: &str) -> Result<Option<WidgetProgress>, StateError> {
         let conn = self.conn();
-        let row: Option<(String, Option<String>, Option<i64>)> = conn
+        type Row = (String, Option<String>, Option<i64>, Option<String>);
+        let row: Option<Row> = conn
             .query_row(
-                "SELECT since, caught_up_through, last_fresh_poll_ms FROM widgets WHERE widget = ?1",
+                "SELECT since, caught_up_through, last_fresh_poll_ms, unread_spans FROM widgets
+                 WHERE widget = ?1",
                 [widget],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
             .map_err(self.err())?;
         drop(conn);
-        row.map(|(since, through, fresh)| self.progress(&since, through.as_deref(), fresh))
-            .transpose()
+        row.map(|(since, through, fresh, unread)| {
+            self.progress(&since, through.as_deref(), fresh, unread.as_deref())
+        })
+        .transpose()
     }
 
     fn due_days(
@@ -502,6 +516,7 @@ mod tests {
                         since: day("2026-01-01"),
                         caught_up_through: Some(day("2026-01-05")),
                         last_fresh_poll: Some(t(9_000)),
+                        unread: Vec::new(),
                     },
                 )
                 .unwrap();

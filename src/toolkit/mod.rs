@@ -219,6 +219,7 @@ fn rewound(progress: &WidgetProgress, since: NaiveDate) -> WidgetProgress {
             .map(|(through, before)| through.min(before))
             .filter(|through| *through >= first),
         last_fresh_poll: None,
+        unread: Vec::new(),
     }
 }
 
@@ -277,6 +278,7 @@ mod tests {
             since: day("2026-03-01"),
             caught_up_through: Some(day("2026-03-09")),
             last_fresh_poll: Some(Utc::now()),
+            unread: Vec::new(),
         };
         let r = rewound(&p, day("2026-03-05"));
         assert_eq!(r.since, day("2026-03-01"));

@@ -63,6 +63,37 @@ impl fmt::Display for Summary {
                 if w.resumes_window { "a window" } else { "-" }
             )?;
         }
+        let unread: Vec<_> = self
+            .widgets
+            .iter()
+            .flat_map(|w| {
+                w.progress
+                    .iter()
+                    .flat_map(|p| &p.unread)
+                    .map(move |s| (&w.widget, s))
+            })
+            .collect();
+        if !unread.is_empty() {
+            writeln!(
+                f,
+                "\nunread spans (the Logs API would not serve them; read around, tried again)"
+            )?;
+            for (widget, span) in unread {
+                writeln!(
+                    f,
+                    "{:<16} {} to {}  {} failed reads  next try {}  {}",
+                    widget,
+                    time(Some(span.start)),
+                    time(Some(span.end)),
+                    span.attempts,
+                    match span.next_retry {
+                        Some(t) => time(Some(t)),
+                        None => "none: past the survey horizon".into(),
+                    },
+                    span.error
+                )?;
+            }
+        }
         Ok(())
     }
 }

@@ -39,17 +39,22 @@ pub(super) fn apply_one(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusq
         }
         Change::Widget { widget, progress } => {
             tx.prepare_cached(
-                "INSERT INTO widgets (widget, since, caught_up_through, last_fresh_poll_ms)
-                 VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO widgets (widget, since, caught_up_through, last_fresh_poll_ms,
+                     unread_spans)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (widget) DO UPDATE SET since = excluded.since,
                      caught_up_through = excluded.caught_up_through,
-                     last_fresh_poll_ms = excluded.last_fresh_poll_ms",
+                     last_fresh_poll_ms = excluded.last_fresh_poll_ms,
+                     unread_spans = excluded.unread_spans",
             )?
             .execute(params![
                 widget,
                 progress.since.to_string(),
                 progress.caught_up_through.map(|d| d.to_string()),
                 progress.last_fresh_poll.map(|t| t.timestamp_millis()),
+                // Plain data: serialising it cannot fail.
+                (!progress.unread.is_empty())
+                    .then(|| serde_json::to_string(&progress.unread).unwrap_or_default()),
             ])?;
         }
         Change::Cursor(c) => {

@@ -67,7 +67,7 @@ impl SqliteStore {
         let mut stmt = conn
             .prepare(
                 "WITH names AS (SELECT widget FROM widgets UNION SELECT DISTINCT widget FROM cases)
-                 SELECT n.widget, w.since, w.caught_up_through, w.last_fresh_poll_ms,
+                 SELECT n.widget, w.since, w.caught_up_through, w.last_fresh_poll_ms, w.unread_spans,
                      (SELECT COUNT(*) FROM cases c WHERE c.widget = n.widget),
                      (SELECT COUNT(next_check_ms) FROM cases c WHERE c.widget = n.widget),
                      (SELECT MIN(next_check_ms) FROM cases c WHERE c.widget = n.widget),
@@ -80,6 +80,7 @@ impl SqliteStore {
             Option<String>,
             Option<String>,
             Option<i64>,
+            Option<String>,
             i64,
             i64,
             Option<i64>,
@@ -96,6 +97,7 @@ impl SqliteStore {
                     r.get(5)?,
                     r.get(6)?,
                     r.get(7)?,
+                    r.get(8)?,
                 ))
             })
             .map_err(&err)?
@@ -105,9 +107,11 @@ impl SqliteStore {
         drop(conn);
         rows.into_iter()
             .map(
-                |(widget, since, through, fresh, known, pending, next, cursor)| {
+                |(widget, since, through, fresh, unread, known, pending, next, cursor)| {
                     let progress = since
-                        .map(|since| self.progress(&since, through.as_deref(), fresh))
+                        .map(|since| {
+                            self.progress(&since, through.as_deref(), fresh, unread.as_deref())
+                        })
                         .transpose()?;
                     Ok(WidgetSummary {
                         widget,
@@ -207,13 +211,19 @@ impl SqliteStore {
         mut visit: impl FnMut(Change) -> Result<(), E>,
     ) -> Result<(), E> {
         self.each_row(
-            "SELECT widget, since, caught_up_through, last_fresh_poll_ms FROM widgets
+            "SELECT widget, since, caught_up_through, last_fresh_poll_ms, unread_spans FROM widgets
              ORDER BY widget",
             |r| {
                 let (since, through): (String, Option<String>) = (r.get(1)?, r.get(2)?);
+                let unread: Option<String> = r.get(4)?;
                 Ok(Change::Widget {
                     widget: r.get(0)?,
-                    progress: self.progress(&since, through.as_deref(), r.get(3)?)?,
+                    progress: self.progress(
+                        &since,
+                        through.as_deref(),
+                        r.get(3)?,
+                        unread.as_deref(),
+                    )?,
                 })
             },
             &mut visit,
