@@ -352,6 +352,9 @@ async fn a_standby_takes_over_from_a_killed_and_from_a_frozen_active_instance() 
     sim.stop().await.unwrap();
 }
 
+/// Topic configuration properties, name and value.
+type TopicProperties = &'static [(&'static str, &'static str)];
+
 /// An admin client of the test's own, for topics made by hand.
 fn admin_client(
     bootstrap: &str,
@@ -376,7 +379,8 @@ async fn a_changelog_that_would_lose_state_is_refused_naming_the_setting() {
     let sim = start_simulator(Default::default(), casestream::clock::Clock::system()).await;
     let admin = admin_client(&bootstrap);
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
-    let cases: [(&str, &[(&str, &str)], &str, &[(&str, &str)]); 2] = [
+    // (test name, the topic as made, the refusal, the topic as the refusal says to set it)
+    let cases: [(&str, TopicProperties, &str, TopicProperties); 2] = [
         (
             "eos-delete",
             &[("cleanup.policy", "delete"), ("retention.ms", "86400000")],
