@@ -108,5 +108,31 @@ rejects "a Deployment of two at-least-once replicas" "CASESTREAM_DELIVERY exactl
 rejects "a Deployment of one replica" "at least two replicas" "$rules" \
   sed 's/replicas: 2/replicas: 1/'
 
+# One changelog per deployment: a copy of the overlay that names the changelog as it once did
+# (casestream.state, shared by every deployment made from it), rendered by kustomize, must be
+# rejected; named after the org it passes, and a group set beside it must be named too.
+named_changelog() { # named_changelog <topic> [group]: renders a copy of the overlay naming it
+  local copy
+  copy=$(mktemp -d "$rendered/deploy.XXXXXX")
+  cp -r deploy/. "$copy"
+  {
+    echo "  CASESTREAM_TOPIC_STATE: $1"
+    [ -z "${2:-}" ] || echo "  CASESTREAM_GROUP: $2"
+  } >>"$copy/overlays/exactly-once/configmap-patch.yaml"
+  kustomize "$copy/overlays/exactly-once"
+}
+if grep -q CASESTREAM_TOPIC_STATE "$base"; then
+  echo "self-check FAILED: the exactly-once overlay names the changelog" >&2
+  exit 1
+fi
+rejects "a changelog named without the org (casestream.state)" \
+  "CASESTREAM_TOPIC_STATE 'casestream.state' must name the deployment's org" "$rules" \
+  named_changelog casestream.state
+rejects "a changelog named without the group" \
+  "must name the deployment's group, CASESTREAM_GROUP 'staging'" "$rules" \
+  named_changelog casestream.your-org-id.state staging
+named_changelog casestream.your-org-id.staging.state staging | $rules >/dev/null
+echo "self-check: a changelog named after the org and group is accepted"
+
 # The image: the build stage builds with exactly what it copies; issue 9's Dockerfile fails.
 bash scripts/check-image-build.sh --self-test

@@ -5,7 +5,8 @@ a state volume (or, in exactly-once delivery, a Deployment of standbys with no v
 from a Secret, a grace period longer than the shutdown needs, exactly one Prometheus scrape path
 (the Pod's annotations, not also the Service's), Parallel pod management (a rollout replaces an
 unready pod), a ReadWriteOncePod state claim (one writer), no service-link variables, and no
-PodDisruptionBudget (for one replica it either blocks node drains or does nothing).
+PodDisruptionBudget (for one replica it either blocks node drains or does nothing), and no
+state changelog named without the org (and group): one changelog per deployment.
 
 Reads the multi-document YAML on stdin; exits 1 naming every problem it finds."""
 import sys
@@ -124,6 +125,17 @@ secret_mount = mounts.get("api-token", "")
 need(token_file.startswith(secret_mount + "/") and dig(volumes, "api-token", "secret", "secretName"), "the API token comes from a Secret volume")
 need(dig(env, "KAFKA_SASL_PASSWORD", "valueFrom", "secretKeyRef", "name"), "the SASL password comes from a Secret")
 need(any(dig(e, "configMapRef", "name") == cm["metadata"]["name"] for e in c.get("envFrom") or []), "settings come from the ConfigMap")
+# One changelog per deployment: a CASESTREAM_TOPIC_STATE named without the org (and the group,
+# when one is set) is shared by every deployment that uses the same manifest, which then mix
+# their states (one suppresses the other's announcements, a `state reset --all` rewrites both).
+settings = dict(cm["data"])
+settings.update({name: e["value"] for name, e in env.items() if "value" in e})
+changelog = settings.get("CASESTREAM_TOPIC_STATE")
+if changelog is not None:
+    org, group = settings.get("SNAPENGAGE_ORG_ID"), settings.get("CASESTREAM_GROUP")
+    unset = "leave it unset for casestream.<org>[.<group>].state, one changelog per deployment"
+    need(org and org in changelog, f"CASESTREAM_TOPIC_STATE {changelog!r} must name the deployment's org, SNAPENGAGE_ORG_ID {org!r}: {unset}")
+    need(not group or group in changelog, f"CASESTREAM_TOPIC_STATE {changelog!r} must name the deployment's group, CASESTREAM_GROUP {group!r}: {unset}")
 # Exactly one scrape path: the Pod's annotations. With the Service's too, Prometheus' usual
 # kubernetes-pods and kubernetes-service-endpoints jobs would both scrape the pod.
 pod_ann = dig(sts, "spec", "template", "metadata", "annotations", default={}) or {}

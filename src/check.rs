@@ -8,6 +8,7 @@ use futures::StreamExt;
 
 use crate::config::{Config, ConfigError};
 use crate::sink::KafkaSink;
+use crate::sink::changelog::ChangelogRetention;
 use crate::sink::config::ENV_CREATE_TOPICS;
 use crate::snapengage::{LogsClient, RetryPolicy, Window};
 
@@ -23,8 +24,8 @@ pub struct CheckLine {
 impl std::fmt::Display for CheckLine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.result {
-            Ok(detail) => write!(f, "ok    {:<8} {detail}", self.name),
-            Err(reason) => write!(f, "FAIL  {:<8} {reason}", self.name),
+            Ok(detail) => write!(f, "ok    {:<9} {detail}", self.name),
+            Err(reason) => write!(f, "FAIL  {:<9} {reason}", self.name),
         }
     }
 }
@@ -53,17 +54,7 @@ pub async fn run_checks(config: Result<Config, ConfigError>) -> Vec<CheckLine> {
         name: "logs-api",
         result: check_api(&config).await,
     });
-    let (kafka, topics) = check_kafka(&config).await;
-    lines.push(CheckLine {
-        name: "kafka",
-        result: kafka,
-    });
-    if let Some(topics) = topics {
-        lines.push(CheckLine {
-            name: "topics",
-            result: topics,
-        });
-    }
+    lines.extend(check_kafka(&config).await);
     lines
 }
 
@@ -99,14 +90,20 @@ async fn check_api(config: &Config) -> Result<String, String> {
     }
 }
 
-async fn check_kafka(config: &Config) -> (Result<String, String>, Option<Result<String, String>>) {
+/// The brokers, then (when they answer) the topics and, in exactly-once delivery, the
+/// changelog's layout and configuration as start-up checks them.
+async fn check_kafka(config: &Config) -> Vec<CheckLine> {
+    let kafka = |result| CheckLine {
+        name: "kafka",
+        result,
+    };
     let sink = match KafkaSink::new(&config.kafka) {
         Ok(s) => s,
-        Err(e) => return (Err(e.to_string()), None),
+        Err(e) => return vec![kafka(Err(e.to_string()))],
     };
     let (brokers, missing) = match sink.missing_topics(KAFKA_TIMEOUT).await {
         Ok(found) => found,
-        Err(_) => return (Err(sink.explain_unreachable().await), None),
+        Err(_) => return vec![kafka(Err(sink.explain_unreachable().await))],
     };
     let topics = if missing.is_empty() {
         Ok("cases, surveys and dead-letter topics exist".to_owned())
@@ -118,5 +115,32 @@ async fn check_kafka(config: &Config) -> (Result<String, String>, Option<Result<
             missing.join(", ")
         ))
     };
-    (Ok(format!("{brokers} broker(s) answered")), Some(topics))
+    let mut lines = vec![
+        kafka(Ok(format!("{brokers} broker(s) answered"))),
+        CheckLine {
+            name: "topics",
+            result: topics,
+        },
+    ];
+    if sink.exactly_once() {
+        let topic = &config.kafka.topics.state;
+        let result = match sink.check_changelog(KAFKA_TIMEOUT).await {
+            Ok(Some(ChangelogRetention::Compacted)) => Ok(format!(
+                "{topic}: one partition, compacted, keeps what the state needs"
+            )),
+            Ok(Some(ChangelogRetention::KeptForever)) => Ok(format!(
+                "{topic}: one partition, never cleaned (nothing is lost, but it grows with every \
+                 change; cleanup.policy=compact keeps it as large as the state)"
+            )),
+            Ok(None) => Ok(format!(
+                "{topic} does not exist yet (created at start, then checked)"
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        lines.push(CheckLine {
+            name: "changelog",
+            result,
+        });
+    }
+    lines
 }

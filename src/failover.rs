@@ -17,7 +17,7 @@ use crate::admin::Health;
 use crate::metrics;
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::sink::KafkaSink;
-use crate::sink::changelog::{ChangelogError, ChangelogReader, Election};
+use crate::sink::changelog::{ChangelogError, ChangelogReader, Election, TOMBSTONES_KEPT};
 use crate::sink::config::KafkaSettings;
 use crate::sink::transaction::TransactionError;
 use crate::state::{ChangelogPosition, StateError, StateStore};
@@ -29,10 +29,6 @@ const READ_WAIT: Duration = Duration::from_millis(500);
 /// A store ahead of the changelog's stable end may only be waiting for an open transaction
 /// to end; after this long (more than the transaction timeout) it is stale for good.
 const AHEAD_PATIENCE: Duration = Duration::from_secs(75);
-/// How long tombstones surely stay in a compacted topic: half of Kafka's default
-/// `delete.retention.ms` (1 day). A store that stopped reading longer ago may have missed a
-/// deletion, so it is rebuilt instead.
-const TOMBSTONES_KEPT: chrono::TimeDelta = chrono::TimeDelta::hours(12);
 /// Catch-up progress is logged this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 

@@ -351,3 +351,121 @@ async fn a_standby_takes_over_from_a_killed_and_from_a_frozen_active_instance() 
     println!("{cases} cases and {surveys} surveys exactly once across a failover and a zombie");
     sim.stop().await.unwrap();
 }
+
+/// Topic configuration properties, name and value.
+type TopicProperties = &'static [(&'static str, &'static str)];
+
+/// An admin client of the test's own, for topics made by hand.
+fn admin_client(
+    bootstrap: &str,
+) -> rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("test admin client")
+}
+
+/// A changelog made by hand (or by GitOps) that loses records the state still needs: a
+/// `delete` policy with a day's retention, or tombstones kept an hour. The real process
+/// refuses to start on it, exiting non-zero with a message naming the property and the value
+/// it needs, before it announces anything; `casestream check` says the same. Set as the
+/// message says, the topic passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changelog_that_would_lose_state_is_refused_naming_the_setting() {
+    use rdkafka::admin::{
+        AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+    };
+    let bootstrap = kafka_bootstrap().await;
+    let sim = start_simulator(Default::default(), casestream::clock::Clock::system()).await;
+    let admin = admin_client(&bootstrap);
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
+    // (test name, the topic as made, the refusal, the topic as the refusal says to set it)
+    let cases: [(&str, TopicProperties, &str, TopicProperties); 2] = [
+        (
+            "eos-delete",
+            &[("cleanup.policy", "delete"), ("retention.ms", "86400000")],
+            "retention.ms=86400000 needs -1, or cleanup.policy=compact",
+            &[("cleanup.policy", "compact")],
+        ),
+        (
+            "eos-tombstones",
+            &[
+                ("cleanup.policy", "compact"),
+                ("delete.retention.ms", "3600000"),
+            ],
+            "delete.retention.ms=3600000 needs at least 86400000",
+            &[
+                ("cleanup.policy", "compact"),
+                ("delete.retention.ms", "86400000"),
+            ],
+        ),
+    ];
+    for (name, made, refusal, fixed) in cases {
+        let prefix = unique_prefix(name);
+        let dir = tempfile::tempdir().unwrap();
+        let env = instance_env(
+            &sim,
+            &bootstrap,
+            &prefix,
+            &dir.path().join("state"),
+            free_port(),
+        );
+        let changelog = format!("{prefix}.state");
+        let mut topic = NewTopic::new(&changelog, 1, TopicReplication::Fixed(1));
+        for (k, v) in made {
+            topic = topic.set(k, v);
+        }
+        for created in admin.create_topics([&topic], &options).await.unwrap() {
+            created.unwrap();
+        }
+
+        let (ok, text) = casestream("run", &env, Duration::from_secs(60));
+        assert!(!ok, "{name}: run must exit non-zero by itself:\n{text}");
+        assert!(
+            text.contains(&format!(
+                "the state changelog {changelog} would lose records"
+            )) && text.contains(refusal),
+            "{name}: run names the property and the value it needs:\n{text}"
+        );
+        let announced = read_topic_async(
+            &bootstrap,
+            &format!("{prefix}.cases"),
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(
+            announced.is_empty(),
+            "{name}: refused before announcing anything"
+        );
+
+        let (ok, text) = casestream("check", &env, Duration::from_secs(60));
+        assert!(
+            !ok && text.contains("FAIL  changelog") && text.contains(refusal),
+            "{name}: check reports the same refusal:\n{text}"
+        );
+
+        let mut fix = AlterConfig::new(ResourceSpecifier::Topic(&changelog));
+        for (k, v) in fixed {
+            fix = fix.set(k, v);
+        }
+        for altered in admin.alter_configs([&fix], &options).await.unwrap() {
+            altered.unwrap();
+        }
+        // The broker applies an altered topic configuration asynchronously.
+        eventually(
+            Duration::from_secs(30),
+            "check passes on the altered topic",
+            async || {
+                let env = env.clone();
+                let (ok, text) = tokio::task::spawn_blocking(move || {
+                    casestream("check", &env, Duration::from_secs(60))
+                })
+                .await
+                .unwrap();
+                ok && text.contains("ok    changelog")
+            },
+        )
+        .await;
+    }
+    sim.stop().await.unwrap();
+}

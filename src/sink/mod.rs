@@ -56,6 +56,17 @@ pub enum SinkError {
          cleanup.policy=compact): name another topic in {ENV_TOPIC_STATE} and casestream creates it"
     )]
     ChangelogLayout { topic: String, partitions: usize },
+    #[error(
+        "the state changelog {topic} would lose records the state still needs: {problems}. Set \
+         them (kafka-configs.sh --alter --entity-type topics --entity-name {topic} --add-config \
+         PROPERTY=VALUE), or name another topic in {ENV_TOPIC_STATE} and casestream creates it"
+    )]
+    ChangelogRetention { topic: String, problems: String },
+    #[error(
+        "cannot read the configuration of the state changelog {topic} ({reason}): casestream \
+         checks that it keeps what the state needs, so it needs DescribeConfigs on the topic"
+    )]
+    ChangelogConfigUnreadable { topic: String, reason: String },
 }
 
 /// The longest wait between attempts while Kafka is away.

@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer as _;
 use rdkafka::util::Timeout;
 
+use super::changelog::{ChangelogRetention, changelog_retention};
 use super::{ADMIN_TIMEOUT, KafkaSink, SinkError, setup_error};
 
 /// Topics never get a replication factor above this by default.
@@ -75,27 +76,95 @@ impl KafkaSink {
             .collect()
     }
 
-    /// Creates missing topics (or, when creation is off, checks they exist), and checks that
-    /// an existing changelog has one partition: its reader and the election use partition 0,
-    /// and one log orders every change (a topic made by hand may differ).
+    /// Creates missing topics (or, when creation is off, checks they exist), and checks the
+    /// changelog (exactly-once delivery): its layout before, its configuration after creation
+    /// (a topic created now takes the broker's defaults, which may be short too).
     pub async fn ensure_topics(&self) -> Result<(), SinkError> {
-        let settings = &self.settings;
         let (existing, brokers) = self.metadata(None, ADMIN_TIMEOUT).await?;
-        if self.exactly_once()
-            && let Some((topic, partitions)) = existing
-                .iter()
-                .find(|(name, _)| *name == settings.topics.state)
-            && *partitions > 1
-        {
-            return Err(SinkError::ChangelogLayout {
-                topic: topic.clone(),
-                partitions: *partitions,
-            });
-        }
+        self.check_changelog_layout(&existing)?;
         let missing = self.missing_from(&existing);
-        if missing.is_empty() {
-            return Ok(());
+        if !missing.is_empty() {
+            self.create_topics(&missing, brokers).await?;
         }
+        if self.exactly_once()
+            && self.check_changelog_config().await? == ChangelogRetention::KeptForever
+        {
+            tracing::warn!(
+                topic = %self.settings.topics.state,
+                "the state changelog is not compacted: nothing is lost, but it keeps every \
+                 change ever made and a rebuild reads them all; set cleanup.policy=compact"
+            );
+        }
+        Ok(())
+    }
+
+    /// The changelog checked as start-up checks it (exactly-once delivery): how it keeps its
+    /// records, or `None` while it does not exist (start-up creates it, then checks it).
+    pub async fn check_changelog(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<ChangelogRetention>, SinkError> {
+        let (existing, _) = self.metadata(None, timeout).await?;
+        if !existing
+            .iter()
+            .any(|(name, _)| *name == self.topics().state)
+        {
+            return Ok(None);
+        }
+        self.check_changelog_layout(&existing)?;
+        self.check_changelog_config().await.map(Some)
+    }
+
+    /// An existing changelog must have one partition: its reader and the election use
+    /// partition 0, and one log orders every change (a topic made by hand may differ).
+    fn check_changelog_layout(&self, existing: &[(String, usize)]) -> Result<(), SinkError> {
+        match existing
+            .iter()
+            .find(|(name, _)| *name == self.settings.topics.state)
+        {
+            Some((topic, partitions)) if self.exactly_once() && *partitions > 1 => {
+                Err(SinkError::ChangelogLayout {
+                    topic: topic.clone(),
+                    partitions: *partitions,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The changelog's configuration as the broker reports it: refused, naming every property
+    /// that would lose records the state still needs ([`changelog_retention`]).
+    async fn check_changelog_config(&self) -> Result<ChangelogRetention, SinkError> {
+        let topic = &self.settings.topics.state;
+        let unreadable = |reason: String| SinkError::ChangelogConfigUnreadable {
+            topic: topic.clone(),
+            reason,
+        };
+        let admin: AdminClient<DefaultClientContext> = self.config.create().map_err(setup_error)?;
+        let options = AdminOptions::new().request_timeout(Some(Timeout::After(ADMIN_TIMEOUT)));
+        let resource = admin
+            .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
+            .await
+            .map_err(SinkError::Unreachable)?
+            .pop()
+            .ok_or_else(|| unreadable("the broker answered nothing".into()))?
+            .map_err(|code| unreadable(code.to_string()))?;
+        let entries = resource.entry_map();
+        changelog_retention(|name| entries.get(name).and_then(|e| e.value.as_deref())).map_err(
+            |problems| SinkError::ChangelogRetention {
+                topic: topic.clone(),
+                problems: problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            },
+        )
+    }
+
+    /// Creates `missing` (or, when creation is off, fails naming them).
+    async fn create_topics(&self, missing: &[&str], brokers: usize) -> Result<(), SinkError> {
+        let settings = &self.settings;
         if !settings.create_topics {
             return Err(SinkError::TopicMissing {
                 topic: missing.join(", "),
