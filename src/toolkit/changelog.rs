@@ -37,6 +37,9 @@ impl Writer {
         state_dir: &Path,
     ) -> Result<Self, ToolkitError> {
         let sink = KafkaSink::new(settings)?;
+        // An import may be a deployment's first write: the changelog is made as `run` makes
+        // it (compacted, one partition), never auto-created by a broker with its defaults.
+        sink.ensure_topics().await?;
         sink.init_transactions().await?;
         let io = |source| ToolkitError::Io {
             path: state_dir.display().to_string(),
