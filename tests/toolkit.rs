@@ -263,7 +263,11 @@ async fn summary_case_export_and_import_of_a_real_state() {
     let file = dir.path().join("state.jsonl");
     state_ok(&["export", "--output", file.to_str().unwrap()], &env1);
     let lines = std::fs::read_to_string(&file).unwrap().lines().count();
-    assert_eq!(lines, 1 + 2 + 6 + 1, "a header, 2 widgets, 6 cases and a trailer");
+    assert_eq!(
+        lines,
+        1 + 2 + 6 + 1,
+        "a header, 2 widgets, 6 cases and a trailer"
+    );
     let second = dir.path().join("second");
     let env2 = env(&cases, &bootstrap, &prefix, &second, &[]);
     state_ok(&["import", file.to_str().unwrap()], &env2);
@@ -476,7 +480,11 @@ async fn exactly_once_reset_goes_through_the_changelog_and_stops_the_running_ins
         })
         .map(|(i, _)| i)
         .collect();
-    assert_eq!(forgotten.len(), reset.len(), "every reset case is forgotten");
+    assert_eq!(
+        forgotten.len(),
+        reset.len(),
+        "every reset case is forgotten"
+    );
     assert!(
         forgotten.iter().all(|i| *i > rewind),
         "the rewind (record {rewind}) comes before the cases it forgets ({forgotten:?})"
@@ -552,11 +560,20 @@ fn exported(env: &[(String, String)]) -> String {
 #[test]
 fn an_import_is_all_or_nothing_and_refuses_a_file_cut_short() {
     let dir = tempfile::tempdir().unwrap();
-    let at = |name: &str| vec![("CASESTREAM_STATE_DIR".to_owned(), dir.path().join(name).display().to_string())];
+    let at = |name: &str| {
+        vec![(
+            "CASESTREAM_STATE_DIR".to_owned(),
+            dir.path().join(name).display().to_string(),
+        )]
+    };
     let source = at("source");
     big_state(&dir.path().join("source"));
     let whole = exported(&source);
-    assert_eq!(whole.lines().count(), 1 + 2 + BIG + 1, "header, widgets, cases, trailer");
+    assert_eq!(
+        whole.lines().count(),
+        1 + 2 + BIG + 1,
+        "header, widgets, cases, trailer"
+    );
     let good = write(dir.path(), "whole.jsonl", &whole);
 
     // The target: an empty state (imported from an empty state's export).
@@ -591,7 +608,10 @@ fn an_import_is_all_or_nothing_and_refuses_a_file_cut_short() {
     refused(&bad, &format!("line {bad_line}:"));
     // Cut short in the middle of a line, and at a line's end (no trailer).
     let cut = whole[..whole.len() * 2 / 3].trim_end_matches('\n');
-    refused(&write(dir.path(), "cut.jsonl", cut), "cut short (truncated)");
+    refused(
+        &write(dir.path(), "cut.jsonl", cut),
+        "cut short (truncated)",
+    );
     let lines: Vec<&str> = whole.lines().collect();
     let no_trailer = lines[..lines.len() - 1].join("\n") + "\n";
     refused(
@@ -602,14 +622,22 @@ fn an_import_is_all_or_nothing_and_refuses_a_file_cut_short() {
     let changed = whole.replacen("\"created_emitted\":true", "\"created_emitted\":false", 1);
     refused(&write(dir.path(), "changed.jsonl", &changed), "SHA-256");
     // An export of format version 1 has no trailer: refused unless asked for.
-    let v1 = with_line(&no_trailer, 1, &lines[0].replace("\"version\":2", "\"version\":1"));
+    let v1 = with_line(
+        &no_trailer,
+        1,
+        &lines[0].replace("\"version\":2", "\"version\":1"),
+    );
     let v1 = write(dir.path(), "v1.jsonl", &v1);
     refused(&v1, "--no-trailer");
 
     // The whole file then imports, into the target the refusals left empty: the same state.
     let out = state_ok(&["import", &good], &target);
     assert!(out.contains(&format!("cases: {BIG}")), "{out}");
-    assert_eq!(exported(&target), whole, "the round trip gives the same export");
+    assert_eq!(
+        exported(&target),
+        whole,
+        "the round trip gives the same export"
+    );
     let other = at("from-v1");
     state_ok(&["import", &v1, "--no-trailer"], &other);
     assert_eq!(exported(&other), whole, "a version 1 file, when asked for");

@@ -403,13 +403,19 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         let without_trailer = lines[..6].join("\n") + "\n";
         let err = read(&without_trailer, false).unwrap_err();
-        assert!(err.contains("without its trailer after 5 record(s)"), "{err}");
+        assert!(
+            err.contains("without its trailer after 5 record(s)"),
+            "{err}"
+        );
         let mid_line = &text[..text.len() / 2];
         let err = read(mid_line, false).unwrap_err();
         assert!(err.contains("ends in the middle of this line"), "{err}");
         let one_less = [&lines[..3], &lines[4..]].concat().join("\n") + "\n";
         let err = read(&one_less, false).unwrap_err();
-        assert!(err.contains("counts 5 record(s), the file holds 4"), "{err}");
+        assert!(
+            err.contains("counts 5 record(s), the file holds 4"),
+            "{err}"
+        );
         // A line still good on its own: only the checksum tells.
         let changed = text.replacen("\"created_emitted\":true", "\"created_emitted\":false", 1);
         assert_ne!(changed, text);
@@ -427,7 +433,10 @@ mod tests {
         let header = lines[0].replace("\"version\":2", "\"version\":1");
         let old = [&[header.as_str()][..], &lines[1..4]].concat().join("\n") + "\n";
         let err = read(&old, false).unwrap_err();
-        assert!(err.contains("--no-trailer") && err.contains("line 1"), "{err}");
+        assert!(
+            err.contains("--no-trailer") && err.contains("line 1"),
+            "{err}"
+        );
         assert_eq!(read(&old, true), Ok(3));
     }
 }
