@@ -98,7 +98,7 @@ impl Writer {
                 .sink
                 .commit_transaction()
                 .await
-                .map_err(ToolkitError::NotCommitted),
+                .map_err(|error| ToolkitError::NotCommitted { error }),
             Err(e) => Err(e),
         };
         if result.is_err()

@@ -64,12 +64,12 @@ pub enum ToolkitError {
     #[error("the state changelog refused a record, and nothing of the change was committed: {0}")]
     Refused(String),
     #[error(
-        "nothing of the change was committed to the state changelog: {0}. A change goes in one \
+        "nothing of the change was committed to the state changelog: {error}. A change goes in one \
          Kafka transaction, which must end within transaction.timeout.ms: a larger change \
-         needs a larger KAFKA_TRANSACTION_TIMEOUT_MS (at most the brokers' \
-         transaction.max.timeout.ms)"
+         needs a larger {env} (at most the brokers' transaction.max.timeout.ms)",
+        env = crate::sink::config::property_env_name("transaction.timeout.ms")
     )]
-    NotCommitted(TransactionError),
+    NotCommitted { error: TransactionError },
 }
 
 /// What `state summary` shows.
