@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks the deployment files without a cluster or a Docker engine:
 #  - docker-compose.yml with `docker-compose config`;
+#  - the state toolkit's Job (deploy/toolkit), against the Kubernetes JSON schemas;
 #  - the Kustomize base and overlay, rendered with `kubectl kustomize`, checked by
 #    scripts/check-manifests.py (the project's rules) and validated against the Kubernetes JSON
 #    schemas, offline and strict (unknown fields fail), by kubernetes-validate;
@@ -56,6 +57,9 @@ for dir in deploy/base deploy/overlays/example deploy/overlays/exactly-once; do
   schema_check <"$out"
   echo "$dir: valid against the Kubernetes $KUBE_VERSIONS schemas (strict)"
 done
+# The state toolkit's Job stands alone (applied by hand while the forwarder is scaled to 0).
+schema_check <deploy/toolkit/state-job.yaml
+echo "deploy/toolkit/state-job.yaml: valid against the Kubernetes $KUBE_VERSIONS schemas (strict)"
 
 # The checks themselves must catch a broken manifest: each change below must be rejected, and
 # for the right reason (the checker's output names it).

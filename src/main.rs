@@ -398,15 +398,21 @@ async fn state(command: casestream::toolkit::cli::StateCommand) -> anyhow::Resul
             };
             eprintln!("exported {counts:?}");
         }
-        StateCommand::Import { file, at } => {
+        StateCommand::Import {
+            file,
+            no_trailer,
+            at,
+        } => {
             let target = at.target()?;
             let counts = if file.as_os_str() == "-" {
-                toolkit::transfer::import(&target, std::io::stdin().lock(), "stdin").await?
+                let stdin = std::io::stdin().lock();
+                toolkit::transfer::import(&target, stdin, "stdin", no_trailer).await?
             } else {
                 let input = std::fs::File::open(&file)
                     .with_context(|| format!("cannot open {}", file.display()))?;
                 let name = file.display().to_string();
-                toolkit::transfer::import(&target, std::io::BufReader::new(input), &name).await?
+                let input = std::io::BufReader::new(input);
+                toolkit::transfer::import(&target, input, &name, no_trailer).await?
             };
             println!("imported {counts:?}");
         }

@@ -263,7 +263,11 @@ async fn summary_case_export_and_import_of_a_real_state() {
     let file = dir.path().join("state.jsonl");
     state_ok(&["export", "--output", file.to_str().unwrap()], &env1);
     let lines = std::fs::read_to_string(&file).unwrap().lines().count();
-    assert_eq!(lines, 1 + 2 + 6, "a header, 2 widgets and 6 cases");
+    assert_eq!(
+        lines,
+        1 + 2 + 6 + 1,
+        "a header, 2 widgets, 6 cases and a trailer"
+    );
     let second = dir.path().join("second");
     let env2 = env(&cases, &bootstrap, &prefix, &second, &[]);
     state_ok(&["import", file.to_str().unwrap()], &env2);
@@ -417,7 +421,9 @@ async fn exactly_once_reset_goes_through_the_changelog_and_stops_the_running_ins
 
     let (since, reset) = reset_of_w1(&cases);
     // The forwarder runs and holds the lock: in exactly-once delivery the reset goes to the
-    // changelog, fencing the running instance.
+    // changelog, fencing the running instance. Its throwaway store goes in the state
+    // directory: with TMPDIR unusable (a file), a store in the system's temporary directory
+    // could not be made.
     let since = since.to_string();
     let out = state_ok(
         &[
@@ -428,9 +434,10 @@ async fn exactly_once_reset_goes_through_the_changelog_and_stops_the_running_ins
             since.as_str(),
             "--yes",
         ],
-        &env,
+        &with(&env, &[("TMPDIR", &unusable_tmpdir(dir.path()))]),
     );
     assert!(out.contains("forgot 2 case(s)"), "{out}");
+    assert_no_scratch_left(&dir.path().join("state"));
     let fenced = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             if let Some(status) = running.0.try_wait().unwrap() {
@@ -449,6 +456,40 @@ async fn exactly_once_reset_goes_through_the_changelog_and_stops_the_running_ins
     );
     drop(running);
 
+    // The widget's rewind is in the changelog before the cases it forgets: a reader that
+    // stops part-way through the change reads days again, never skips them.
+    let changelog = read_topic_async(&bootstrap, &state_topic, IDLE).await;
+    let rewind = changelog
+        .iter()
+        .rposition(|r| r.key.as_deref() == Some("widget/w1"))
+        .expect("w1's progress is in the changelog");
+    let through = changelog[rewind].json()["caught_up_through"].clone();
+    assert!(
+        through.is_null() || through.as_str().unwrap() < since.as_str(),
+        "the last progress of w1 is the rewind: {through}"
+    );
+    let forgotten: Vec<usize> = changelog
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            r.payload.is_empty()
+                && r.key
+                    .as_deref()
+                    .and_then(|k| k.strip_prefix("case/"))
+                    .is_some_and(|id| reset.contains(id))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        forgotten.len(),
+        reset.len(),
+        "every reset case is forgotten"
+    );
+    assert!(
+        forgotten.iter().all(|i| *i > rewind),
+        "the rewind (record {rewind}) comes before the cases it forgets ({forgotten:?})"
+    );
+
     // Its restart reads the reset from the changelog and announces those cases again.
     run_until(&env, &log, &bootstrap, &cases_topic, n + 2).await;
     assert_eq!(
@@ -456,4 +497,237 @@ async fn exactly_once_reset_goes_through_the_changelog_and_stops_the_running_ins
         twice(announced_once(created_ids.keys()), &reset),
         "exactly the reset cases again, with the same event ids"
     );
+}
+
+/// Records in the big state [`big_state`] writes: more than one of the 10,000-change batches
+/// an import streams in.
+const BIG: usize = 12_000;
+
+/// A state of [`BIG`] cases on two widgets, written by the state store itself.
+fn big_state(dir: &Path) {
+    use casestream::state::{CaseRecord, SqliteStore, StateStore, StoredCase, WidgetProgress};
+    let store = SqliteStore::open(dir).unwrap();
+    let at = Utc::now();
+    let day = at.date_naive();
+    for widget in ["w1", "w2"] {
+        store
+            .set_widget(
+                widget,
+                &WidgetProgress {
+                    since: day - chrono::Days::new(3),
+                    caught_up_through: Some(day - chrono::Days::new(1)),
+                    last_fresh_poll: Some(at),
+                },
+            )
+            .unwrap();
+    }
+    let cases: Vec<StoredCase> = (0..BIG)
+        .map(|i| StoredCase {
+            id: format!("case-{i:05}"),
+            widget: if i % 2 == 0 { "w1" } else { "w2" }.into(),
+            day: day - chrono::Days::new((i % 3) as u64),
+            record: CaseRecord {
+                first_seen: at,
+                chat_end: at,
+                created_emitted: true,
+                survey_digest: None,
+                next_check: Some(at + chrono::Duration::hours(1)),
+                survey_emitted: None,
+            },
+        })
+        .collect();
+    store.commit_cases(&cases).unwrap();
+}
+
+/// `file`'s lines with line `n` (counted from 1) replaced by `line`.
+fn with_line(text: &str, n: usize, line: &str) -> String {
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[n - 1] = line;
+    lines.join("\n") + "\n"
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// What `state export` writes of the state `env` points at.
+fn exported(env: &[(String, String)]) -> String {
+    state_ok(&["export"], env)
+}
+
+/// A state in short: its export's trailer (the record count and their SHA-256) and the cases
+/// its summary counts.
+fn fingerprint(env: &[(String, String)]) -> (String, Value) {
+    let export = exported(env);
+    let trailer = export.lines().last().unwrap_or_default().to_owned();
+    (trailer, summary(env)["known_cases"].clone())
+}
+
+#[test]
+fn an_import_is_all_or_nothing_and_refuses_a_file_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| {
+        vec![(
+            "CASESTREAM_STATE_DIR".to_owned(),
+            dir.path().join(name).display().to_string(),
+        )]
+    };
+    let source = at("source");
+    big_state(&dir.path().join("source"));
+    let whole = exported(&source);
+    assert_eq!(
+        whole.lines().count(),
+        1 + 2 + BIG + 1,
+        "header, widgets, cases, trailer"
+    );
+    let good = write(dir.path(), "whole.jsonl", &whole);
+
+    // The target: an empty state (imported from an empty state's export).
+    let target = at("target");
+    std::fs::create_dir_all(dir.path().join("empty")).unwrap();
+    casestream::state::SqliteStore::open(&dir.path().join("empty")).unwrap();
+    let empty = write(dir.path(), "empty.jsonl", &exported(&at("empty")));
+    state_ok(&["import", &empty], &target);
+    let before = fingerprint(&target);
+    assert_eq!(before.1, 0);
+    assert!(before.0.contains("\"records\":0"), "{}", before.0);
+
+    let refused = |file: &str, problem: &str| {
+        let (ok, out, err) = state(&["import", file], &target);
+        assert!(!ok, "an import of {file} is refused: {out}{err}");
+        assert!(
+            err.contains(problem) && err.contains("nothing was imported"),
+            "the error names the problem ({problem}): {err}"
+        );
+        assert_eq!(
+            fingerprint(&target),
+            before,
+            "a refused import leaves the target exactly as it was"
+        );
+    };
+    // A bad line after the first 10,000 records: the first batch would have been committed.
+    let bad_line = 2 + 10_500;
+    let bad = write(
+        dir.path(),
+        "bad.jsonl",
+        &with_line(&whole, bad_line, "{\"key\":\"case/x\",\"value\":"),
+    );
+    refused(&bad, &format!("line {bad_line}:"));
+    // Cut short in the middle of a line, and at a line's end (no trailer).
+    let cut = whole[..whole.len() * 2 / 3].trim_end_matches('\n');
+    refused(
+        &write(dir.path(), "cut.jsonl", cut),
+        "cut short (truncated)",
+    );
+    let lines: Vec<&str> = whole.lines().collect();
+    let no_trailer = lines[..lines.len() - 1].join("\n") + "\n";
+    refused(
+        &write(dir.path(), "no-trailer.jsonl", &no_trailer),
+        "without its trailer after 12002 record(s)",
+    );
+    // A record changed in a way that still parses: only the checksum tells.
+    let changed = whole.replacen("\"created_emitted\":true", "\"created_emitted\":false", 1);
+    refused(&write(dir.path(), "changed.jsonl", &changed), "SHA-256");
+    // An export of format version 1 has no trailer: refused unless asked for.
+    let v1 = with_line(
+        &no_trailer,
+        1,
+        &lines[0].replace("\"version\":2", "\"version\":1"),
+    );
+    let v1 = write(dir.path(), "v1.jsonl", &v1);
+    refused(&v1, "--no-trailer");
+
+    // The whole file then imports, into the target the refusals left empty: the same state.
+    let out = state_ok(&["import", &good], &target);
+    assert!(out.contains(&format!("cases: {BIG}")), "{out}");
+    // Compared whole, shown short: the files are megabytes.
+    assert!(
+        exported(&target) == whole,
+        "the round trip gives the same export"
+    );
+    let other = at("from-v1");
+    state_ok(&["import", &v1, "--no-trailer"], &other);
+    assert!(
+        exported(&other) == whole,
+        "a version 1 file, when asked for"
+    );
+}
+
+/// A TMPDIR nothing can be made in: a file.
+fn unusable_tmpdir(dir: &Path) -> String {
+    let file = dir.join("not-a-directory");
+    std::fs::write(&file, "TMPDIR points here: nothing can be made in it").unwrap();
+    file.display().to_string()
+}
+
+/// The exactly-once changes' throwaway stores were made in `state_dir` and removed after.
+fn assert_no_scratch_left(state_dir: &Path) {
+    let left: Vec<String> = std::fs::read_dir(state_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".toolkit-"))
+        .collect();
+    assert!(left.is_empty(), "throwaway stores left behind: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exactly_once_import_commits_all_or_nothing_beside_the_state_directory() {
+    let bootstrap = kafka_bootstrap().await;
+    let prefix = unique_prefix("toolkit-eo-import");
+    let cases = simulator_with_cases().await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = vec![(
+        "CASESTREAM_STATE_DIR".to_owned(),
+        dir.path().join("source").display().to_string(),
+    )];
+    big_state(&dir.path().join("source"));
+    let whole = exported(&source);
+    let state_topic = format!("{prefix}.state");
+    let state_dir = dir.path().join("state");
+    let tmpdir = unusable_tmpdir(dir.path());
+    let env = env(
+        &cases,
+        &bootstrap,
+        &prefix,
+        &state_dir,
+        &[
+            ("CASESTREAM_DELIVERY", "exactly-once"),
+            ("CASESTREAM_TOPIC_STATE", &state_topic),
+            ("CASESTREAM_GROUP", &prefix),
+            ("TMPDIR", &tmpdir),
+        ],
+    );
+
+    // A bad line after the first 10,000 records: nothing reaches the changelog.
+    let bad_line = 2 + 10_500;
+    let bad = write(
+        dir.path(),
+        "bad.jsonl",
+        &with_line(&whole, bad_line, "{\"key\":\"case/x\",\"value\":"),
+    );
+    let (ok, out, err) = state(&["import", &bad], &env);
+    assert!(
+        !ok && err.contains(&format!("line {bad_line}:")) && err.contains("nothing was imported"),
+        "{out}{err}"
+    );
+    assert_no_scratch_left(&state_dir);
+    let committed = read_topic_async(&bootstrap, &state_topic, IDLE).await;
+    assert!(
+        committed.is_empty(),
+        "the refused import committed {} record(s) to the changelog",
+        committed.len()
+    );
+
+    // The whole file then imports into the changelog the refusal left empty.
+    let good = write(dir.path(), "whole.jsonl", &whole);
+    let out = state_ok(&["import", &good], &env);
+    assert!(out.contains(&format!("cases: {BIG}")), "{out}");
+    assert_no_scratch_left(&state_dir);
+    let committed = read_topic_async(&bootstrap, &state_topic, IDLE).await;
+    assert_eq!(committed.len(), 2 + BIG, "every record, once");
+    let keys: BTreeSet<&str> = committed.iter().filter_map(|r| r.key.as_deref()).collect();
+    assert_eq!(keys.len(), 2 + BIG);
+    assert!(keys.contains("widget/w1") && keys.contains("case/case-11999"));
 }

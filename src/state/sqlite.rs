@@ -115,6 +115,59 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Applies the batches `next` gives until it gives `None`, all in one transaction, as
+    /// [`StateStore::apply`] does for one: an error of `next` or of a change rolls back every
+    /// batch, so a long import is all or nothing without being held in memory.
+    pub fn apply_all<B: AsRef<[Change]>, E: From<StateError>>(
+        &self,
+        mut next: impl FnMut() -> Result<Option<B>, E>,
+        position: Option<&ChangelogPosition>,
+    ) -> Result<(), E> {
+        let mut conn = self.conn();
+        let err = self.err();
+        // Dropped without a commit (an error below), the transaction rolls back.
+        let tx = conn.transaction().map_err(&err)?;
+        let mut forgot_cases = false;
+        while let Some(batch) = next()? {
+            for change in batch.as_ref() {
+                apply_one(&tx, change).map_err(&err)?;
+                forgot_cases |= matches!(change, Change::CaseForgotten { .. });
+            }
+        }
+        match position {
+            Some(p) => {
+                tx.prepare_cached(
+                    "INSERT INTO changelog (id, topic, next_offset, applied_at_ms)
+                     VALUES (0, ?1, ?2, ?3)
+                     ON CONFLICT (id) DO UPDATE SET topic = excluded.topic,
+                         next_offset = excluded.next_offset,
+                         applied_at_ms = excluded.applied_at_ms",
+                )
+                .map_err(&err)?
+                .execute(params![
+                    p.topic,
+                    p.next_offset,
+                    p.applied_at.timestamp_millis()
+                ])
+                .map_err(&err)?;
+            }
+            // A change the changelog does not have (at-least-once delivery): the store is no
+            // longer a view of the changelog, and must never be taken for one.
+            None => {
+                tx.prepare_cached("DELETE FROM changelog")
+                    .map_err(&err)?
+                    .execute([])
+                    .map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)?;
+        drop(conn);
+        if forgot_cases {
+            self.vacuum_some()?;
+        }
+        Ok(())
+    }
+
     /// Hands some free pages back to the file system (a no-op on files made before schema
     /// version 2, which reuse them instead).
     fn vacuum_some(&self) -> Result<(), StateError> {
@@ -189,46 +242,8 @@ impl StateStore for SqliteStore {
         if changes.is_empty() && position.is_none() {
             return Ok(());
         }
-        let mut conn = self.conn();
-        let err = self.err();
-        let tx = conn.transaction().map_err(&err)?;
-        let mut forgot_cases = false;
-        for change in changes {
-            apply_one(&tx, change).map_err(&err)?;
-            forgot_cases |= matches!(change, Change::CaseForgotten { .. });
-        }
-        match position {
-            Some(p) => {
-                tx.prepare_cached(
-                    "INSERT INTO changelog (id, topic, next_offset, applied_at_ms)
-                     VALUES (0, ?1, ?2, ?3)
-                     ON CONFLICT (id) DO UPDATE SET topic = excluded.topic,
-                         next_offset = excluded.next_offset,
-                         applied_at_ms = excluded.applied_at_ms",
-                )
-                .map_err(&err)?
-                .execute(params![
-                    p.topic,
-                    p.next_offset,
-                    p.applied_at.timestamp_millis()
-                ])
-                .map_err(&err)?;
-            }
-            // A change the changelog does not have (at-least-once delivery): the store is no
-            // longer a view of the changelog, and must never be taken for one.
-            None => {
-                tx.prepare_cached("DELETE FROM changelog")
-                    .map_err(&err)?
-                    .execute([])
-                    .map_err(&err)?;
-            }
-        }
-        tx.commit().map_err(&err)?;
-        drop(conn);
-        if forgot_cases {
-            self.vacuum_some()?;
-        }
-        Ok(())
+        let mut once = Some(changes);
+        self.apply_all(|| Ok::<_, StateError>(once.take()), position)
     }
 
     fn changelog_position(&self) -> Result<Option<ChangelogPosition>, StateError> {
@@ -737,6 +752,36 @@ mod tests {
         reopened.clear().unwrap();
         assert_eq!(reopened.stats().unwrap().known_cases, 0);
         assert_eq!(reopened.changelog_position().unwrap(), None);
+    }
+
+    #[test]
+    fn apply_all_is_all_or_nothing_across_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let mut batches = vec![
+            Ok(vec![Change::Case(stored("a", "2026-01-01", None))]),
+            Ok(vec![Change::Case(stored("b", "2026-01-02", None))]),
+            Err(StateError::Missing {
+                path: "the third batch".into(),
+            }),
+        ]
+        .into_iter();
+        let failed = store.apply_all(|| batches.next().transpose(), None);
+        assert!(failed.is_err());
+        assert_eq!(
+            store.stats().unwrap().known_cases,
+            0,
+            "the batches before the failing one rolled back"
+        );
+        let mut batches = vec![
+            vec![Change::Case(stored("a", "2026-01-01", None))],
+            vec![Change::Case(stored("b", "2026-01-02", None))],
+        ]
+        .into_iter();
+        store
+            .apply_all(|| Ok::<_, StateError>(batches.next()), None)
+            .unwrap();
+        assert_eq!(store.stats().unwrap().known_cases, 2);
     }
 
     #[test]

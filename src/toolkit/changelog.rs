@@ -1,5 +1,6 @@
 //! Changes to a state in exactly-once delivery, written where its truth is: the changelog.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -9,8 +10,11 @@ use crate::sink::KafkaSink;
 use crate::sink::config::KafkaSettings;
 use crate::state::{Change, SqliteStore};
 
-/// Changes per transaction: an import's records go in several.
-const CHANGES_PER_TRANSACTION: usize = 10_000;
+/// Changes handed to the producer before waiting for their acknowledgements: bounds what is
+/// held in memory, not the transaction, which takes them all.
+const CHANGES_PER_WAIT: usize = 10_000;
+/// The prefix of the throwaway store's directory inside the state directory.
+const SCRATCH_PREFIX: &str = ".toolkit-changelog-";
 
 /// The changelog's only writer while it lives: it fenced every earlier producer of the
 /// transactional id, then read the changelog to its end into a store of its own.
@@ -24,18 +28,28 @@ pub(super) struct Writer {
 impl Writer {
     /// Fences the instances (a running active instance stops at its next commit; its restart
     /// reads what this writer commits), then rebuilds the state from the changelog in a
-    /// temporary directory: the changes are decided on the changelog's truth, not on a local
-    /// store that may lag it.
-    pub(super) async fn fence(settings: &KafkaSettings) -> Result<Self, ToolkitError> {
+    /// throwaway directory inside `state_dir`: the changes are decided on the changelog's
+    /// truth, not on a local store that may lag it. Inside the state directory, not the
+    /// system's temporary one: the state's volume is sized for a copy of the state, and `/tmp`
+    /// in the shipped manifests is a 16 MiB emptyDir.
+    pub(super) async fn fence(
+        settings: &KafkaSettings,
+        state_dir: &Path,
+    ) -> Result<Self, ToolkitError> {
         let sink = KafkaSink::new(settings)?;
+        // An import may be a deployment's first write: the changelog is made as `run` makes
+        // it (compacted, one partition), never auto-created by a broker with its defaults.
+        sink.ensure_topics().await?;
         sink.init_transactions().await?;
+        let io = |source| ToolkitError::Io {
+            path: state_dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(state_dir).map_err(io)?;
         let dir = tempfile::Builder::new()
-            .prefix("casestream-state-")
-            .tempdir()
-            .map_err(|source| ToolkitError::Io {
-                path: std::env::temp_dir().display().to_string(),
-                source,
-            })?;
+            .prefix(SCRATCH_PREFIX)
+            .tempdir_in(state_dir)
+            .map_err(io)?;
         let store = Arc::new(SqliteStore::open(dir.path())?);
         let writer = Self {
             sink,
@@ -51,19 +65,49 @@ impl Writer {
         &self.store
     }
 
-    /// Commits `changes` to the changelog, in transactions of at most
-    /// [`CHANGES_PER_TRANSACTION`].
+    /// Commits `changes` to the changelog in one transaction.
     pub(super) async fn commit(&self, changes: &[Change]) -> Result<(), ToolkitError> {
-        for batch in changes.chunks(CHANGES_PER_TRANSACTION) {
-            self.sink.begin_transaction().await?;
-            let results = self.sink.start_changes(batch).await.wait(&self.sink).await;
-            if let Some(e) = results.into_iter().find_map(|r| r.result.err()) {
-                let reason = crate::redact::redact(&e.to_string()).into_owned();
-                self.sink.abort_transaction().await?;
-                return Err(ToolkitError::Refused(reason));
+        let mut once = Some(changes);
+        self.commit_all(|| Ok(once.take())).await
+    }
+
+    /// Commits the batches `next` gives, until it gives `None`, in one Kafka transaction:
+    /// all of them or, when `next`, a record or the commit fails, none (the transaction is
+    /// aborted, and `read_committed` readers never see its records). One transaction also
+    /// means no instance can be elected between two parts of a change and act on half of it.
+    pub(super) async fn commit_all<B: AsRef<[Change]>>(
+        &self,
+        mut next: impl FnMut() -> Result<Option<B>, ToolkitError>,
+    ) -> Result<(), ToolkitError> {
+        self.sink.begin_transaction().await?;
+        let sent = async {
+            while let Some(batch) = next()? {
+                for part in batch.as_ref().chunks(CHANGES_PER_WAIT) {
+                    let results = self.sink.start_changes(part).await.wait(&self.sink).await;
+                    if let Some(e) = results.into_iter().find_map(|r| r.result.err()) {
+                        let reason = crate::redact::redact(&e.to_string()).into_owned();
+                        return Err(ToolkitError::Refused(reason));
+                    }
+                }
             }
-            self.sink.commit_transaction().await?;
+            Ok(())
         }
-        Ok(())
+        .await;
+        let result = match sent {
+            Ok(()) => self
+                .sink
+                .commit_transaction()
+                .await
+                .map_err(|error| ToolkitError::NotCommitted { error }),
+            Err(e) => Err(e),
+        };
+        if result.is_err()
+            && let Err(abort) = self.sink.abort_transaction().await
+        {
+            // Nothing was committed either way: the coordinator aborts an open transaction
+            // at its timeout, or when the next producer of the id starts.
+            tracing::warn!(error = %abort, "could not abort the state changelog's transaction");
+        }
+        result
     }
 }

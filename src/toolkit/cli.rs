@@ -80,7 +80,8 @@ pub enum StateCommand {
         #[command(flatten)]
         at: StateFlags,
     },
-    /// Write the state as JSON lines (one changelog record per line).
+    /// Write the state as JSON lines (one changelog record per line), ending with a trailer
+    /// that counts them and carries their SHA-256.
     Export {
         /// File to write; stdout when absent.
         #[arg(long, short)]
@@ -89,10 +90,15 @@ pub enum StateCommand {
         at: StateFlags,
     },
     /// Read a `state export` into an empty state directory (in exactly-once delivery, into an
-    /// empty changelog).
+    /// empty changelog): all of it in one transaction, or nothing when the file is cut short,
+    /// changed or bad.
     Import {
         /// The export file; `-` reads stdin.
         file: PathBuf,
+        /// Take an export of format version 1, which has no trailer, as whole: nothing can
+        /// tell whether it was cut short.
+        #[arg(long)]
+        no_trailer: bool,
         #[command(flatten)]
         at: StateFlags,
     },

@@ -43,7 +43,7 @@ pub enum ToolkitError {
     UnknownWidget { widget: String, known: String },
     #[error("{target} already holds a state: import into an empty one")]
     NotEmpty { target: String },
-    #[error("{source_name} line {line}: {what}")]
+    #[error("{source_name} line {line}: {what} (nothing was imported)")]
     Import {
         source_name: String,
         line: usize,
@@ -61,8 +61,15 @@ pub enum ToolkitError {
     Kafka(#[from] SinkError),
     #[error("the state changelog: {0}")]
     Transaction(#[from] TransactionError),
-    #[error("the state changelog refused a change: {0}")]
+    #[error("the state changelog refused a record, and nothing of the change was committed: {0}")]
     Refused(String),
+    #[error(
+        "nothing of the change was committed to the state changelog: {error}. A change goes in one \
+         Kafka transaction, which must end within transaction.timeout.ms: a larger change \
+         needs a larger {env} (at most the brokers' transaction.max.timeout.ms)",
+        env = crate::sink::config::property_env_name("transaction.timeout.ms")
+    )]
+    NotCommitted { error: TransactionError },
 }
 
 /// What `state summary` shows.
@@ -185,6 +192,7 @@ fn plan_reset(
         forgotten: BTreeMap::new(),
         changes: Vec::new(),
     };
+    let mut forgotten = Vec::new();
     for widget in chosen {
         let Some(progress) = store.widget(&widget)? else {
             return Err(ToolkitError::UnknownWidget {
@@ -194,8 +202,7 @@ fn plan_reset(
         };
         let ids = store.cases_from(&widget, since)?;
         plan.forgotten.insert(widget.clone(), ids.len() as u64);
-        plan.changes
-            .extend(ids.into_iter().map(|id| Change::CaseForgotten { id }));
+        forgotten.extend(ids.into_iter().map(|id| Change::CaseForgotten { id }));
         plan.changes.push(Change::CursorCleared {
             widget: widget.clone(),
         });
@@ -204,6 +211,11 @@ fn plan_reset(
             widget,
         });
     }
+    // The rewinds before the cases they forget. The change commits as one, but a reader that
+    // stops part-way through applying it (a standby killed while following the changelog)
+    // then holds a rewind without all its forgetting, which only reads days again; the other
+    // way round, forgotten cases on days the catch-up counts as read would never be read again.
+    plan.changes.append(&mut forgotten);
     Ok(plan)
 }
 
@@ -232,7 +244,7 @@ pub async fn reset(
     confirm: impl FnOnce(&ResetPlan) -> bool,
 ) -> Result<(ResetPlan, bool), ToolkitError> {
     if let Some(kafka) = &target.changelog {
-        let writer = changelog::Writer::fence(kafka).await?;
+        let writer = changelog::Writer::fence(kafka, &target.state_dir).await?;
         let plan = plan_reset(writer.store(), widgets, since)?;
         if !confirm(&plan) {
             return Ok((plan, false));
