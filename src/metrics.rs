@@ -193,7 +193,7 @@ const UNREAD_SPANS: Metric = metric(
     "casestream_unread_spans",
     Gauge,
     None,
-    "Spans of a widget's cases the Logs API would not serve (read around, dead-lettered, tried again on the re-check grid)",
+    "Spans of a widget's cases the Logs API would not serve, still tried again on the re-check grid (read around, dead-lettered)",
     &["widget"],
 );
 const UNREAD_SPANS_FOUND: Metric = metric(
@@ -201,6 +201,13 @@ const UNREAD_SPANS_FOUND: Metric = metric(
     Counter,
     None,
     "Spans found that the Logs API would not serve, each sent to the dead-letter topic once",
+    &["widget"],
+);
+const UNREAD_SPANS_ABANDONED: Metric = metric(
+    "casestream_unread_spans_abandoned_total",
+    Counter,
+    None,
+    "Unread spans past the survey horizon, no longer tried: their cases were never announced (the dead letter names them)",
     &["widget"],
 );
 const UNREAD_SPANS_READ: Metric = metric(
@@ -279,6 +286,7 @@ const ALL: &[&Metric] = &[
     &UNREAD_SPANS,
     &UNREAD_SPANS_FOUND,
     &UNREAD_SPANS_READ,
+    &UNREAD_SPANS_ABANDONED,
     &KAFKA_DELIVERY_ERRORS,
     &PRODUCER_REPLACEMENTS,
     &READY,
@@ -457,6 +465,14 @@ pub fn unread_span_found(widget: &str) {
     .increment(1);
 }
 
+pub fn unread_span_abandoned(widget: &str) {
+    counter!(
+        UNREAD_SPANS_ABANDONED.name,
+        labels(&UNREAD_SPANS_ABANDONED, [widget])
+    )
+    .increment(1);
+}
+
 pub fn unread_span_read(widget: &str) {
     counter!(UNREAD_SPANS_READ.name, labels(&UNREAD_SPANS_READ, [widget])).increment(1);
 }
@@ -516,6 +532,7 @@ mod tests {
             unread_spans("w", 1);
             unread_span_found("w");
             unread_span_read("w");
+            unread_span_abandoned("w");
             kafka_delivery_error();
             producer_replaced();
             ready(true);

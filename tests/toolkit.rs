@@ -517,6 +517,7 @@ fn big_state(dir: &Path) {
                     since: day - chrono::Days::new(3),
                     caught_up_through: Some(day - chrono::Days::new(1)),
                     last_fresh_poll: Some(at),
+                    unread: Vec::new(),
                 },
             )
             .unwrap();

@@ -8,7 +8,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::isolate::FailedRead;
+use super::isolate::{AfterFailure, FailedRead};
 use super::lanes::{Lane, WidgetSlot};
 use super::scheduler::{self, Activity, FreshDemand, RecheckDemand, Task};
 use super::unread;
@@ -219,22 +219,59 @@ impl Pipeline {
             let mut read = CycleStats::default();
             let mut end = Ok(WindowEnd::Complete);
             let mut failed_piece = window;
+            let mut read_again = false;
             for piece in pieces {
                 let how = WindowRead {
                     window: piece,
                     keeps_cursor: task != Task::Fresh,
                     label: task.label(),
+                    probe: false,
                 };
                 end = self
                     .read_window(widget, how, &mut hold, shutdown, &mut read)
                     .await;
-                if !matches!(end, Ok(WindowEnd::Complete)) {
-                    failed_piece = piece;
-                    break;
+                match &end {
+                    Ok(WindowEnd::Complete) => {
+                        slot.window_read(self.client.window_url(widget, &piece).as_str());
+                        continue;
+                    }
+                    Err(WindowFailure::Client(e)) => {
+                        out.stats.window_errors += 1;
+                        metrics::window_error(widget, e.kind());
+                        if e.is_transient() {
+                            tracing::warn!(widget, window = %piece, error = %e, "Logs API window gave up after retries; will try again next cycle");
+                        } else {
+                            tracing::error!(widget, window = %piece, error = %e, "reading the Logs API failed; will try again next cycle");
+                        }
+                        let failed = FailedRead {
+                            task,
+                            piece,
+                            error: e,
+                        };
+                        match self
+                            .window_failed(widget, slot, &mut hold, failed, shutdown, &mut read)
+                            .await?
+                        {
+                            AfterFailure::ReadInParts => {
+                                end = Ok(WindowEnd::Complete);
+                                continue;
+                            }
+                            AfterFailure::ReadAgain => read_again = true,
+                            AfterFailure::Failed => {}
+                        }
+                    }
+                    _ => {}
                 }
-                slot.window_read(self.client.window_url(widget, &piece).as_str());
+                failed_piece = piece;
+                break;
             }
             out.stats.add(&read);
+            if read_again && !isolated {
+                // Read around what was isolated, now rather than next cycle.
+                isolated = true;
+                next -= 1;
+                continue;
+            }
             match end {
                 Ok(WindowEnd::Complete) => {
                     out.stats.windows += 1;
@@ -259,28 +296,8 @@ impl Pipeline {
                         .await?;
                 }
                 Ok(WindowEnd::Interrupted) => break,
-                Err(WindowFailure::Client(e)) => {
-                    out.stats.window_errors += 1;
-                    metrics::window_error(widget, e.kind());
-                    if e.is_transient() {
-                        tracing::warn!(widget, window = %failed_piece, error = %e, "Logs API window gave up after retries; will try again next cycle");
-                    } else {
-                        tracing::error!(widget, window = %failed_piece, error = %e, "reading the Logs API failed; will try again next cycle");
-                    }
-                    let failed = FailedRead {
-                        task,
-                        piece: failed_piece,
-                        error: &e,
-                    };
-                    let again = self
-                        .window_failed(widget, slot, &mut hold, failed, shutdown, &mut out.stats)
-                        .await?;
-                    if again && !isolated {
-                        // Read around what was isolated, now rather than next cycle.
-                        isolated = true;
-                        next -= 1;
-                    }
-                }
+                // Counted and logged above.
+                Err(WindowFailure::Client(_)) => {}
                 Err(WindowFailure::FetcherStopped { pages_read }) => {
                     out.stats.window_errors += 1;
                     metrics::window_error(widget, "fetcher_stopped");

@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::lanes::{Holding, WidgetSlot};
 use super::scheduler::Task;
-use super::unread::{self, ISOLATE_AFTER, Isolation, Span};
+use super::unread::{self, ISOLATE_AFTER, Isolated, Isolation, Span};
 use super::window::{WindowEnd, WindowFailure, WindowRead};
 use super::{CycleStats, Pipeline, PipelineError, tracker};
 use crate::metrics;
@@ -24,10 +24,29 @@ pub(super) struct FailedRead<'a> {
     pub error: &'a ClientError,
 }
 
+/// What follows a failed window.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum AfterFailure {
+    /// It stays failed; tried again next cycle.
+    Failed,
+    /// Spans were isolated: the task may be read again around them now.
+    ReadAgain,
+    /// The isolation's probes read every part of it: go on as if it was read.
+    ReadInParts,
+}
+
+/// How an isolation's probes ended.
+enum Probed {
+    Found(Vec<Span>, String, u32),
+    AllRead,
+    /// Nothing to isolate (the API fails everywhere), or the probes were cut short (shutdown,
+    /// a failure of another kind: an outage, a 429): the window's failure count stands.
+    Nothing,
+}
+
 impl Pipeline {
     /// After a window failed: a span's retry is rescheduled; any other window failing on the
-    /// same page cycle after cycle is isolated. True: spans were found, and the task may be
-    /// read again around them.
+    /// same page cycle after cycle is isolated.
     pub(super) async fn window_failed(
         &self,
         widget: &str,
@@ -36,14 +55,14 @@ impl Pipeline {
         failed: FailedRead<'_>,
         shutdown: &CancellationToken,
         stats: &mut CycleStats,
-    ) -> Result<bool, PipelineError> {
+    ) -> Result<AfterFailure, PipelineError> {
         if let Task::Unread { start, end } = failed.task {
             self.unread_still(widget, slot, (start, end), failed.error, shutdown)
                 .await?;
-            return Ok(false);
+            return Ok(AfterFailure::Failed);
         }
         if !unread::isolates(failed.error) {
-            return Ok(false);
+            return Ok(AfterFailure::Failed);
         }
         let url = self.client.window_url(widget, &failed.piece).to_string();
         let failing = slot.window_failed(&url, self.pages_served());
@@ -53,69 +72,90 @@ impl Pipeline {
         if failing.times < ISOLATE_AFTER
             || !(failing.others_served || unread::page_content(failed.error))
         {
-            return Ok(false);
+            return Ok(AfterFailure::Failed);
         }
-        let found = self
-            .isolate(
-                widget,
-                hold,
-                failed.piece,
-                failed.error,
-                failing.times,
-                shutdown,
-                stats,
-            )
+        let probed = self
+            .isolate(widget, slot, hold, &failed, failing.times, shutdown, stats)
             .await?;
-        slot.window_read(&url);
-        let Some((found, error, attempts)) = found else {
-            return Ok(false);
-        };
-        self.record_unread(widget, slot, found, error, attempts, shutdown)
-            .await
+        match probed {
+            Probed::Nothing => Ok(AfterFailure::Failed),
+            Probed::AllRead => {
+                slot.window_read(&url);
+                tracing::info!(widget, window = %failed.piece, "every part of the failing window was read apart: nothing is unread");
+                Ok(AfterFailure::ReadInParts)
+            }
+            Probed::Found(found, error, attempts) => {
+                slot.window_read(&url);
+                let added = self
+                    .record_unread(widget, slot, found, error, attempts, shutdown)
+                    .await?;
+                Ok(if added {
+                    AfterFailure::ReadAgain
+                } else {
+                    AfterFailure::Failed
+                })
+            }
+        }
     }
 
-    /// Reads probe windows until the failing `piece` is narrowed to what the API will not
-    /// serve. `None`: no probe was read (the API fails everywhere), or shutdown came.
+    /// Reads probe windows (each around the spans already known) until the failing piece is
+    /// narrowed to what the API will not serve. A probe counts as failing only for a failure
+    /// that isolates; any other stops the probing.
     #[allow(clippy::too_many_arguments)]
     async fn isolate(
         &self,
         widget: &str,
+        slot: &WidgetSlot,
         hold: &mut Holding<'_>,
-        piece: Window,
-        error: &ClientError,
+        failed: &FailedRead<'_>,
         failures: u32,
         shutdown: &CancellationToken,
         stats: &mut CycleStats,
-    ) -> Result<Option<(Vec<Span>, String, u32)>, PipelineError> {
+    ) -> Result<Probed, PipelineError> {
+        let (piece, error) = (failed.piece, failed.error);
         tracing::warn!(widget, window = %piece, failures, error = %error, "a window failed on the same page {failures} cycles running; narrowing it to what the Logs API will not serve");
-        let mut isolation = Isolation::new(piece, self.schedule().mode);
+        let mode = self.schedule().mode;
+        let known = slot.progress().unread;
+        let mut isolation = Isolation::new(piece, mode);
         let mut last_error = error.to_string();
         let mut attempts = failures;
         while let Some(probe) = isolation.next_probe() {
-            let how = WindowRead {
-                window: probe,
-                keeps_cursor: false,
-                label: "isolate",
-            };
-            match self.read_window(widget, how, hold, shutdown, stats).await {
-                Ok(WindowEnd::Complete) => isolation.record(true),
-                Ok(WindowEnd::Interrupted) => return Ok(None),
-                Err(WindowFailure::Client(e)) => {
-                    last_error = e.to_string();
-                    attempts += 1;
-                    isolation.record(false);
+            let mut read = true;
+            for part in unread::pieces(probe, &known, mode) {
+                let how = WindowRead {
+                    window: part,
+                    keeps_cursor: false,
+                    label: "isolate",
+                    probe: true,
+                };
+                match self.read_window(widget, how, hold, shutdown, stats).await {
+                    Ok(WindowEnd::Complete) => {}
+                    Ok(WindowEnd::Interrupted) => return Ok(Probed::Nothing),
+                    Err(WindowFailure::Client(e)) if unread::isolates(&e) => {
+                        last_error = e.to_string();
+                        attempts += 1;
+                        read = false;
+                        break;
+                    }
+                    Err(WindowFailure::Client(e)) => {
+                        tracing::warn!(widget, window = %part, error = %e, "probing stopped: the Logs API failed for another reason; the window is isolated later");
+                        return Ok(Probed::Nothing);
+                    }
+                    Err(WindowFailure::FetcherStopped { .. }) => return Ok(Probed::Nothing),
+                    Err(WindowFailure::Pipeline(e)) => return Err(e),
                 }
-                Err(WindowFailure::FetcherStopped { .. }) => isolation.record(false),
-                Err(WindowFailure::Pipeline(e)) => return Err(e),
             }
+            isolation.record(read);
         }
-        match isolation.finish() {
-            Some(found) => Ok(Some((found, last_error, attempts))),
-            None => {
+        Ok(match isolation.finish() {
+            Isolated::Unread(found) if found.is_empty() => Probed::Nothing,
+            Isolated::Unread(found) => Probed::Found(found, last_error, attempts),
+            Isolated::AllRead => Probed::AllRead,
+            Isolated::NotLocal => {
                 tracing::warn!(widget, window = %piece, "every probe failed: the Logs API fails this widget everywhere, not one page; nothing isolated");
-                Ok(None)
+                Probed::Nothing
             }
-        }
+        })
     }
 
     /// Records the spans found unread, and sends one dead letter for each that adds time
@@ -144,7 +184,10 @@ impl Pipeline {
                     error: error.clone(),
                     attempts,
                     found: now,
-                    next_retry: tracker::next_check(end, now, &settings),
+                    // One try at least, even for a day already past the survey horizon (a
+                    // first start reaching far back): the page may serve again soon.
+                    next_retry: tracker::next_check(end, now, &settings)
+                        .or(Some(now + chrono::Duration::hours(1))),
                 };
                 if unread::merge(&mut p.unread, span.clone(), mode) {
                     added.push(span);
@@ -160,7 +203,7 @@ impl Pipeline {
                 Outgoing::DeadLetter(self.unread_dead_letter(widget, span))
             })
             .collect();
-        metrics::unread_spans(widget, progress.unread.len());
+        metrics::unread_spans(widget, unread::tried(&progress.unread));
         let change = Change::Widget {
             widget: widget.to_owned(),
             progress,
@@ -215,10 +258,12 @@ impl Pipeline {
                 span.error = error.to_string();
                 span.next_retry = tracker::next_check(span.end, now, &settings);
                 if span.next_retry.is_none() {
-                    tracing::error!(widget, %start, %end, attempts = span.attempts, "an unread span is past the survey horizon and is no longer tried; its cases were never announced (see the dead-letter topic)");
+                    tracing::error!(widget, %start, %end, attempts = span.attempts, "an unread span is past the survey horizon and is no longer tried, only read around; its cases were never announced (see the dead-letter topic)");
+                    metrics::unread_span_abandoned(widget);
                 }
             }
         });
+        metrics::unread_spans(widget, unread::tried(&progress.unread));
         self.write(
             vec![Change::Widget {
                 widget: widget.to_owned(),

@@ -56,6 +56,9 @@ const PAGES_PER_TRANSACTION: usize = 10;
 const MAX_CONCURRENT_WIDGETS: usize = 4;
 /// Re-check days read per widget per cycle, so old surveys never crowd out fresh cases.
 const RECHECK_DAYS_PER_CYCLE: usize = 4;
+/// How long past the survey horizon a span no longer tried is still read around: the last
+/// re-check of its day's cases can follow the horizon by a day (the daily grid).
+const UNREAD_KEPT_PAST_HORIZON: chrono::Duration = chrono::Duration::days(3);
 /// How often (on the pipeline's clock) state that no decision needs any more is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(15 * 60);
 
@@ -90,6 +93,8 @@ pub struct CycleStats {
 pub struct Pipeline {
     settings: PipelineSettings,
     client: LogsClient,
+    /// The client for an isolation's probes: fewer attempts per request.
+    probe_client: LogsClient,
     store: Arc<dyn StateStore>,
     sink: Arc<KafkaSink>,
     clock: Clock,
@@ -120,6 +125,7 @@ impl Pipeline {
         health.set_deliveries_ok(true);
         Self {
             settings,
+            probe_client: client.with_attempts(window::PROBE_ATTEMPTS),
             client,
             store,
             sink,
@@ -184,7 +190,7 @@ impl Pipeline {
                     fresh
                 }
             };
-            metrics::unread_spans(widget, p.unread.len());
+            metrics::unread_spans(widget, unread::tried(&p.unread));
             slots.push((widget.clone(), lanes::WidgetSlot::new(p)));
         }
         let widgets = lanes::Widgets(slots);
@@ -303,10 +309,18 @@ impl Pipeline {
                 let progress = slot.update_progress(|p| {
                     p.unread.retain(|s| !(s.start == start && s.end == end));
                 });
-                metrics::unread_spans(widget, progress.unread.len());
+                metrics::unread_spans(widget, unread::tried(&progress.unread));
                 progress
             }
         };
+        // Spans no longer tried are read around until nothing reads their time any more.
+        let keep = chrono::Duration::from_std(self.settings.tracker.horizon)
+            .unwrap_or(chrono::Duration::days(7))
+            + UNREAD_KEPT_PAST_HORIZON;
+        let mut progress = progress;
+        if unread::forget_past(&mut progress.unread, self.clock.now(), keep) {
+            progress = slot.update_progress(|p| p.unread.clone_from(&progress.unread));
+        }
         changes.push(Change::Widget {
             widget: widget.to_owned(),
             progress,

@@ -68,15 +68,19 @@ pub fn days_over(from: DateTime<Utc>, to: DateTime<Utc>) -> u32 {
 }
 
 /// The windows that read `window` around the `unread` spans: `window` itself when none
-/// touches it. In `dates` mode a part before a span is read by days ending at the span's
-/// start, a part after one by days starting at its end (reading again, around it, what the
+/// touches it. In `dates` mode a span is widened to whole hours (one found in `datetimes`
+/// mode holds a second), a part before a span is read by days ending at the span's start, a
+/// part after one by days starting at its end (reading again, around it, what the
 /// neighbouring days hold: the tracker tells those cases apart by id).
 pub fn pieces(window: Window, unread: &[UnreadSpan], mode: WindowMode) -> Vec<Window> {
     let (start, end) = window.range();
     let mut touching: Vec<Span> = unread
         .iter()
-        .filter(|s| s.start < end && s.end > start)
-        .map(|s| (s.start, s.end))
+        .map(|s| match mode {
+            WindowMode::Dates => (floor_to(s.start, an_hour()), ceil_to(s.end, an_hour())),
+            WindowMode::Datetimes => (s.start, s.end),
+        })
+        .filter(|&(s, e)| s < end && e > start)
         .collect();
     if touching.is_empty() {
         return vec![window];
@@ -86,44 +90,67 @@ pub fn pieces(window: Window, unread: &[UnreadSpan], mode: WindowMode) -> Vec<Wi
     let mut from = start;
     for (span_start, span_end) in touching {
         if span_start > from {
-            out.push(part(from, span_start, from == start, true, mode));
+            out.extend(part(from, span_start, true, mode));
         }
         from = from.max(span_end);
     }
     if from < end {
-        out.push(part(from, end, false, false, mode));
+        out.extend(part(from, end, false, mode));
     }
     out
 }
 
-/// One part of a window between spans: `[from, to)`, bounded by a span before it unless
-/// `at_start`, and by one after it if `before_span`.
+/// The windows that read `[from, to)`, one part of a window between spans (a span starts at
+/// `to` if `before_span`). Days never reach back before `from`, where a span may end, and
+/// only a whole day ending at a span's start reaches past `to`'s side: spans less than a day
+/// apart are one ([`merge`]), so nothing else is within its reach.
 fn part(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-    at_start: bool,
     before_span: bool,
     mode: WindowMode,
-) -> Window {
+) -> Vec<Window> {
     match mode {
-        WindowMode::Datetimes => Window::Times {
+        WindowMode::Datetimes => vec![Window::Times {
             start: from,
             end: to,
-        },
+        }],
+        WindowMode::Dates if !before_span => vec![Window::ShiftedDays {
+            first: from,
+            days: days_over(from, to),
+        }],
         WindowMode::Dates => {
-            let days = days_over(from, to);
-            if before_span || at_start {
-                // Ends on the span's start exactly (or, for a part at the window's start with no
-                // span after it, the window's own end: whole days again).
-                Window::ShiftedDays {
-                    first: to - Duration::days(i64::from(days)),
-                    days,
-                }
-            } else {
-                Window::ShiftedDays { first: from, days }
+            let whole = u32::try_from((to - from).num_hours() / 24).unwrap_or(0);
+            let mut windows = Vec::new();
+            if whole > 0 {
+                windows.push(Window::ShiftedDays {
+                    first: from,
+                    days: whole,
+                });
             }
+            if from + Duration::days(i64::from(whole)) < to {
+                // The rest, as the day ending at the span's start.
+                windows.push(Window::ShiftedDays {
+                    first: to - a_day(),
+                    days: 1,
+                });
+            }
+            windows
         }
     }
+}
+
+/// Spans still tried (not yet past the survey horizon): what the gauge and its alert count.
+pub fn tried(spans: &[UnreadSpan]) -> usize {
+    spans.iter().filter(|s| s.next_retry.is_some()).count()
+}
+
+/// Forgets spans no longer tried once no window reads their time any more (`keep` after
+/// they end: the survey horizon and its last re-check, with a margin).
+pub fn forget_past(spans: &mut Vec<UnreadSpan>, now: DateTime<Utc>, keep: Duration) -> bool {
+    let before = spans.len();
+    spans.retain(|s| s.next_retry.is_some() || now - s.end < keep);
+    spans.len() != before
 }
 
 /// Adds `new` to `spans`, merging those that overlap or lie closer than the mode can read
@@ -167,6 +194,20 @@ pub struct Isolation {
     /// Whether any probe was read: without one, the API fails everywhere and the failure is
     /// nothing to isolate.
     any_read: bool,
+    /// The window fits in one day's probe (`dates`): a probe ending at its end covers it.
+    within_a_day: bool,
+}
+
+/// What an isolation found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Isolated {
+    /// Spans that failed at the least width the API addresses.
+    Unread(Vec<Span>),
+    /// The probes read every part of the window: its cases are decided, nothing is unread (a
+    /// failure of the window's layout, or a passing one).
+    AllRead,
+    /// No probe was read: the API fails everywhere, not this window.
+    NotLocal,
 }
 
 #[derive(Debug)]
@@ -177,10 +218,17 @@ enum Search {
         unread: Vec<Span>,
     },
     /// `dates`: the span's start is the latest hour up to which days ending there read
-    /// (`lo` reads, `hi` fails); then its end, the earliest hour from which days read.
+    /// (`lo` reads, `hi` fails; `hi_failed` once a probe showed it).
     StartHour {
         lo: DateTime<Utc>,
         hi: DateTime<Utc>,
+        end: DateTime<Utc>,
+        hi_failed: bool,
+    },
+    /// `dates`: days ending at the window's end were never probed: they must fail, or nothing
+    /// in the window does.
+    Confirm {
+        start: DateTime<Utc>,
         end: DateTime<Utc>,
     },
     /// Days from `bad` fail, from `good` read (or `good` is the window's end); the hour after
@@ -209,11 +257,19 @@ fn middle(lo: DateTime<Utc>, hi: DateTime<Utc>, unit: Duration) -> DateTime<Utc>
     lo + unit * i32::try_from((units / 2).max(1)).unwrap_or(1)
 }
 
+/// A whole day in `dates` mode ending at `end`.
+fn day_ending(end: DateTime<Utc>) -> Window {
+    Window::ShiftedDays {
+        first: end - a_day(),
+        days: 1,
+    }
+}
+
 impl Isolation {
     /// Isolating `window`, which failed on the same page several cycles running.
     pub fn new(window: Window, mode: WindowMode) -> Self {
         let (start, end) = window.range();
-        let search = match mode {
+        let (search, within_a_day) = match mode {
             WindowMode::Datetimes => {
                 let (start, end) = (
                     floor_to(start, Duration::seconds(1)),
@@ -222,20 +278,22 @@ impl Isolation {
                 // The whole window is known to fail: its halves come first.
                 let mut pending = Vec::new();
                 Self::halve(&mut pending, &mut Vec::new(), start, end);
-                Search::Halves {
+                let search = Search::Halves {
                     pending,
                     unread: Vec::new(),
-                }
+                };
+                (search, true)
             }
             WindowMode::Dates => {
                 let (lo, hi) = (floor_to(start, an_hour()), ceil_to(end, an_hour()));
-                Self::start_search(lo, hi, hi)
+                (Self::start_search(lo, hi, hi, false), hi - lo <= a_day())
             }
         };
         Self {
             search,
             probes: 0,
             any_read: false,
+            within_a_day,
         }
     }
 
@@ -254,11 +312,23 @@ impl Isolation {
         pending.push((start, mid));
     }
 
-    fn start_search(lo: DateTime<Utc>, hi: DateTime<Utc>, end: DateTime<Utc>) -> Search {
-        if hi - lo <= an_hour() {
+    fn start_search(
+        lo: DateTime<Utc>,
+        hi: DateTime<Utc>,
+        end: DateTime<Utc>,
+        hi_failed: bool,
+    ) -> Search {
+        if hi - lo > an_hour() {
+            Search::StartHour {
+                lo,
+                hi,
+                end,
+                hi_failed,
+            }
+        } else if hi_failed {
             Self::end_search(lo, lo, end, false)
         } else {
-            Search::StartHour { lo, hi, end }
+            Search::Confirm { start: lo, end: hi }
         }
     }
 
@@ -299,10 +369,8 @@ impl Isolation {
                 .last()
                 .map(|&(start, end)| Window::Times { start, end }),
             // Days ending at the middle hour.
-            Search::StartHour { lo, hi, .. } => Some(Window::ShiftedDays {
-                first: middle(*lo, *hi, an_hour()) - a_day(),
-                days: 1,
-            }),
+            Search::StartHour { lo, hi, .. } => Some(day_ending(middle(*lo, *hi, an_hour()))),
+            Search::Confirm { end, .. } => Some(day_ending(*end)),
             Search::EndHour {
                 bad,
                 good,
@@ -337,12 +405,24 @@ impl Isolation {
                     Search::Halves { pending, unread }
                 }
             }
-            Search::StartHour { lo, hi, end } => {
+            Search::StartHour {
+                lo,
+                hi,
+                end,
+                hi_failed,
+            } => {
                 let mid = middle(lo, hi, an_hour());
                 if read {
-                    Self::start_search(mid, hi, end)
+                    Self::start_search(mid, hi, end, hi_failed)
                 } else {
-                    Self::start_search(lo, mid, end)
+                    Self::start_search(lo, mid, end, true)
+                }
+            }
+            Search::Confirm { start, end } => {
+                if read {
+                    Search::Done(Vec::new())
+                } else {
+                    Self::end_search(start, start, end, false)
                 }
             }
             Search::EndHour {
@@ -362,13 +442,12 @@ impl Isolation {
         };
     }
 
-    /// The spans found unread, or `None` when no probe was read (the API fails everywhere: not
-    /// this window's doing). Ranges left unprobed at [`MAX_PROBES`] count as unread.
-    pub fn finish(self) -> Option<Vec<Span>> {
+    /// What the probes found. Ranges left unprobed at [`MAX_PROBES`] count as unread.
+    pub fn finish(self) -> Isolated {
         if !self.any_read {
-            return None;
+            return Isolated::NotLocal;
         }
-        Some(match self.search {
+        let unread = match self.search {
             Search::Done(unread) => unread,
             Search::Halves {
                 mut pending,
@@ -378,8 +457,15 @@ impl Isolation {
                 unread
             }
             Search::StartHour { lo, end, .. } => vec![(lo, end)],
+            Search::Confirm { start, end } => vec![(start, end)],
             Search::EndHour { start, good, .. } => vec![(start, good)],
-        })
+        };
+        match (unread.is_empty(), self.within_a_day) {
+            (false, _) => Isolated::Unread(unread),
+            (true, true) => Isolated::AllRead,
+            // The probes read only the window's last day: nothing found, nothing settled.
+            (true, false) => Isolated::Unread(Vec::new()),
+        }
     }
 }
 
@@ -394,11 +480,7 @@ mod tests {
     }
 
     /// Runs an isolation against an API that fails any window holding one of `bad`.
-    fn isolate(
-        window: Window,
-        mode: WindowMode,
-        bad: &[DateTime<Utc>],
-    ) -> (Option<Vec<Span>>, usize) {
+    fn isolate(window: Window, mode: WindowMode, bad: &[DateTime<Utc>]) -> (Isolated, usize) {
         let mut isolation = Isolation::new(window, mode);
         let mut probes = 0;
         while let Some(probe) = isolation.next_probe() {
@@ -428,7 +510,10 @@ mod tests {
         };
         let bad = at(11, 17, 42) + Duration::milliseconds(300);
         let (found, probes) = isolate(window, WindowMode::Datetimes, &[bad]);
-        assert_eq!(found, Some(vec![(at(11, 17, 42), at(11, 17, 43))]));
+        assert_eq!(
+            found,
+            Isolated::Unread(vec![(at(11, 17, 42), at(11, 17, 43))])
+        );
         assert!(probes <= 2 * 13 + 2, "{probes} probes for two hours");
         // A whole day, from a rolling window's odd start, two bad points.
         let window = Window::Times {
@@ -438,7 +523,7 @@ mod tests {
         let (found, _) = isolate(window, WindowMode::Datetimes, &[at(3, 0, 0), at(20, 0, 5)]);
         assert_eq!(
             found,
-            Some(vec![
+            Isolated::Unread(vec![
                 (at(3, 0, 0), at(3, 0, 1)),
                 (at(20, 0, 5), at(20, 0, 6))
             ])
@@ -462,10 +547,10 @@ mod tests {
             let start = at(0, 0, 0) + Duration::hours(hour);
             assert_eq!(
                 found,
-                Some(vec![(start, start + an_hour())]),
+                Isolated::Unread(vec![(start, start + an_hour())]),
                 "bad at {bad}"
             );
-            assert!(probes <= 6, "{probes} probes for one day");
+            assert!(probes <= 7, "{probes} probes for one day");
         }
     }
 
@@ -479,13 +564,25 @@ mod tests {
             start: day,
             end: day,
         };
-        assert_eq!(isolate(dates, WindowMode::Dates, &everywhere).0, None);
+        assert_eq!(
+            isolate(dates, WindowMode::Dates, &everywhere).0,
+            Isolated::NotLocal
+        );
         let times = Window::Times {
             start: at(10, 0, 0),
             end: at(10, 0, 4),
         };
         let seconds: Vec<_> = (0..4).map(|s| at(10, 0, s)).collect();
-        assert_eq!(isolate(times, WindowMode::Datetimes, &seconds).0, None);
+        assert_eq!(
+            isolate(times, WindowMode::Datetimes, &seconds).0,
+            Isolated::NotLocal
+        );
+        // A window that fails for its layout, not one page: every part reads.
+        assert_eq!(
+            isolate(times, WindowMode::Datetimes, &[]).0,
+            Isolated::AllRead
+        );
+        assert_eq!(isolate(dates, WindowMode::Dates, &[]).0, Isolated::AllRead);
     }
 
     #[test]
@@ -571,5 +668,64 @@ mod tests {
             WindowMode::Datetimes,
         );
         assert_eq!(seconds.len(), 2);
+    }
+
+    #[test]
+    fn pieces_of_any_window_never_touch_a_span_and_cover_the_rest() {
+        let midnight = at(0, 0, 0);
+        let h = |n: i64| midnight + Duration::hours(n);
+        // One- and two-day windows (a fresh window in the grace period after midnight), spans
+        // of whole hours and of one second (found in `datetimes`, read in `dates`).
+        let windows = [
+            Window::Dates {
+                start: midnight.date_naive(),
+                end: midnight.date_naive(),
+            },
+            Window::Dates {
+                start: (midnight - a_day()).date_naive(),
+                end: midnight.date_naive(),
+            },
+        ];
+        let span_sets: Vec<Vec<UnreadSpan>> = vec![
+            vec![span(h(-14), h(-13)), span(h(15), h(16))],
+            vec![span(h(-24), h(-23))],
+            vec![span(h(23), h(24))],
+            vec![span(
+                h(5) + Duration::seconds(17),
+                h(5) + Duration::seconds(18),
+            )],
+            vec![span(h(-30), h(-29)), span(h(2), h(3))],
+        ];
+        for window in windows {
+            for spans in &span_sets {
+                let mut merged = Vec::new();
+                for s in spans {
+                    merge(&mut merged, s.clone(), WindowMode::Dates);
+                }
+                let widened: Vec<Span> = merged
+                    .iter()
+                    .map(|s| (floor_to(s.start, an_hour()), ceil_to(s.end, an_hour())))
+                    .collect();
+                let read = pieces(window, &merged, WindowMode::Dates);
+                for piece in &read {
+                    let (s, e) = piece.range();
+                    assert_eq!(s, floor_to(s, an_hour()), "{piece} starts on an hour");
+                    for (us, ue) in &widened {
+                        assert!(e <= *us || s >= *ue, "{piece} touches {us}..{ue}");
+                    }
+                }
+                let (ws, we) = window.range();
+                let mut t = ws;
+                while t < we {
+                    let unread = widened.iter().any(|(us, ue)| t >= *us && t < *ue);
+                    let covered = read.iter().any(|w| {
+                        let (s, e) = w.range();
+                        t >= s && t < e
+                    });
+                    assert_eq!(covered, !unread, "{t} in {window} around {widened:?}");
+                    t += Duration::minutes(10);
+                }
+            }
+        }
     }
 }

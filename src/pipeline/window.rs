@@ -2,6 +2,7 @@
 //! committed in order; resumed from a saved cursor when a restart interrupted it.
 
 use std::pin::pin;
+use std::time::Instant;
 
 use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
@@ -33,7 +34,14 @@ pub(super) struct WindowRead {
     pub keeps_cursor: bool,
     /// What the window is read for, in logs.
     pub label: &'static str,
+    /// A probe of an isolation: its requests are tried fewer times ([`PROBE_ATTEMPTS`]).
+    pub probe: bool,
 }
+
+/// Attempts per request of a probe: its window is expected to fail, and the client's whole
+/// back-off on each of a dozen failing probes would hold the widget for many minutes. Two, so
+/// a passing blip is not taken for the bad page.
+pub(super) const PROBE_ATTEMPTS: usize = 2;
 
 impl Pipeline {
     pub(super) async fn read_window(
@@ -48,11 +56,17 @@ impl Pipeline {
             window,
             keeps_cursor,
             label,
+            probe,
         } = read;
+        let client = if probe {
+            &self.probe_client
+        } else {
+            &self.client
+        };
         tracing::debug!(widget, kind = label, %window, "reading window");
         // A backlog window interrupted part-way (a restart, a pod killed) goes on from its
         // saved cursor, if the cursor is for this very window.
-        let first = self.client.window_url(widget, &window);
+        let first = client.window_url(widget, &window);
         let window_url = first.to_string();
         let w = widget.to_owned();
         let resume = if keeps_cursor {
@@ -66,22 +80,30 @@ impl Pipeline {
             tracing::info!(widget, %window, pages_done = c.pages_done, "resuming a window where it stopped");
             metrics::window_resumed(widget);
         }
-        // The next page is fetched while this one is decided, published and committed.
-        let (tx, mut pages) = tokio::sync::mpsc::channel(PREFETCH_PAGES);
-        let source = self.client.pages_from(
-            widget,
-            first,
-            resume.as_ref().map(|c| (c.next.as_str(), c.pages_done)),
-        );
-        let _fetcher = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-            let mut source = pin!(source);
-            while let Some(page) = source.next().await {
-                let failed = page.is_err();
-                if tx.send(page).await.is_err() || failed {
-                    break;
+        // The next page is fetched while this one is decided, published and committed; each
+        // comes with the instant it arrived. Fetching starts at `from` (a page's link and
+        // index), or at the window's first page.
+        let fetch_from = |from: Option<&(String, usize)>| {
+            let (tx, pages) = tokio::sync::mpsc::channel(PREFETCH_PAGES);
+            let source =
+                client.pages_from(widget, first.clone(), from.map(|(l, i)| (l.as_str(), *i)));
+            let fetcher = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                let mut source = pin!(source);
+                while let Some(page) = source.next().await {
+                    let failed = page.is_err();
+                    if tx.send((Instant::now(), page)).await.is_err() || failed {
+                        break;
+                    }
                 }
-            }
-        }));
+            }));
+            (fetcher, pages)
+        };
+        // Where the page after the last one decided is: a fetch starts over there.
+        let mut next_page = resume.as_ref().map(|c| (c.next.clone(), c.pages_done));
+        let (mut _fetcher, mut pages) = fetch_from(next_page.as_ref());
+        // When the widget came back after a fresh read had it: a page that arrived before
+        // may say less than that read committed (a survey since changed), and is fetched again.
+        let mut back_since: Option<Instant> = None;
         let mut flight = Flight::default();
         // Whether the page read last links to another.
         let mut more = false;
@@ -98,6 +120,7 @@ impl Pipeline {
                 if !hold.let_fresh_read(shutdown).await {
                     break Ok(WindowEnd::Interrupted);
                 }
+                back_since = Some(Instant::now());
                 continue;
             }
             // A fetch in flight is abandoned at shutdown: nothing of it was committed.
@@ -115,8 +138,15 @@ impl Pipeline {
                         }
                     });
                 }
-                Some(Err(e)) => break Err(WindowFailure::Client(e)),
-                Some(Ok(page)) => {
+                Some((_, Err(e))) => break Err(WindowFailure::Client(e)),
+                Some((arrived, Ok(_))) if back_since.is_some_and(|back| arrived < back) => {
+                    // Fetched again from the first page not decided; a fetch in back-off
+                    // was not (nothing arrived while the fresh read ran), so a failing page
+                    // still runs out its retries.
+                    (_fetcher, pages) = fetch_from(next_page.as_ref());
+                    back_since = None;
+                }
+                Some((_, Ok(page))) => {
                     // A long window is progress, page by page: liveness never fails for it.
                     self.health.beat();
                     self.page_served();
@@ -131,6 +161,7 @@ impl Pipeline {
                                 pages_done: page.index + 1,
                             });
                     more = page.next.is_some();
+                    next_page = page.next.as_ref().map(|n| (n.to_string(), page.index + 1));
                     pages_read += 1;
                     let mut batch = self.decide(page, &mut flight, stats).await?;
                     batch.cursor = cursor;

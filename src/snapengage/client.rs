@@ -62,6 +62,9 @@ impl ClientObserver for NoObserver {}
 #[derive(Clone)]
 pub struct LogsClient {
     inner: Arc<Inner>,
+    /// Attempts per request when fewer than the configured retries' ([`with_attempts`](
+    /// Self::with_attempts)).
+    attempts: Option<usize>,
 }
 
 struct Inner {
@@ -114,6 +117,7 @@ impl LogsClient {
             .pop_if_empty()
             .extend(["api", "v2", config.org_id.as_str(), "logs"]);
         Ok(Self {
+            attempts: None,
             inner: Arc::new(Inner {
                 limiter: RateLimiter::direct(quota),
                 http,
@@ -125,6 +129,16 @@ impl LogsClient {
                 config,
             }),
         })
+    }
+
+    /// A clone that tries each request at most `attempts` times (the configured retries' delays
+    /// otherwise), sharing the connection pool and the rate limit: for reads whose failure is
+    /// already expected, where a long back-off would only hold up others.
+    pub fn with_attempts(&self, attempts: usize) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            attempts: Some(attempts.clamp(1, self.inner.config.retry.max_attempts.max(1))),
+        }
     }
 
     /// Requests sent so far by this client and its clones.
@@ -260,7 +274,11 @@ impl LogsClient {
             .with_jitter()
             .with_min_delay(policy.min_delay)
             .with_max_delay(policy.max_delay)
-            .with_max_times(policy.max_attempts.saturating_sub(1));
+            .with_max_times(
+                self.attempts
+                    .unwrap_or(policy.max_attempts)
+                    .saturating_sub(1),
+            );
         let observer = &self.inner.observer;
         (|| self.fetch_once(widget_id, url))
             .retry(backoff)
