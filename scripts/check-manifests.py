@@ -134,8 +134,10 @@ changelog = settings.get("CASESTREAM_TOPIC_STATE")
 if changelog is not None:
     org, group = settings.get("SNAPENGAGE_ORG_ID"), settings.get("CASESTREAM_GROUP")
     unset = "leave it unset for casestream.<org>[.<group>].state, one changelog per deployment"
-    need(org and org in changelog, f"CASESTREAM_TOPIC_STATE {changelog!r} must name the deployment's org, SNAPENGAGE_ORG_ID {org!r}: {unset}")
-    need(not group or group in changelog, f"CASESTREAM_TOPIC_STATE {changelog!r} must name the deployment's group, CASESTREAM_GROUP {group!r}: {unset}")
+    # Whole dot-separated parts: org 1234 is not in casestream.12345.state.
+    parts = changelog.split(".")
+    need(org and org in parts, f"CASESTREAM_TOPIC_STATE {changelog!r} must name the deployment's org, SNAPENGAGE_ORG_ID {org!r}: {unset}")
+    need(not group or group in parts, f"CASESTREAM_TOPIC_STATE {changelog!r} must name the deployment's group, CASESTREAM_GROUP {group!r}: {unset}")
 # Exactly one scrape path: the Pod's annotations. With the Service's too, Prometheus' usual
 # kubernetes-pods and kubernetes-service-endpoints jobs would both scrape the pod.
 pod_ann = dig(sts, "spec", "template", "metadata", "annotations", default={}) or {}

@@ -469,3 +469,76 @@ async fn a_changelog_that_would_lose_state_is_refused_naming_the_setting() {
     }
     sim.stop().await.unwrap();
 }
+
+/// An upgrade from the release whose exactly-once overlay named `casestream.state` for every
+/// deployment: on a broker holding that topic, the per-deployment default changelog (new,
+/// empty) is refused, naming both topics and the ways on, instead of starting from an empty
+/// state (the lookback announced again, pending surveys lost). Naming the old topic goes on.
+/// A broker of the test's own: `casestream.state` on the shared one would refuse other tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_default_changelog_beside_the_old_pinned_one_is_refused() {
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+    let (_broker, bootstrap) = OwnBroker::start("eos-moved");
+    let sim = start_simulator(Default::default(), casestream::clock::Clock::system()).await;
+    let admin = admin_client(&bootstrap);
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
+    let pinned = NewTopic::new("casestream.state", 1, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "compact");
+    for created in admin.create_topics([&pinned], &options).await.unwrap() {
+        created.unwrap();
+    }
+    let prefix = unique_prefix("eos-moved");
+    let dir = tempfile::tempdir().unwrap();
+    let env: Vec<(String, String)> = instance_env(
+        &sim,
+        &bootstrap,
+        &prefix,
+        &dir.path().join("state"),
+        free_port(),
+    )
+    .into_iter()
+    .filter(|(k, _)| k != "CASESTREAM_TOPIC_STATE")
+    .collect();
+    let (ok, text) = casestream("run", &env, Duration::from_secs(60));
+    let default = format!("casestream.demo.{prefix}.state");
+    assert!(!ok, "run must exit non-zero by itself:\n{text}");
+    assert!(
+        text.contains(&format!(
+            "the state changelog {default} does not exist yet, but casestream.state does"
+        )) && text.contains("CASESTREAM_TOPIC_STATE=casestream.state"),
+        "the refusal names both topics and the way on:\n{text}"
+    );
+    let topics = topic_names(&bootstrap);
+    assert!(
+        !topics.contains(&default),
+        "nothing was created: {topics:?}"
+    );
+    // Going on with the old topic, as the refusal says: past the check, running.
+    let with_old = with(&env, &[("CASESTREAM_TOPIC_STATE", "casestream.state")]);
+    let (_, text) = casestream("run", &with_old, Duration::from_secs(15));
+    assert!(
+        !text.contains("does not exist yet"),
+        "the named old changelog is used:\n{text}"
+    );
+    assert!(
+        text.contains("elected the active instance"),
+        "it runs:\n{text}"
+    );
+}
+
+/// The topics of a broker, by name.
+fn topic_names(bootstrap: &str) -> Vec<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("a metadata client");
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
+    metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .collect()
+}

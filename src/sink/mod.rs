@@ -53,20 +53,32 @@ pub enum SinkError {
     TopicMissing { topic: String },
     #[error(
         "the state changelog {topic} has {partitions} partitions; it needs exactly one (and \
-         cleanup.policy=compact): name another topic in {ENV_TOPIC_STATE} and casestream creates it"
+         cleanup.policy=compact). A topic cannot lose partitions: move the state to a new topic \
+         (`casestream state export`, then `state import` with {ENV_TOPIC_STATE} naming the new \
+         one; a new topic alone starts an empty state, announcing the lookback's cases again)"
     )]
     ChangelogLayout { topic: String, partitions: usize },
     #[error(
         "the state changelog {topic} would lose records the state still needs: {problems}. Set \
-         them (kafka-configs.sh --alter --entity-type topics --entity-name {topic} --add-config \
-         PROPERTY=VALUE), or name another topic in {ENV_TOPIC_STATE} and casestream creates it"
+         them in place (kafka-configs.sh --alter --entity-type topics --entity-name {topic} \
+         --add-config PROPERTY=VALUE); another topic would start an empty state"
     )]
     ChangelogRetention { topic: String, problems: String },
     #[error(
         "cannot read the configuration of the state changelog {topic} ({reason}): casestream \
-         checks that it keeps what the state needs, so it needs DescribeConfigs on the topic"
+         checks that it keeps what the state needs before writing to it"
     )]
     ChangelogConfigUnreadable { topic: String, reason: String },
+    #[error(
+        "the state changelog {topic} does not exist yet, but {pinned} does: releases before this \
+         one named {pinned} for every exactly-once deployment. Starting on {topic} would start \
+         from an empty state (the lookback's cases announced again, pending surveys lost). If \
+         {pinned} is this deployment's state, set {ENV_TOPIC_STATE}={pinned} (one deployment \
+         only), or move it (`casestream state export` with {ENV_TOPIC_STATE}={pinned}, then \
+         `state import` with the new name). If it is another deployment's, create {topic} \
+         first (cleanup.policy=compact, one partition)"
+    )]
+    ChangelogMoved { topic: String, pinned: String },
 }
 
 /// The longest wait between attempts while Kafka is away.

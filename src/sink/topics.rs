@@ -9,7 +9,14 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer as _;
 use rdkafka::util::Timeout;
 
-use super::changelog::{ChangelogRetention, changelog_retention};
+use super::changelog::{ChangelogRetention, DELETE_RETENTION_NEEDED_MS, changelog_retention};
+
+/// The changelog an earlier release's exactly-once overlay named for every deployment.
+const PINNED_CHANGELOG: &str = "casestream.state";
+/// Reads of a new changelog's configuration before a broker that does not know it yet is
+/// believed, and the wait between them.
+const DESCRIBE_TRIES: u32 = 20;
+const DESCRIBE_RETRY_DELAY: Duration = Duration::from_millis(250);
 use super::{ADMIN_TIMEOUT, KafkaSink, SinkError, setup_error};
 
 /// Topics never get a replication factor above this by default.
@@ -83,6 +90,20 @@ impl KafkaSink {
         let (existing, brokers) = self.metadata(None, ADMIN_TIMEOUT).await?;
         self.check_changelog_layout(&existing)?;
         let missing = self.missing_from(&existing);
+        // An earlier release's exactly-once overlay named one changelog for every deployment.
+        // The per-deployment default would start from an empty state beside it: every case
+        // of the lookback announced again, every pending survey lost. Refused, saying how on.
+        let state = &self.settings.topics.state;
+        if self.exactly_once()
+            && missing.contains(&state.as_str())
+            && *state != PINNED_CHANGELOG
+            && existing.iter().any(|(name, _)| name == PINNED_CHANGELOG)
+        {
+            return Err(SinkError::ChangelogMoved {
+                topic: state.clone(),
+                pinned: PINNED_CHANGELOG.to_owned(),
+            });
+        }
         if !missing.is_empty() {
             self.create_topics(&missing, brokers).await?;
         }
@@ -142,13 +163,29 @@ impl KafkaSink {
         };
         let admin: AdminClient<DefaultClientContext> = self.config.create().map_err(setup_error)?;
         let options = AdminOptions::new().request_timeout(Some(Timeout::After(ADMIN_TIMEOUT)));
-        let resource = admin
-            .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
-            .await
-            .map_err(SinkError::Unreachable)?
-            .pop()
-            .ok_or_else(|| unreadable("the broker answered nothing".into()))?
-            .map_err(|code| unreadable(code.to_string()))?;
+        let mut tries = 0;
+        let resource = loop {
+            tries += 1;
+            let answer = admin
+                .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
+                .await
+                .map_err(SinkError::Unreachable)?
+                .pop()
+                .ok_or_else(|| unreadable("the broker answered nothing".into()))?;
+            match answer {
+                Ok(resource) => break resource,
+                // A topic created a moment ago may not be known to the broker asked yet.
+                Err(RDKafkaErrorCode::UnknownTopicOrPartition) if tries < DESCRIBE_TRIES => {
+                    tokio::time::sleep(DESCRIBE_RETRY_DELAY).await;
+                }
+                Err(code @ RDKafkaErrorCode::TopicAuthorizationFailed) => {
+                    return Err(unreadable(format!(
+                        "{code}: casestream needs DescribeConfigs on the topic"
+                    )));
+                }
+                Err(code) => return Err(unreadable(code.to_string())),
+            }
+        };
         let entries = resource.entry_map();
         changelog_retention(|name| entries.get(name).and_then(|e| e.value.as_deref())).map_err(
             |problems| SinkError::ChangelogRetention {
@@ -177,6 +214,7 @@ impl KafkaSink {
                 .clamp(1, MAX_DEFAULT_REPLICATION)
         });
         let admin: AdminClient<DefaultClientContext> = self.config.create().map_err(setup_error)?;
+        let delete_retention = DELETE_RETENTION_NEEDED_MS.to_string();
         let new_topics: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|name| {
@@ -184,8 +222,11 @@ impl KafkaSink {
                     // One partition: one ordered log of the state, one active instance (the
                     // election group's member assigned it). Compaction keeps the latest
                     // record per key, so the log stays as large as the state.
+                    // Tombstones kept as long as a resuming store relies on, whatever the
+                    // broker's default.
                     NewTopic::new(name, 1, TopicReplication::Fixed(replication))
                         .set("cleanup.policy", "compact")
+                        .set("delete.retention.ms", &delete_retention)
                 } else {
                     NewTopic::new(
                         name,
