@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::ToolkitError;
 use crate::sink::KafkaSink;
 use crate::sink::config::KafkaSettings;
+use crate::sink::transaction::TransactionError;
 use crate::state::{Change, SqliteStore};
 
 /// Changes handed to the producer before waiting for their acknowledgements: bounds what is
@@ -46,6 +47,10 @@ impl Writer {
             source,
         };
         std::fs::create_dir_all(state_dir).map_err(io)?;
+        // One left by a toolkit run killed part-way (SIGKILL, OOM) is a whole copy of the
+        // state: removed before another is made. None is in use: two changes at once share
+        // one transactional id, and this one's fence above ended the other.
+        sweep_scratch(state_dir);
         let dir = tempfile::Builder::new()
             .prefix(SCRATCH_PREFIX)
             .tempdir_in(state_dir)
@@ -98,7 +103,11 @@ impl Writer {
                 .sink
                 .commit_transaction()
                 .await
-                .map_err(|error| ToolkitError::NotCommitted { error }),
+                .map_err(|error| match error {
+                    // An instance started and took the id: scaling to 0 is the fix, not time.
+                    fenced @ TransactionError::Fenced { .. } => ToolkitError::Transaction(fenced),
+                    error => ToolkitError::NotCommitted { error },
+                }),
             Err(e) => Err(e),
         };
         if result.is_err()
@@ -109,5 +118,30 @@ impl Writer {
             tracing::warn!(error = %abort, "could not abort the state changelog's transaction");
         }
         result
+    }
+}
+
+/// Removes throwaway stores of earlier runs from `state_dir`; what cannot be removed is left
+/// and said (it is only disk).
+fn sweep_scratch(state_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let stale = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(SCRATCH_PREFIX));
+        if stale && path.is_dir() {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed the throwaway store of an earlier run")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove the throwaway store of an earlier run")
+                }
+            }
+        }
     }
 }
