@@ -54,15 +54,17 @@ impl Writer {
     /// Commits `changes` to the changelog, in transactions of at most
     /// [`CHANGES_PER_TRANSACTION`].
     pub(super) async fn commit(&self, changes: &[Change]) -> Result<(), ToolkitError> {
+        // A tool run is stopped with the process: no call is given up on.
+        let never = CancellationToken::new();
         for batch in changes.chunks(CHANGES_PER_TRANSACTION) {
             self.sink.begin_transaction().await?;
             let results = self.sink.start_changes(batch).await.wait(&self.sink).await;
             if let Some(e) = results.into_iter().find_map(|r| r.result.err()) {
                 let reason = crate::redact::redact(&e.to_string()).into_owned();
-                self.sink.abort_transaction().await?;
+                self.sink.abort_transaction(&never).await?;
                 return Err(ToolkitError::Refused(reason));
             }
-            self.sink.commit_transaction().await?;
+            self.sink.commit_transaction(&never).await?;
         }
         Ok(())
     }
