@@ -392,11 +392,12 @@ async fn active_term(
             // Lost while fencing (a slow coordinator, a pause): the newer active instance may
             // have fenced already, and this fence would fence it back.
             _ = term.cancelled() => return Ok(ended("while fencing")),
-            fenced = sink.init_transactions() => {
-                if let Err(error) = fenced {
-                    return Ok(TermEnd::Ended(error.to_string()));
-                }
-            }
+            fenced = sink.init_transactions() => match fenced {
+                Ok(()) => {}
+                // A missing ACL: every term would end the same way.
+                Err(refused @ TransactionError::Refused { .. }) => return Err(refused.into()),
+                Err(error) => return Ok(TermEnd::Ended(error.to_string())),
+            },
         }
         follower.catch_up(health, &term).await?;
         if term.is_cancelled() {
@@ -407,6 +408,9 @@ async fn active_term(
         health.set_active(true);
         match pipeline.run(term.clone()).await {
             Ok(()) => Ok(ended("while publishing")),
+            Err(PipelineError::Transaction(refused @ TransactionError::Refused { .. })) => {
+                Err(refused.into())
+            }
             Err(PipelineError::Transaction(error)) => Ok(TermEnd::Ended(error.to_string())),
             Err(other) => Err(other.into()),
         }

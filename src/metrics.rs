@@ -242,7 +242,7 @@ const ELECTION_ERRORS: Metric = metric(
     &["kind"],
 );
 const ROLE_LOSSES: Metric = metric(
-    "casestream_active_role_lost_total",
+    "casestream_role_lost_total",
     Counter,
     None,
     "Terms as the active instance that ended without a shutdown, by outcome (stepped_back: \

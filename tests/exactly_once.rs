@@ -212,9 +212,11 @@ async fn a_standby_takes_over_from_a_killed_and_from_a_frozen_active_instance() 
         "the zombie exits with an error: {status:?}"
     );
     let zombie_log = std::fs::read_to_string(standby_log).unwrap();
+    // It names the instance that took over (its election member's client id).
     assert!(
-        zombie_log.contains("fenced") || zombie_log.contains("lost the active role"),
-        "the zombie says why it stopped: {}",
+        zombie_log.contains("holds the active role")
+            && zombie_log.contains("(casestream.election."),
+        "the zombie says why it stopped, and which instance took over: {}",
         standby_log.display()
     );
 

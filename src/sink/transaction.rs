@@ -40,6 +40,13 @@ pub enum TransactionError {
     Retriable(String),
     #[error("the transactional Kafka producer failed for good: {0}")]
     Fatal(String),
+    /// Kafka's ACLs refuse this user the transactional id (or idempotent writes): no later
+    /// term can do better, so the instance exits.
+    #[error(
+        "Kafka refuses this user transactional id {id} ({reason}): an ACL must allow Write and \
+         Describe on the transactional id, and IdempotentWrite on the cluster"
+    )]
+    Refused { id: String, reason: String },
     /// The caller stopped waiting (shutdown, a lost role); the producer is not used again.
     #[error("gave up waiting for a Kafka transaction call")]
     Interrupted,
@@ -51,6 +58,15 @@ impl TransactionError {
         match &error {
             KafkaError::Transaction(e) if e.code() == RDKafkaErrorCode::Fenced => {
                 TransactionError::Fenced { id, reason }
+            }
+            KafkaError::Transaction(e)
+                if matches!(
+                    e.code(),
+                    RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                        | RDKafkaErrorCode::ClusterAuthorizationFailed
+                ) =>
+            {
+                TransactionError::Refused { id, reason }
             }
             KafkaError::Transaction(e) if e.is_fatal() => TransactionError::Fatal(reason),
             KafkaError::Transaction(e) if e.txn_requires_abort() => {
