@@ -347,3 +347,42 @@ pub async fn serve(
     tracing::info!(addr = %bound, "admin endpoints: /metrics /livez /readyz");
     Ok(probe)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standby_is_ready_only_when_caught_up_and_taken_by_the_election_group() {
+        let health = Arc::new(Health::default());
+        health.set_state_ok(true);
+        health.set_deliveries_ok(true);
+        health.kafka_reachable.store(true, Ordering::Relaxed);
+        health.set_active(false);
+        let state = AdminState {
+            health: health.clone(),
+            thresholds: Thresholds::for_poll_interval(Duration::from_secs(60)),
+        };
+        let (ready, body) = readiness(&state);
+        assert!(!ready, "not caught up yet: {body}");
+        health.changelog_caught_up();
+        assert!(readiness(&state).0, "caught up");
+        health.set_election_error(Some("Group authorization failed".into()));
+        let (ready, body) = readiness(&state);
+        assert!(!ready);
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Group authorization failed")),
+            "{body}"
+        );
+        health.set_election_error(None);
+        assert!(readiness(&state).0);
+        // Caught up too long ago: a standby that stopped reading is not ready.
+        health.caught_up_ms.store(
+            monotonic_ms() - CAUGHT_UP_WITHIN.as_millis() as i64 - 1,
+            Ordering::Relaxed,
+        );
+        assert!(!readiness(&state).0);
+    }
+}

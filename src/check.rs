@@ -9,7 +9,7 @@ use futures::StreamExt;
 
 use crate::config::{Config, ConfigError};
 use crate::sink::config::{Delivery, ENV_CREATE_TOPICS};
-use crate::sink::{KafkaSink, changelog, transaction};
+use crate::sink::{KafkaSink, election, transaction};
 use crate::snapengage::{LogsClient, RetryPolicy, Window};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,7 +78,7 @@ async fn check_exactly_once(config: &Config) -> Vec<CheckLine> {
     let settings = config.kafka.clone();
     let (group, id) = (settings.failover.id(), settings.failover.id());
     let asked = tokio::task::spawn_blocking(move || {
-        let members = changelog::check_group_access(&settings, KAFKA_TIMEOUT)?;
+        let members = election::check_group_access(&settings, KAFKA_TIMEOUT)?;
         let txn = (members == 0)
             .then(|| transaction::check_transactional_access(&settings, KAFKA_TIMEOUT));
         Ok::<_, String>((members, txn))

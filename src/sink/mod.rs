@@ -6,6 +6,7 @@ pub mod config;
 pub mod connection;
 pub mod dead_letter;
 pub mod diagnose;
+pub mod election;
 pub mod encode;
 mod topics;
 pub mod transaction;
