@@ -19,6 +19,11 @@
 #       SECURE_USER=... SECURE_PASSWORD=... SECURE_CLIENT_CERT=... SECURE_CLIENT_KEY=...
 #       SECURE_CLIENT_KEY_PASSWORD=... SECURE_EXPIRED_CERT=... SECURE_EXPIRED_KEY=...
 #       (test-only credentials). `stop`, `reset`, `status` work on it with the same variables.
+#       Its authorizer allows everything a resource has no ACL for; the plain listener's
+#       clients (and the broker itself) are super users, so ACLs only ever bind SASL and TLS
+#       clients.
+#   scripts/kafka.sh acl ARGS...     kafka-acls (AclCommand) against the plain listener, e.g.
+#       acl --add --deny-principal User:casestream-test --operation All --group NAME
 #
 # Environment: CASESTREAM_KAFKA_PORT (default 9092), CASESTREAM_KAFKA_CONTROLLER_PORT (default +1),
 # CASESTREAM_KAFKA_INSTANCE (default "default": separate data and process per name),
@@ -144,6 +149,9 @@ CNF
 # The secured listeners' TLS and SASL settings (their addresses are in write_properties).
 secure_properties() {
   cat <<PROPS
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=true
+super.users=User:ANONYMOUS
 sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.mismatch.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
@@ -330,6 +338,12 @@ case "${1:-}" in
     if [ -f "$secure_env" ]; then cat "$secure_env"; else echo "$bootstrap"; fi
     ;;
   reset) stop; rm -rf "$dir" ;;
+  acl)
+    shift
+    install
+    kafka_java -Dorg.slf4j.simpleLogger.defaultLogLevel=warn org.apache.kafka.tools.AclCommand \
+      --bootstrap-server "$bootstrap" "$@"
+    ;;
   consume)
     [ -n "${2:-}" ] || { echo "usage: $0 consume TOPIC" >&2; exit 2; }
     install
@@ -337,5 +351,5 @@ case "${1:-}" in
       org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server "$bootstrap" \
       --topic "$2" --from-beginning --property print.key=true --property print.headers=true
     ;;
-  *) echo "usage: $0 install|start|start-secure|stop|status|reset|consume TOPIC" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|start-secure|stop|status|reset|consume TOPIC|acl ARGS..." >&2; exit 2 ;;
 esac

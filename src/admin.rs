@@ -21,6 +21,13 @@ use crate::clock::monotonic_ms;
 use crate::metrics;
 use crate::sink::KafkaSink;
 
+/// A standby is ready when its store was within this many changelog records of the
+/// changelog's end (its last stable offset) within [`CAUGHT_UP_WITHIN`]: it can take over
+/// without first rebuilding much.
+pub const CAUGHT_UP_LAG: i64 = 1_000;
+/// See [`CAUGHT_UP_LAG`]. A standby checks after every read that was not a full batch, so a
+/// caught-up one checks every second or so.
+pub const CAUGHT_UP_WITHIN: Duration = Duration::from_secs(30);
 /// How often readiness asks Kafka for metadata, so an outage shows even with no traffic.
 const KAFKA_PROBE_EVERY: Duration = Duration::from_secs(5);
 const KAFKA_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -67,6 +74,11 @@ pub struct Health {
     /// A standby (exactly-once delivery): follows the changelog, polls nothing; written by
     /// the failover loop.
     standby: AtomicBool,
+    /// A standby's [`monotonic_ms`] when its store was last within [`CAUGHT_UP_LAG`] records
+    /// of the changelog's end.
+    caught_up_ms: AtomicI64,
+    /// A standby's election error, if the group gave one lately: readiness names it.
+    election_error: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -134,6 +146,19 @@ impl Health {
 
     pub fn is_standby(&self) -> bool {
         self.standby.load(Ordering::Relaxed)
+    }
+
+    /// A standby's store is within [`CAUGHT_UP_LAG`] records of the changelog's end now.
+    pub fn changelog_caught_up(&self) {
+        self.caught_up_ms.store(monotonic_ms(), Ordering::Relaxed);
+    }
+
+    /// The election group's latest error (`None` once it stopped giving one).
+    pub fn set_election_error(&self, error: Option<String>) {
+        *self
+            .election_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = error;
     }
 
     /// Where the admin endpoints listen, once they do.
@@ -224,9 +249,22 @@ fn readiness(state: &AdminState) -> (bool, serde_json::Value) {
     let poll_age = age_ms(health.last_poll_ok_ms.load(Ordering::Relaxed));
     let polled = poll_age.is_some_and(|age| age <= state.thresholds.ready.as_millis() as u64);
     let fatal = health.fatal();
-    // A standby polls nothing: it is ready when its store and Kafka are.
+    // A standby polls nothing: it is ready when its store and Kafka are, its store has caught
+    // up with the changelog, and the election group takes it.
     let standby = health.is_standby();
-    let ready = state_ok && kafka_ok && (polled || standby) && fatal.is_none();
+    let caught_up_age = age_ms(health.caught_up_ms.load(Ordering::Relaxed));
+    let caught_up = caught_up_age.is_some_and(|age| age <= CAUGHT_UP_WITHIN.as_millis() as u64);
+    let election_error = health
+        .election_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let role_ok = if standby {
+        caught_up && election_error.is_none()
+    } else {
+        polled
+    };
+    let ready = state_ok && kafka_ok && role_ok && fatal.is_none();
     let mut body = json!({
         "ready": ready,
         "standby": standby,
@@ -236,8 +274,15 @@ fn readiness(state: &AdminState) -> (bool, serde_json::Value) {
         "kafka_reachable": reachable,
         "last_poll_age_ms": poll_age,
     });
+    if standby {
+        body["changelog_caught_up_age_ms"] = json!(caught_up_age);
+    }
     if let Some(reason) = fatal {
         body["error"] = json!(reason);
+    } else if let Some(reason) = election_error.filter(|_| standby) {
+        body["error"] = json!(format!(
+            "the election group refuses this instance: {reason}"
+        ));
     }
     (ready, body)
 }
@@ -288,6 +333,10 @@ pub async fn serve(
     let probe = tokio::spawn(async move {
         loop {
             let reachable = sink.ping(KAFKA_PROBE_TIMEOUT).await.is_ok();
+            if reachable {
+                // Ends the log's outage spell, if one was under way.
+                crate::sink::connection::succeeded();
+            }
             health.kafka_reachable.store(reachable, Ordering::Relaxed);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -297,4 +346,43 @@ pub async fn serve(
     });
     tracing::info!(addr = %bound, "admin endpoints: /metrics /livez /readyz");
     Ok(probe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standby_is_ready_only_when_caught_up_and_taken_by_the_election_group() {
+        let health = Arc::new(Health::default());
+        health.set_state_ok(true);
+        health.set_deliveries_ok(true);
+        health.kafka_reachable.store(true, Ordering::Relaxed);
+        health.set_active(false);
+        let state = AdminState {
+            health: health.clone(),
+            thresholds: Thresholds::for_poll_interval(Duration::from_secs(60)),
+        };
+        let (ready, body) = readiness(&state);
+        assert!(!ready, "not caught up yet: {body}");
+        health.changelog_caught_up();
+        assert!(readiness(&state).0, "caught up");
+        health.set_election_error(Some("Group authorization failed".into()));
+        let (ready, body) = readiness(&state);
+        assert!(!ready);
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Group authorization failed")),
+            "{body}"
+        );
+        health.set_election_error(None);
+        assert!(readiness(&state).0);
+        // Caught up too long ago: a standby that stopped reading is not ready.
+        health.caught_up_ms.store(
+            monotonic_ms() - CAUGHT_UP_WITHIN.as_millis() as i64 - 1,
+            Ordering::Relaxed,
+        );
+        assert!(!readiness(&state).0);
+    }
 }

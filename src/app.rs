@@ -123,7 +123,11 @@ pub async fn run(
     } else {
         pipeline.run(shutdown).await?;
     }
-    if let Err(e) = sink.flush(SHUTDOWN_FLUSH) {
+    // Exactly-once: what is still queued belongs to a transaction that was not committed and
+    // never will be (the next fence aborts it); waiting for it would only delay the exit.
+    if !sink.exactly_once()
+        && let Err(e) = sink.flush(SHUTDOWN_FLUSH)
+    {
         tracing::warn!(error = %e, "Kafka flush at shutdown failed");
     }
     // A clean stop returns only once every Kafka client is gone: the probe holds the sink.

@@ -1,5 +1,6 @@
 //! `casestream check`: is this deployment able to run? The configuration, one cheap Logs API
-//! request, one Kafka metadata request, the topics. One line per check; useful as an init
+//! request, one Kafka metadata request, the topics, and in exactly-once delivery the rights
+//! on the election group and the transactional id. One line per check; useful as an init
 //! container or a deploy smoke test.
 
 use std::time::Duration;
@@ -7,9 +8,9 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::config::{Config, ConfigError};
-use crate::sink::KafkaSink;
 use crate::sink::changelog::ChangelogRetention;
-use crate::sink::config::ENV_CREATE_TOPICS;
+use crate::sink::config::{Delivery, ENV_CREATE_TOPICS};
+use crate::sink::{KafkaSink, election, transaction};
 use crate::snapengage::{LogsClient, RetryPolicy, Window};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,8 +55,55 @@ pub async fn run_checks(config: Result<Config, ConfigError>) -> Vec<CheckLine> {
         name: "logs-api",
         result: check_api(&config).await,
     });
-    lines.extend(check_kafka(&config).await);
+    let kafka = check_kafka(&config).await;
+    let reachable = kafka
+        .iter()
+        .any(|line| line.name == "kafka" && line.result.is_ok());
+    lines.extend(kafka);
+    if reachable && config.kafka.delivery == Delivery::ExactlyOnce {
+        lines.extend(check_exactly_once(&config).await);
+    }
     lines
+}
+
+/// Exactly-once delivery's rights: the election group, and the transactional id. The id is
+/// only tried when no instance runs: trying it fences the running active instance.
+async fn check_exactly_once(config: &Config) -> Vec<CheckLine> {
+    let settings = config.kafka.clone();
+    let (group, id) = (settings.failover.id(), settings.failover.id());
+    let asked = tokio::task::spawn_blocking(move || {
+        let members = election::check_group_access(&settings, KAFKA_TIMEOUT)?;
+        let txn = (members == 0)
+            .then(|| transaction::check_transactional_access(&settings, KAFKA_TIMEOUT));
+        Ok::<_, String>((members, txn))
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the check panicked: {e}")));
+    match asked {
+        Err(reason) => vec![CheckLine {
+            name: "group",
+            result: Err(reason),
+        }],
+        Ok((members, txn)) => vec![
+            CheckLine {
+                name: "group",
+                result: Ok(format!(
+                    "may use election group {group} ({members} member(s) now)"
+                )),
+            },
+            CheckLine {
+                name: "txn-id",
+                result: match txn {
+                    Some(Ok(())) => Ok(format!("may use transactional id {id}")),
+                    Some(Err(reason)) => Err(reason),
+                    None => Ok(format!(
+                        "transactional id {id} not tried: {members} instance(s) run, and \
+                         trying it would fence the active one"
+                    )),
+                },
+            },
+        ],
+    }
 }
 
 /// One request for today's first page of the first widget, with a single retry.

@@ -1,11 +1,14 @@
 //! Exactly-once delivery's roles. Instances of one org and group share one changelog and one
 //! transactional id. Each follows the changelog into its local store as a standby until the
 //! election group assigns it the changelog's partition; then it fences every earlier
-//! producer of the id, reads the changelog to its end, and runs the pipeline until shutdown
-//! or until it loses the role (then it stops: a restart makes it a standby).
+//! producer of the id (with a new producer), reads the changelog to its end, and runs the
+//! pipeline until shutdown or until its term ends: the role lost, or the producer fenced.
 //!
 //! The order (fence, then read to the end, then write) is what makes a takeover safe: after
-//! the fence no earlier instance can commit, so the end read is the end.
+//! the fence no earlier instance can commit, so the end read is the end. It also makes a
+//! term's end safe to ride out in the process: the instance drops its producer and its group
+//! membership, follows the changelog again as a standby, and a new term starts with a new
+//! fence. Only an instance that another one took over from exits ([`verdict`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,10 +19,11 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::Health;
 use crate::metrics;
 use crate::pipeline::{Pipeline, PipelineError};
-use crate::sink::KafkaSink;
-use crate::sink::changelog::{ChangelogError, ChangelogReader, Election, TOMBSTONES_KEPT};
+use crate::sink::changelog::{ChangelogError, ChangelogReader, TOMBSTONES_KEPT};
 use crate::sink::config::KafkaSettings;
+use crate::sink::election::{Election, Holder};
 use crate::sink::transaction::TransactionError;
+use crate::sink::{KafkaSink, SinkError, connection};
 use crate::state::{ChangelogPosition, StateError, StateStore};
 
 /// Changes applied to the store per transaction while reading the changelog.
@@ -31,6 +35,14 @@ const READ_WAIT: Duration = Duration::from_millis(500);
 const AHEAD_PATIENCE: Duration = Duration::from_secs(75);
 /// Catch-up progress is logged this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// A lost role counts as an outage's doing when a client of this process failed to reach
+/// Kafka within the session timeout plus this before the term ended.
+const OUTAGE_MARGIN: Duration = Duration::from_secs(15);
+/// After a term ended, how long the election group is asked who holds the role (it answers
+/// with assignments only once its rebalance settled).
+const HOLDER_LOOKUP: Duration = Duration::from_secs(30);
+/// An election error counts for readiness this long after the group last gave it.
+const ELECTION_ERROR_HOLD: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FailoverError {
@@ -49,11 +61,17 @@ pub enum FailoverError {
          announced again, once) or stay at at-least-once"
     )]
     Unlogged { topic: String },
+    #[error(transparent)]
+    Sink(#[from] SinkError),
     #[error(
-        "this instance lost the active role (another instance of {id} took over); it stops, and \
-         a restart makes it a standby"
+        "another instance of {id} ({by}) holds the active role and this one was fenced or lost \
+         it ({cause}); this instance exits, and a restart makes it a standby"
     )]
-    LostRole { id: String },
+    TakenOver {
+        id: String,
+        by: Holder,
+        cause: String,
+    },
     #[error("a changelog task failed: {0}")]
     Join(String),
 }
@@ -69,7 +87,11 @@ async fn patiently<T, F: std::future::Future<Output = Result<T, FailoverError>>>
         match attempt().await {
             Err(FailoverError::Changelog(ChangelogError::Kafka { topic, error })) => {
                 let delay = delays.next_delay();
-                tracing::warn!(%topic, %error, retry_in = ?delay, "reading the state changelog failed; trying again");
+                if connection::is_connection_error(&error) {
+                    connection::failed("changelog reader", &error.to_string());
+                } else {
+                    tracing::warn!(%topic, %error, retry_in = ?delay, "reading the state changelog failed; trying again");
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(None),
                     _ = tokio::time::sleep(delay) => {}
@@ -198,6 +220,18 @@ impl Follower {
         })
     }
 
+    /// How many offsets the reader is behind the changelog's stable end now.
+    async fn lag(&self) -> Result<i64, FailoverError> {
+        self.blocking(|reader, store| {
+            let reached = match reader.position()? {
+                Some(offset) => offset,
+                None => store.changelog_position()?.map_or(0, |p| p.next_offset),
+            };
+            Ok(reader.bounds()?.1 - reached)
+        })
+        .await
+    }
+
     /// Reads the changelog to its stable end as of now. Returns the changes applied.
     async fn catch_up(
         &self,
@@ -254,8 +288,161 @@ pub async fn restore(
     follower.catch_up(&Health::default(), shutdown).await
 }
 
+/// What follows the end of a term as the active instance.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// A standby again, in this process: a new term starts with a new fence.
+    StepBack,
+    /// Another instance holds the role: this process exits, naming it.
+    TakenOver(Holder),
+}
+
+/// The rule after a term ended (the role lost, or the producer fenced): exit only when
+/// another instance truly took over, that is, when Kafka was reachable all along (no client
+/// of this process failed to reach it lately: `outage` false) and the election group shows
+/// another member holding the changelog's partition. That is the zombie: a process frozen or
+/// cut off on its own while the group gave the role away. Anything else steps back and joins
+/// again: an outage (every member loses its session; whoever the group picks next is fine),
+/// or this producer's own transaction outliving `transaction.timeout.ms`, which the
+/// coordinator aborts with an epoch bump that librdkafka reports as `_FENCED` exactly like a
+/// fence by another instance. The error code cannot tell these apart; the group can.
+/// Stepping back is always safe (a standby writes nothing; the next term fences first), so
+/// every doubt steps back.
+fn verdict(outage: bool, holder: Option<Holder>) -> Verdict {
+    match holder {
+        Some(holder) if !outage => Verdict::TakenOver(holder),
+        _ => Verdict::StepBack,
+    }
+}
+
+/// How a term as the active instance ended.
+enum TermEnd {
+    Shutdown,
+    /// The role lost or the producer fenced; why, in words.
+    Ended(String),
+}
+
+/// Follows the changelog until this instance is elected (true) or shutdown (false). Tells
+/// readiness whether the store is caught up and whether the election group takes it.
+async fn standby(
+    follower: &Follower,
+    election: &Election,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> Result<bool, FailoverError> {
+    // One read at a time (never abandoned half-way: a read and its apply go together), each
+    // short, so the role and shutdown are looked at twice a second.
+    while !election.is_active() {
+        health.beat();
+        health.set_election_error(election.error_within(ELECTION_ERROR_HOLD));
+        if shutdown.is_cancelled() {
+            return Ok(false);
+        }
+        let Some((read, _)) = patiently(shutdown, || follower.step()).await? else {
+            return Ok(false);
+        };
+        // Less than a batch: the read reached what the log had; how far behind is that?
+        // (Not asked while a rebuild reads full batches.) A failed question is no answer.
+        if read < APPLY_BATCH
+            && let Ok(lag) = follower.lag().await
+            && lag <= crate::admin::CAUGHT_UP_LAG
+        {
+            health.changelog_caught_up();
+        }
+    }
+    health.set_election_error(None);
+    Ok(true)
+}
+
+/// One term as the active instance: fence with a new producer, read the changelog to its
+/// end, run the pipeline; until shutdown, the role lost, or the producer fenced.
+async fn active_term(
+    follower: &Follower,
+    election: &Election,
+    pipeline: &Pipeline,
+    sink: &KafkaSink,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> Result<TermEnd, FailoverError> {
+    // Everything of this term stops when the role is lost (and at shutdown).
+    let term = shutdown.child_token();
+    let mut role = election.watch();
+    let watcher = {
+        let term = term.clone();
+        tokio::spawn(async move {
+            if role.wait_for(|active| !*active).await.is_ok() {
+                term.cancel();
+            }
+        })
+    };
+    let ended = |what: &str| {
+        if shutdown.is_cancelled() {
+            TermEnd::Shutdown
+        } else {
+            TermEnd::Ended(format!("the election group gave the role away {what}"))
+        }
+    };
+    let result = async {
+        tracing::info!(group = %sink.transactional_id(), "elected the active instance; fencing earlier producers");
+        sink.renew_producer()?;
+        tokio::select! {
+            // Lost while fencing (a slow coordinator, a pause): the newer active instance may
+            // have fenced already, and this fence would fence it back.
+            _ = term.cancelled() => return Ok(ended("while fencing")),
+            fenced = sink.init_transactions() => match fenced {
+                Ok(()) => {}
+                // A missing ACL: every term would end the same way.
+                Err(refused @ TransactionError::Refused { .. }) => return Err(refused.into()),
+                Err(error) => return Ok(TermEnd::Ended(error.to_string())),
+            },
+        }
+        follower.catch_up(health, &term).await?;
+        if term.is_cancelled() {
+            return Ok(ended("while reading the changelog to its end"));
+        }
+        // From here this instance writes the changelog; its reader would only buffer them.
+        follower.blocking(|reader, _| Ok(reader.stop()?)).await?;
+        health.set_active(true);
+        match pipeline.run(term.clone()).await {
+            Ok(()) => Ok(ended("while publishing")),
+            Err(PipelineError::Transaction(refused @ TransactionError::Refused { .. })) => {
+                Err(refused.into())
+            }
+            Err(PipelineError::Transaction(error)) => Ok(TermEnd::Ended(error.to_string())),
+            Err(other) => Err(other.into()),
+        }
+    }
+    .await;
+    watcher.abort();
+    result
+}
+
+/// Who holds the role now, as the election group says once its rebalance settled: `None`
+/// if nobody else does, or the group does not say within [`HOLDER_LOOKUP`].
+async fn other_holder(election: &Election, shutdown: &CancellationToken) -> Option<Holder> {
+    let query = Arc::new(election.holder_query()?);
+    let started = Instant::now();
+    while started.elapsed() < HOLDER_LOOKUP && !shutdown.is_cancelled() {
+        let q = query.clone();
+        let asked =
+            tokio::task::spawn_blocking(move || q.other_holder(Duration::from_secs(5))).await;
+        match asked.ok()? {
+            Ok(Some(holder)) => return Some(holder),
+            Ok(None) if election.is_active() => return None,
+            Ok(None) => {}
+            Err(error) => tracing::debug!(%error, "asking the election group who holds the role"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    None
+}
+
 /// Runs one instance in exactly-once delivery until shutdown: a standby until elected, then
-/// the active instance.
+/// the active instance; a standby again when a term ends, unless another instance took over
+/// ([`verdict`]).
 pub async fn run(
     settings: &KafkaSettings,
     pipeline: Pipeline,
@@ -265,59 +452,65 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), FailoverError> {
     let follower = Follower::new(settings, store)?;
-    health.set_active(false);
-    follower.start(&shutdown).await?;
-    let election = Election::join(settings)?;
     let id = sink.transactional_id();
-    tracing::info!(group = %id, "standby: following the state changelog until elected");
-    // One read at a time (never abandoned half-way: a read and its apply go together), each
-    // short, so the role and shutdown are looked at twice a second.
-    while !election.is_active() {
-        health.beat();
-        if shutdown.is_cancelled() {
+    loop {
+        health.set_active(false);
+        // A standby delivers nothing: what a term saw of Kafka's deliveries is over.
+        health.set_deliveries_ok(true);
+        follower.start(&shutdown).await?;
+        let election = Election::join(settings)?;
+        tracing::info!(group = %id, "standby: following the state changelog until elected");
+        if !standby(&follower, &election, &health, &shutdown).await? {
             return Ok(());
         }
-        patiently(&shutdown, || follower.step()).await?;
-    }
-    tracing::info!(group = %id, "elected the active instance; fencing earlier producers");
-    tokio::select! {
-        _ = shutdown.cancelled() => return Ok(()),
-        fenced = sink.init_transactions() => fenced?,
-    }
-    // Lost while fencing (a slow coordinator, a pause): the newer active instance may have
-    // fenced already, and this fence would fence it back.
-    if !election.is_active() {
-        return Err(FailoverError::LostRole { id });
-    }
-    follower.catch_up(&health, &shutdown).await?;
-    if shutdown.is_cancelled() {
-        return Ok(());
-    }
-    if !election.is_active() {
-        return Err(FailoverError::LostRole { id });
-    }
-    // From here this instance writes the changelog; its reader would only buffer them.
-    follower.blocking(|reader, _| Ok(reader.stop()?)).await?;
-    health.set_active(true);
-    // The pipeline stops at shutdown, or when the role is lost (a rebalance gave the
-    // partition to another member: it may fence this one any moment).
-    let stop = shutdown.child_token();
-    let mut role = election.watch();
-    let watcher = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if role.wait_for(|active| !*active).await.is_ok() {
-                stop.cancel();
+        let cause =
+            match active_term(&follower, &election, &pipeline, &sink, &health, &shutdown).await? {
+                TermEnd::Shutdown => return Ok(()),
+                TermEnd::Ended(cause) => cause,
+            };
+        health.set_active(false);
+        let outage = connection::failed_within(settings.failover.timeout + OUTAGE_MARGIN);
+        let holder = if outage {
+            None
+        } else {
+            other_holder(&election, &shutdown).await
+        };
+        match verdict(outage, holder) {
+            Verdict::TakenOver(by) => {
+                metrics::role_lost("taken_over");
+                let error = FailoverError::TakenOver { id, by, cause };
+                health.set_fatal(error.to_string());
+                return Err(error);
             }
-        })
-    };
-    let result = pipeline.run(stop.clone()).await;
-    watcher.abort();
-    // The stop came from the watcher, not from shutdown: the role was lost.
-    let lost = stop.is_cancelled() && !shutdown.is_cancelled();
-    result?;
-    if lost {
-        return Err(FailoverError::LostRole { id });
+            Verdict::StepBack => {
+                metrics::role_lost("stepped_back");
+                tracing::warn!(%cause, outage, "the term as the active instance ended and no other instance holds the role; a standby again, rejoining the election");
+            }
+        }
+        // Leaves the group: the next term needs a fresh assignment, never a re-fence of its
+        // own (two instances would fence each other in turn).
+        drop(election);
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_takeover_by_another_instance_while_kafka_was_reachable_ends_the_process() {
+        let other = Holder {
+            client_id: "casestream.election.pod-b.1234abcd".into(),
+            host: "/10.0.0.7".into(),
+        };
+        assert_eq!(
+            verdict(false, Some(other.clone())),
+            Verdict::TakenOver(other.clone())
+        );
+        // An outage: whoever the group picked after it, this one steps back.
+        assert_eq!(verdict(true, Some(other)), Verdict::StepBack);
+        // Nobody else holds it: this producer's own transaction timed out.
+        assert_eq!(verdict(false, None), Verdict::StepBack);
+        assert_eq!(verdict(true, None), Verdict::StepBack);
+    }
 }

@@ -298,8 +298,27 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+/// At exit, how long a blocking call still under way may hold the process (a transaction
+/// call given up on during an outage waits up to the transaction timeout in librdkafka).
+const EXIT_BLOCKING_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(command_exit_code());
+    runtime.shutdown_timeout(EXIT_BLOCKING_GRACE);
+    code
+}
+
+async fn command_exit_code() -> std::process::ExitCode {
     match run_command().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

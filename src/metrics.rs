@@ -260,6 +260,24 @@ const CHANGELOG_APPLIED: Metric = metric(
     "Changelog records applied to the local state store (catch-up and standby)",
     &[],
 );
+const ELECTION_ERRORS: Metric = metric(
+    "casestream_election_errors_total",
+    Counter,
+    None,
+    "Errors the election group gave this instance (exactly-once delivery), by kind \
+     (group_authorization, topic_authorization, unknown_topic, other); connection failures \
+     are not counted here",
+    &["kind"],
+);
+const ROLE_LOSSES: Metric = metric(
+    "casestream_role_lost_total",
+    Counter,
+    None,
+    "Terms as the active instance that ended without a shutdown, by outcome (stepped_back: \
+     a standby again in the same process; taken_over: another instance holds the role, the \
+     process exits)",
+    &["outcome"],
+);
 
 /// Every metric, to describe them all.
 const ALL: &[&Metric] = &[
@@ -293,6 +311,8 @@ const ALL: &[&Metric] = &[
     &ACTIVE,
     &TRANSACTIONS,
     &CHANGELOG_APPLIED,
+    &ELECTION_ERRORS,
+    &ROLE_LOSSES,
 ];
 
 /// The metric's labels with these values, in declaration order.
@@ -501,6 +521,18 @@ pub fn changelog_applied(records: u64) {
     counter!(CHANGELOG_APPLIED.name).increment(records);
 }
 
+pub fn election_error(kind: &'static str) {
+    counter!(
+        ELECTION_ERRORS.name,
+        static_labels(&ELECTION_ERRORS, [kind])
+    )
+    .increment(1);
+}
+
+pub fn role_lost(outcome: &'static str) {
+    counter!(ROLE_LOSSES.name, static_labels(&ROLE_LOSSES, [outcome])).increment(1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,6 +571,8 @@ mod tests {
             active(true);
             transaction_ended("committed");
             changelog_applied(3);
+            election_error("group_authorization");
+            role_lost("stepped_back");
         });
         let text = handle.render();
         let mut names: Vec<&str> = ALL.iter().map(|m| m.name).collect();

@@ -17,7 +17,7 @@ use crate::sink::transaction::TransactionError;
 use crate::sink::{ErrorClass, Outgoing, RecordResult, classify};
 use crate::state::{Change, ChangelogPosition, page_changes};
 
-/// At shutdown, how long the abort of a transaction in flight may take.
+/// On stopping, how long the abort of a transaction in flight may take.
 const SHUTDOWN_ABORT_GRACE: Duration = Duration::from_secs(5);
 
 /// How a transaction attempt went.
@@ -105,7 +105,7 @@ impl Pipeline {
             let attempt = tokio::select! {
                 attempt = self.attempt(&mut round, &changes) => attempt?,
                 _ = shutdown.cancelled() => {
-                    self.abort_at_shutdown().await;
+                    self.abort_when_stopping().await;
                     return Ok(false);
                 }
             };
@@ -126,6 +126,9 @@ impl Pipeline {
                     ) => {
                         tracing::warn!(%reason, "Kafka did not commit the transaction; aborting it and sending the page again");
                     }
+                    // Stopped while Kafka had not answered: the outcome is open until the next
+                    // fence settles it, and the store learns it from the changelog.
+                    Err(TransactionError::Interrupted) => return Ok(false),
                     Err(fatal) => return Err(self.stopped(fatal)),
                 }
             }
@@ -217,7 +220,7 @@ impl Pipeline {
     /// the next active instance's fencing settles it.
     async fn commit(&self, shutdown: &CancellationToken) -> Result<(), TransactionError> {
         loop {
-            match self.sink.commit_transaction().await {
+            match self.sink.commit_transaction(shutdown).await {
                 Err(TransactionError::Retriable(reason)) => {
                     self.health.beat();
                     tracing::warn!(%reason, "committing the Kafka transaction failed for a passing reason; committing again");
@@ -235,8 +238,9 @@ impl Pipeline {
     /// shutdown came first (the next fencing aborts it).
     async fn abort(&self, shutdown: &CancellationToken) -> Result<bool, PipelineError> {
         loop {
-            match self.sink.abort_transaction().await {
+            match self.sink.abort_transaction(shutdown).await {
                 Ok(()) => return Ok(true),
+                Err(TransactionError::Interrupted) => return Ok(false),
                 Err(TransactionError::Retriable(reason)) => {
                     self.health.beat();
                     tracing::warn!(%reason, "aborting the Kafka transaction failed; trying again");
@@ -250,30 +254,31 @@ impl Pipeline {
         }
     }
 
-    /// At shutdown the open transaction is aborted if Kafka answers soon; otherwise the next
-    /// instance's fencing (or the transaction timeout) aborts it.
-    async fn abort_at_shutdown(&self) {
-        match tokio::time::timeout(SHUTDOWN_ABORT_GRACE, self.sink.abort_transaction()).await {
-            Ok(Ok(())) => tracing::info!("aborted the open Kafka transaction at shutdown"),
+    /// On stopping (shutdown, a lost role, a refusal) the open transaction is aborted if Kafka
+    /// answers soon; otherwise the next fence (or the transaction timeout) aborts it.
+    async fn abort_when_stopping(&self) {
+        let never = CancellationToken::new();
+        let abort = self.sink.abort_transaction(&never);
+        match tokio::time::timeout(SHUTDOWN_ABORT_GRACE, abort).await {
+            Ok(Ok(())) => tracing::info!("aborted the open Kafka transaction on stopping"),
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "could not abort the Kafka transaction at shutdown")
+                tracing::warn!(error = %e, "could not abort the Kafka transaction on stopping")
             }
             Err(_) => tracing::warn!(
-                "Kafka did not abort the transaction in time at shutdown; the next active instance will"
+                "Kafka did not abort the transaction in time on stopping; the next fence will"
             ),
         }
     }
 
-    /// The pipeline stops on a fenced or fatal producer; readiness says why.
+    /// The pipeline stops on a fenced or fatal producer; the failover decides what follows
+    /// (a standby again, or an exit when another instance took over).
     fn stopped(&self, error: TransactionError) -> PipelineError {
-        let error = PipelineError::Transaction(error);
-        self.health.set_fatal(error.to_string());
-        error
+        PipelineError::Transaction(error)
     }
 
     /// A topic refuses records: the open transaction is aborted and the pipeline stops.
     async fn refused(&self, failure: PipelineError) -> PipelineError {
-        let _ = self.sink.abort_transaction().await;
+        self.abort_when_stopping().await;
         self.refusal(failure)
     }
 }

@@ -1,16 +1,13 @@
 //! Exactly-once delivery, the reading side: the state's changelog read back (to its end at
-//! start, then on, on a standby), and the election of the one active instance, which is the
-//! member of the changelog's consumer group assigned its single partition.
+//! start, then on, on a standby). The election of the one active instance is in
+//! [`super::election`].
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::watch;
 
 use super::config::KafkaSettings;
 use super::{ADMIN_TIMEOUT, SinkError, setup_error};
@@ -28,9 +25,6 @@ pub const TOMBSTONES_KEPT: chrono::TimeDelta = chrono::TimeDelta::hours(12);
 /// than this after it was written, which [`TOMBSTONES_KEPT`] relies on. Twice it, which is
 /// Kafka's default (1 day).
 pub const DELETE_RETENTION_NEEDED_MS: i64 = 2 * TOMBSTONES_KEPT.num_milliseconds();
-/// How often the election's consumer is polled: it serves the group's heartbeats and
-/// rebalances, so it must turn well within the session timeout.
-const ELECTION_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChangelogError {
@@ -49,9 +43,29 @@ pub enum ChangelogError {
     Setup(#[from] SinkError),
 }
 
+/// The reader's client context: a failing connection is logged once a spell
+/// ([`super::connection`]), not once per attempt.
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        super::connection::librdkafka_log("changelog reader", level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if super::connection::is_connection_error(&error) {
+            super::connection::failed("changelog reader", &format!("{error}: {reason}"));
+        } else {
+            tracing::error!(target: "rdkafka::client", "librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 /// A reader of the changelog's partition, assigned by hand (no group), `read_committed`.
 pub struct ChangelogReader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<ReaderContext>,
     topic: String,
 }
 
@@ -60,7 +74,9 @@ impl ChangelogReader {
         let mut config = settings.consumer_config(None);
         // An offset that left the log is an error to handle, never a silent jump.
         config.set("auto.offset.reset", "error");
-        let consumer: BaseConsumer = config.create().map_err(setup_error)?;
+        let consumer: BaseConsumer<ReaderContext> = config
+            .create_with_context(ReaderContext)
+            .map_err(setup_error)?;
         Ok(Self {
             consumer,
             topic: settings.topics.state.clone(),
@@ -120,6 +136,18 @@ impl ChangelogReader {
             let Some(message) = self.consumer.poll(left) else {
                 break;
             };
+            // A failed connection is news, not a failed read: librdkafka reconnects by itself,
+            // and the consumer's queue keeps one such event per attempt. Returning them would
+            // make the caller wait out each one, long after Kafka is back.
+            if let Err(error) = &message
+                && super::connection::is_connection_error(error)
+            {
+                super::connection::failed("changelog reader", &error.to_string());
+                if left.is_zero() {
+                    break;
+                }
+                continue;
+            }
             let message = message.map_err(|error| match error.rdkafka_error_code() {
                 Some(rdkafka::error::RDKafkaErrorCode::AutoOffsetReset) => ChangelogError::Gone {
                     topic: self.topic.clone(),
@@ -138,100 +166,6 @@ impl ChangelogReader {
             }
         }
         Ok(changes)
-    }
-}
-
-/// Tells the election's owner when this instance gains or loses the changelog's partition.
-struct ElectionContext {
-    topic: String,
-    active: watch::Sender<bool>,
-}
-
-impl ClientContext for ElectionContext {}
-
-impl ConsumerContext for ElectionContext {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let ours = |list: &TopicPartitionList| {
-            list.find_partition(&self.topic, CHANGELOG_PARTITION)
-                .is_some()
-        };
-        match rebalance {
-            Rebalance::Assign(list) if ours(list) => {
-                self.active.send_replace(true);
-            }
-            Rebalance::Revoke(list) if ours(list) => {
-                self.active.send_replace(false);
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Membership of the election group: the member assigned the changelog's one partition is
-/// the active instance. Kept polling on its own thread, so the group hears from this
-/// instance whatever the pipeline is doing; a process that stops (killed, frozen) stops
-/// beating and loses the role after the session timeout. Leaves the group when dropped.
-pub struct Election {
-    active: watch::Receiver<bool>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Election {
-    pub fn join(settings: &KafkaSettings) -> Result<Self, ChangelogError> {
-        let (tx, active) = watch::channel(false);
-        let group = settings.failover.id();
-        let mut config = settings.consumer_config(Some(&group));
-        // The election reads nothing: it only ever starts at the end.
-        config.set("auto.offset.reset", "latest");
-        let consumer: BaseConsumer<ElectionContext> = config
-            .create_with_context(ElectionContext {
-                topic: settings.topics.state.clone(),
-                active: tx,
-            })
-            .map_err(setup_error)?;
-        consumer
-            .subscribe(&[&settings.topics.state])
-            .map_err(|error| ChangelogError::Kafka {
-                topic: settings.topics.state.clone(),
-                error,
-            })?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("election".into())
-            .spawn(move || {
-                while !stopped.load(Ordering::Relaxed) {
-                    // Records are dropped: the changelog is read by its own reader.
-                    let _ = consumer.poll(ELECTION_POLL);
-                }
-                // Dropping the consumer leaves the group: a standby takes over at once.
-                drop(consumer);
-            })
-            .map_err(|e| SinkError::Setup(format!("cannot start the election thread: {e}")))?;
-        Ok(Self {
-            active,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    pub fn is_active(&self) -> bool {
-        *self.active.borrow()
-    }
-
-    /// A receiver of the role, for a task that must stop when it is lost.
-    pub fn watch(&self) -> watch::Receiver<bool> {
-        self.active.clone()
-    }
-}
-
-impl Drop for Election {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

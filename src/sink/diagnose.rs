@@ -22,8 +22,8 @@ use super::config::{BOOTSTRAP_SERVERS, KAFKA_ENV_PREFIX, property_env_name};
 /// How long each diagnostic request may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The client context of every producer: librdkafka's errors are logged as before, and the
-/// last one that says why (not the "all brokers down" that follows it) is kept.
+/// The client context of every producer: librdkafka's errors are logged (a failing connection
+/// once a spell, [`super::connection`]), and the last one that says why (not the "all brokers down" that follows it) is kept.
 #[derive(Clone, Default)]
 pub struct KafkaContext {
     last_cause: Arc<Mutex<Option<String>>>,
@@ -47,8 +47,17 @@ impl KafkaContext {
 }
 
 impl ClientContext for KafkaContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        super::connection::librdkafka_log("producer", level, facility, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::error!(target: "rdkafka::client", "librdkafka: {error}: {reason}");
+        // A broker that cannot be reached is reported once per attempt: logged once a spell.
+        if super::connection::is_connection_error(&error) {
+            super::connection::failed("producer", &format!("{error}: {reason}"));
+        } else {
+            tracing::error!(target: "rdkafka::client", "librdkafka: {error}: {reason}");
+        }
         self.remember(&error, reason);
     }
 }

@@ -3,8 +3,10 @@
 
 pub mod changelog;
 pub mod config;
+pub mod connection;
 pub mod dead_letter;
 pub mod diagnose;
+pub mod election;
 pub mod encode;
 mod topics;
 pub mod transaction;
@@ -365,6 +367,24 @@ impl KafkaSink {
                 tracing::error!(error = %error, "cannot create a new Kafka producer");
             }
         }
+    }
+
+    /// Exactly-once delivery: a new transactional producer in place of the current one, before
+    /// each term as the active instance. The old one may be fenced, fatal, or still waiting in
+    /// a transaction call that was given up on; its `init_transactions` is the fence that
+    /// settles whatever the old one left open.
+    pub fn renew_producer(&self) -> Result<(), SinkError> {
+        let fresh: Producer = self
+            .config
+            .create_with_context(self.context.clone())
+            .map_err(setup_error)?;
+        let old = std::mem::replace(
+            &mut *self.producer.lock().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(fresh),
+        );
+        // Dropping a producer purges and waits for librdkafka's threads: off the async threads.
+        std::thread::spawn(move || drop(old));
+        Ok(())
     }
 
     /// Raises a fatal error on the current producer, as librdkafka's own tests do

@@ -2,12 +2,17 @@
 //! and the state's changes as records of the compacted changelog topic.
 //!
 //! Every call that may block (init, commit, abort) runs off the async threads with librdkafka's
-//! own timeout for it (`Timeout::Never`: the rest of the transaction's time), as its docs ask;
-//! another timeout risks the client's and the coordinator's views of the transaction parting.
+//! own timeout for it (`Timeout::Never`: the rest of the transaction's time for commit and
+//! abort, twice `transaction.timeout.ms` for init), as its docs ask; another timeout risks the
+//! client's and the coordinator's views of the transaction parting. So each call is bounded by
+//! the transaction timeout, and the caller may stop waiting sooner (shutdown, a lost role):
+//! the call then goes on in the background on a producer that is never used again
+//! ([`KafkaSink::renew_producer`] before the next term; its fence settles the transaction).
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
+use tokio_util::sync::CancellationToken;
 
 use super::changelog::CHANGELOG_PARTITION;
 use super::config::Delivery;
@@ -19,10 +24,12 @@ use crate::state::Change;
 /// of them is treated as fatal, as its docs say).
 #[derive(Debug, thiserror::Error)]
 pub enum TransactionError {
-    /// Another instance with this transactional id took over: this producer is done for good.
+    /// The producer's epoch is over: another instance initialised this transactional id, or
+    /// the coordinator aborted a transaction of this producer that outlived
+    /// `transaction.timeout.ms` (an outage). The error alone cannot tell which (librdkafka
+    /// answers `_FENCED` to both); the failover asks the election group.
     #[error(
-        "another casestream instance with transactional id {id} took over and fenced this one \
-         ({reason}); this instance stops publishing"
+        "Kafka fenced this producer of transactional id {id} ({reason}): another instance          initialised the id, or a transaction outlived transaction.timeout.ms"
     )]
     Fenced { id: String, reason: String },
     /// The transaction must be aborted, and may then be tried again.
@@ -33,6 +40,16 @@ pub enum TransactionError {
     Retriable(String),
     #[error("the transactional Kafka producer failed for good: {0}")]
     Fatal(String),
+    /// Kafka's ACLs refuse this user the transactional id (or idempotent writes): no later
+    /// term can do better, so the instance exits.
+    #[error(
+        "Kafka refuses this user transactional id {id} ({reason}): an ACL must allow Write and \
+         Describe on the transactional id, and IdempotentWrite on the cluster"
+    )]
+    Refused { id: String, reason: String },
+    /// The caller stopped waiting (shutdown, a lost role); the producer is not used again.
+    #[error("gave up waiting for a Kafka transaction call")]
+    Interrupted,
 }
 
 impl TransactionError {
@@ -41,6 +58,15 @@ impl TransactionError {
         match &error {
             KafkaError::Transaction(e) if e.code() == RDKafkaErrorCode::Fenced => {
                 TransactionError::Fenced { id, reason }
+            }
+            KafkaError::Transaction(e)
+                if matches!(
+                    e.code(),
+                    RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                        | RDKafkaErrorCode::ClusterAuthorizationFailed
+                ) =>
+            {
+                TransactionError::Refused { id, reason }
             }
             KafkaError::Transaction(e) if e.is_fatal() => TransactionError::Fatal(reason),
             KafkaError::Transaction(e) if e.txn_requires_abort() => {
@@ -54,6 +80,39 @@ impl TransactionError {
     }
 }
 
+/// Whether this Kafka user may use the transactional id: initialises it with a producer of
+/// its own, which fences any producer of the id, so only call it when no instance runs (the
+/// election group has no member). `Err` with a line naming the ACL when refused.
+pub fn check_transactional_access(
+    settings: &super::KafkaSettings,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    let id = settings.failover.id();
+    let producer: rdkafka::producer::BaseProducer = settings
+        .client_config()
+        .create()
+        .map_err(|e| super::setup_error(e).to_string())?;
+    producer.init_transactions(timeout).map_err(|error| {
+        let code = producer
+            .client()
+            .fatal_error()
+            .map(|(code, _)| code)
+            .or(error.rdkafka_error_code());
+        match code {
+            Some(RDKafkaErrorCode::TransactionalIdAuthorizationFailed) => format!(
+                "the Kafka user may not use transactional id {id}: an ACL must allow Write \
+                 (and Describe) on transactional id {id}"
+            ),
+            Some(RDKafkaErrorCode::ClusterAuthorizationFailed) => format!(
+                "the Kafka user may not use idempotent producers: an ACL must allow \
+                 IdempotentWrite on the cluster (for transactional id {id})"
+            ),
+            _ => crate::redact::redact(&format!("initialising transactional id {id}: {error}"))
+                .into_owned(),
+        }
+    })
+}
+
 impl KafkaSink {
     pub fn exactly_once(&self) -> bool {
         self.settings.delivery == Delivery::ExactlyOnce
@@ -64,21 +123,31 @@ impl KafkaSink {
         self.settings.failover.id()
     }
 
-    /// Runs one blocking transaction call off the async threads.
+    /// Runs one blocking transaction call off the async threads, until it returns or
+    /// `give_way` is cancelled.
     async fn transaction_call(
         &self,
+        give_way: Option<&CancellationToken>,
         call: impl FnOnce(&Producer) -> Result<(), KafkaError> + Send + 'static,
     ) -> Result<(), TransactionError> {
         let producer = self.producer();
         let id = self.transactional_id();
-        let result = tokio::task::spawn_blocking(move || call(&producer))
-            .await
+        let used = producer.clone();
+        let blocking = tokio::task::spawn_blocking(move || call(&used));
+        let joined = match give_way {
+            Some(token) => tokio::select! {
+                joined = blocking => joined,
+                _ = token.cancelled() => return Err(TransactionError::Interrupted),
+            },
+            None => blocking.await,
+        };
+        let result = joined
             .map_err(|e| TransactionError::Fatal(format!("the transaction call panicked: {e}")))?;
         match result {
             Ok(()) => Ok(()),
             Err(error) => {
                 // A fenced or fatal producer says why; the call's error often only says "fatal".
-                let error = match self.producer().client().fatal_error() {
+                let error = match producer.client().fatal_error() {
                     Some((RDKafkaErrorCode::Fenced, reason)) => {
                         return Err(TransactionError::Fenced {
                             id,
@@ -99,7 +168,7 @@ impl KafkaSink {
         let mut delays = super::KafkaRetryDelays::new();
         loop {
             match self
-                .transaction_call(|p| p.init_transactions(Timeout::Never))
+                .transaction_call(None, |p| p.init_transactions(Timeout::Never))
                 .await
             {
                 Err(TransactionError::Retriable(reason)) => {
@@ -113,19 +182,27 @@ impl KafkaSink {
     }
 
     pub async fn begin_transaction(&self) -> Result<(), TransactionError> {
-        self.transaction_call(|p| p.begin_transaction()).await
+        self.transaction_call(None, |p| p.begin_transaction()).await
     }
 
-    /// Commits the open transaction (flushing what is queued first).
-    pub async fn commit_transaction(&self) -> Result<(), TransactionError> {
-        self.transaction_call(|p| p.commit_transaction(Timeout::Never))
+    /// Commits the open transaction (flushing what is queued first); gives up waiting when
+    /// `give_way` is cancelled (the outcome is then settled by the next fence).
+    pub async fn commit_transaction(
+        &self,
+        give_way: &CancellationToken,
+    ) -> Result<(), TransactionError> {
+        self.transaction_call(Some(give_way), |p| p.commit_transaction(Timeout::Never))
             .await
             .inspect(|()| metrics::transaction_ended("committed"))
     }
 
-    /// Aborts the open transaction: nothing of it is ever visible to `read_committed`.
-    pub async fn abort_transaction(&self) -> Result<(), TransactionError> {
-        self.transaction_call(|p| p.abort_transaction(Timeout::Never))
+    /// Aborts the open transaction: nothing of it is ever visible to `read_committed`. Gives
+    /// up waiting when `give_way` is cancelled.
+    pub async fn abort_transaction(
+        &self,
+        give_way: &CancellationToken,
+    ) -> Result<(), TransactionError> {
+        self.transaction_call(Some(give_way), |p| p.abort_transaction(Timeout::Never))
             .await
             .inspect(|()| metrics::transaction_ended("aborted"))
     }

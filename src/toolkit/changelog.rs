@@ -16,6 +16,8 @@ use crate::state::{Change, SqliteStore};
 const CHANGES_PER_WAIT: usize = 10_000;
 /// The prefix of the throwaway store's directory inside the state directory.
 const SCRATCH_PREFIX: &str = ".toolkit-changelog-";
+/// How long an abort after a failed change may wait for Kafka.
+const ABORT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The changelog's only writer while it lives: it fenced every earlier producer of the
 /// transactional id, then read the changelog to its end into a store of its own.
@@ -84,6 +86,8 @@ impl Writer {
         &self,
         mut next: impl FnMut() -> Result<Option<B>, ToolkitError>,
     ) -> Result<(), ToolkitError> {
+        // A tool run is stopped with the process: its commit is never given up on.
+        let never = CancellationToken::new();
         self.sink.begin_transaction().await?;
         let sent = async {
             while let Some(batch) = next()? {
@@ -101,7 +105,7 @@ impl Writer {
         let result = match sent {
             Ok(()) => self
                 .sink
-                .commit_transaction()
+                .commit_transaction(&never)
                 .await
                 .map_err(|error| match error {
                     // An instance started and took the id: scaling to 0 is the fix, not time.
@@ -110,8 +114,18 @@ impl Writer {
                 }),
             Err(e) => Err(e),
         };
+        // An abort is given up on after a while (Kafka away): the coordinator aborts the
+        // transaction at its timeout all the same.
+        let give_up = CancellationToken::new();
+        let _timer = tokio_util::task::AbortOnDropHandle::new(tokio::spawn({
+            let give_up = give_up.clone();
+            async move {
+                tokio::time::sleep(ABORT_PATIENCE).await;
+                give_up.cancel();
+            }
+        }));
         if result.is_err()
-            && let Err(abort) = self.sink.abort_transaction().await
+            && let Err(abort) = self.sink.abort_transaction(&give_up).await
         {
             // Nothing was committed either way: the coordinator aborts an open transaction
             // at its timeout, or when the next producer of the id starts.

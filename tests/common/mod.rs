@@ -22,7 +22,7 @@ use casestream::config::Config;
 use casestream::simulator::http::RunningSimulator;
 use casestream::simulator::{SimConfig, Simulator};
 use casestream::sink::{KafkaSettings, Topics};
-use casestream::snapengage::{ClientConfig as ApiConfig, RetryPolicy};
+use casestream::snapengage::{Case, ClientConfig as ApiConfig, RetryPolicy};
 
 /// Where the tests' broker is: `TEST_KAFKA_BOOTSTRAP`, else a testcontainers `apache/kafka`
 /// when a Docker engine answers, else the test fails saying how to get one.
@@ -482,10 +482,16 @@ pub struct OwnBroker {
 
 impl OwnBroker {
     pub fn script(&self, action: &str) -> String {
+        self.script_with(&[action])
+    }
+
+    /// `scripts/kafka.sh` with arguments (`acl --add ...`); the last line it printed.
+    pub fn script_with(&self, args: &[&str]) -> String {
+        let action = args.join(" ");
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
         let output = Command::new("bash")
             .arg(script)
-            .arg(action)
+            .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("run scripts/kafka.sh");
@@ -509,13 +515,20 @@ impl Drop for OwnBroker {
 }
 
 pub fn free_port_pair() -> u16 {
+    free_ports(2)
+}
+
+/// The first of `n` consecutive free ports on loopback (each bound and released).
+pub fn free_ports(n: u16) -> u16 {
     loop {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        if port < 65000 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+        if port < 65000
+            && (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", port + i)).is_ok())
+        {
             return port;
         }
     }
@@ -524,7 +537,12 @@ pub fn free_port_pair() -> u16 {
 impl OwnBroker {
     /// A broker of the test's own on free ports, started; its bootstrap address.
     pub fn start(name: &str) -> (Self, String) {
-        let port = free_port_pair();
+        Self::start_on(name, free_port_pair())
+    }
+
+    /// A broker of the test's own on `port` (and `port` + 1 for its controller), started;
+    /// its bootstrap address.
+    pub fn start_on(name: &str, port: u16) -> (Self, String) {
         let broker = OwnBroker {
             env: vec![
                 ("CASESTREAM_KAFKA_PORT".into(), port.to_string()),
@@ -537,6 +555,28 @@ impl OwnBroker {
         let bootstrap = broker.script("start");
         assert_eq!(bootstrap, format!("127.0.0.1:{port}"));
         (broker, bootstrap)
+    }
+
+    /// A secured broker of the test's own (`start-secure`: ports `port` to `port` + 4), with
+    /// an authorizer; the variables of its last line (`SECURE_SASL_SSL`, `SECURE_USER`...).
+    pub fn start_secure_on(name: &str, port: u16) -> (Self, HashMap<String, String>) {
+        let broker = OwnBroker {
+            env: vec![
+                ("CASESTREAM_KAFKA_PORT".into(), port.to_string()),
+                (
+                    "CASESTREAM_KAFKA_INSTANCE".into(),
+                    format!("{name}-{}", std::process::id()),
+                ),
+            ],
+        };
+        let line = broker.script("start-secure");
+        // NAME=value pairs; the values are paths, addresses and letters (no quoting needed).
+        let vars = line
+            .split_whitespace()
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        (broker, vars)
     }
 }
 
@@ -716,4 +756,128 @@ pub async fn stop_with_sigterm(mut forwarder: Forwarder, log: &std::path::Path) 
         "SIGTERM exits 0; log: {}",
         log.display()
     );
+}
+
+// Exactly-once delivery: instances of the real process, their roles, and the read back.
+
+/// The election group's session timeout in these tests (the broker's floor is 6 s).
+pub const FAILOVER_TIMEOUT: &str = "6s";
+
+/// Live traffic on two widgets with some history, surveys landing within seconds.
+pub async fn live_simulator() -> RunningSimulator {
+    start_live_simulator(1200.0, Duration::from_secs(3 * 3600)).await
+}
+
+/// One instance's environment: exactly-once, its own state directory and admin port.
+pub fn instance_env(
+    sim: &RunningSimulator,
+    bootstrap: &str,
+    prefix: &str,
+    state_dir: &std::path::Path,
+    admin: u16,
+) -> Vec<(String, String)> {
+    let admin = format!("127.0.0.1:{admin}");
+    let state_topic = format!("{prefix}.state");
+    process_env(
+        sim,
+        bootstrap,
+        prefix,
+        state_dir,
+        &[
+            ("CASESTREAM_DELIVERY", "exactly-once"),
+            ("CASESTREAM_TOPIC_STATE", &state_topic),
+            // Each test its own group: runs of the suite never fence each other.
+            ("CASESTREAM_GROUP", prefix),
+            ("CASESTREAM_FAILOVER_TIMEOUT", FAILOVER_TIMEOUT),
+            ("CASESTREAM_POLL_INTERVAL", "1s"),
+            ("CASESTREAM_SETTLE", "2s"),
+            ("CASESTREAM_RATE_LIMIT", "20"),
+            ("CASESTREAM_ADMIN_ADDR", &admin),
+        ],
+    )
+}
+
+/// `casestream_active` of the instance at `admin`; `None` while it does not answer.
+pub async fn active(admin: u16) -> Option<bool> {
+    let (_, body) = admin_get(format!("127.0.0.1:{admin}"), "/metrics").await?;
+    let line = body.lines().find(|l| l.starts_with("casestream_active "))?;
+    Some(line.trim_end().ends_with(" 1"))
+}
+
+/// Waits (at most 60 s) until the instance behind `admin` is active, or a standby.
+pub async fn becomes(admin: u16, is_active: bool, what: &str) {
+    eventually(Duration::from_secs(60), what, async || {
+        active(admin).await == Some(is_active)
+    })
+    .await;
+}
+
+/// Every case and settled survey the simulator shows, read back `read_committed`: each
+/// exactly once, under one event id, nothing missing. Returns (cases, surveys) checked.
+pub async fn assert_exactly_once(
+    sim: &RunningSimulator,
+    bootstrap: &str,
+    prefix: &str,
+    until: chrono::DateTime<chrono::Utc>,
+) -> (usize, usize) {
+    let idle = Duration::from_secs(2);
+    let created = event_ids_by_case(bootstrap, &format!("{prefix}.cases"), idle).await;
+    let surveys = event_ids_by_case(bootstrap, &format!("{prefix}.surveys"), idle).await;
+    for (topic, events) in [("cases", &created), ("surveys", &surveys)] {
+        let repeated: HashMap<&String, usize> = events
+            .iter()
+            .filter(|(_, (_, records))| *records != 1)
+            .map(|(case, (_, records))| (case, *records))
+            .collect();
+        assert!(
+            repeated.is_empty(),
+            "{} cases have more than one {topic} event visible to read_committed: {repeated:?}",
+            repeated.len()
+        );
+    }
+    let (mut cases, mut due) = (0, 0);
+    for w in ["w1", "w2"] {
+        for (value, survey_at) in sim.sim.visible_cases_with_survey_times(w) {
+            let case = Case::from_value(value).unwrap();
+            let chat_end = case.chat_end().unwrap();
+            if chat_end >= until {
+                continue;
+            }
+            cases += 1;
+            assert!(
+                created.contains_key(case.id()),
+                "case.created of {} missing",
+                case.id()
+            );
+            if survey_due(&case, survey_at, until) {
+                due += 1;
+                assert!(
+                    surveys.contains_key(case.id()),
+                    "case.survey of {} missing",
+                    case.id()
+                );
+            }
+        }
+    }
+    assert!(
+        cases > 1000 && due > 50,
+        "too small: {cases} cases, {due} surveys"
+    );
+    (cases, due)
+}
+
+/// Waits until every case that ended before `until` was announced.
+pub async fn wait_for_all(sim: &RunningSimulator, bootstrap: &str, prefix: &str, limit: Duration) {
+    let until = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let topic = format!("{prefix}.cases");
+    eventually(limit, "every case announced", async || {
+        let created = event_ids_by_case(bootstrap, &topic, Duration::from_secs(1)).await;
+        ["w1", "w2"]
+            .iter()
+            .flat_map(|w| sim.sim.visible_cases(w))
+            .filter_map(|v| Case::from_value(v).ok())
+            .filter(|c| c.chat_end().unwrap() < until)
+            .all(|c| created.contains_key(c.id()))
+    })
+    .await;
 }
