@@ -259,10 +259,11 @@ async fn the_last_check_of_the_horizon_is_never_skipped() {
                 },
             )
             .unwrap();
-        let seeded = |id: &str, chat_end: &str, next: DateTime<Utc>| StoredCase {
+        let seeded = |id: &str, created: &str, chat_end: &str, next: DateTime<Utc>| StoredCase {
             id: id.into(),
             widget: "w1".into(),
             day,
+            created: at(created),
             record: CaseRecord {
                 first_seen: at(chat_end),
                 chat_end: at(chat_end),
@@ -276,11 +277,13 @@ async fn the_last_check_of_the_horizon_is_never_skipped() {
             .commit_cases(&[
                 seeded(
                     "case-b",
+                    "2026-03-09T07:55:00Z",
                     "2026-03-09T08:10:00Z",
                     start + chrono::Duration::minutes(20),
                 ),
                 seeded(
                     "case-a",
+                    "2026-03-09T07:56:00Z",
                     "2026-03-09T07:57:00Z",
                     start - chrono::Duration::minutes(1),
                 ),
