@@ -855,7 +855,7 @@ fn state_sections(args: &Args) -> String {
     if args.history_days > 0 {
         out.push_str(&format!(
             "\n## State pruning\n\n{PRUNE_WIDGETS} widgets x {PRUNE_PER_DAY} cases a day, {} days of history; \
-             pruned as the forwarder does (1-day lookback, 7-day survey horizon, 64 days per turn).\n\n\
+             pruned as the forwarder does (1-day lookback, 7-day survey horizon, 5,000 cases per turn).\n\n\
              | cases before | file before | cases after | file after | pruned | prune time |\n|---|---|---|---|---|---|\n",
             args.history_days
         ));

@@ -285,11 +285,14 @@ impl StateStore for SqliteStore {
     ) -> Result<Vec<String>, StateError> {
         let conn = self.conn();
         let err = self.err();
+        // The days with a pending case come from the index of pending cases (a few recent
+        // days), not from a scan of every day before `before`; the cases are then read in day
+        // order, so a turn costs its bound, not the whole history, each time.
         let mut stmt = conn
             .prepare_cached(
-                "SELECT id FROM cases WHERE widget = ?1 AND day IN (
-                     SELECT day FROM cases WHERE widget = ?1 AND day < ?2
-                     GROUP BY day HAVING COUNT(next_check_ms) = 0)
+                "SELECT id FROM cases WHERE widget = ?1 AND day < ?2 AND day NOT IN (
+                     SELECT day FROM cases INDEXED BY cases_pending
+                     WHERE widget = ?1 AND next_check_ms IS NOT NULL AND day < ?2)
                  ORDER BY day LIMIT ?3",
             )
             .map_err(&err)?;
