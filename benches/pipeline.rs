@@ -28,6 +28,7 @@ use serde_json::value::RawValue;
 
 use casestream::clock::Clock;
 use casestream::events::{CloudEvent, EventKind};
+use casestream::pipeline::PRUNE_CASES_PER_TURN;
 use casestream::simulator::http::RunningSimulator;
 use casestream::simulator::{SimConfig, Simulator};
 use casestream::sink::KafkaSettings;
@@ -854,7 +855,7 @@ fn state_sections(args: &Args) -> String {
     if args.history_days > 0 {
         out.push_str(&format!(
             "\n## State pruning\n\n{PRUNE_WIDGETS} widgets x {PRUNE_PER_DAY} cases a day, {} days of history; \
-             pruned as the forwarder does (1-day lookback, 7-day survey horizon, 64 days per turn).\n\n\
+             pruned as the forwarder does (1-day lookback, 7-day survey horizon, 5,000 cases per turn).\n\n\
              | cases before | file before | cases after | file after | pruned | prune time |\n|---|---|---|---|---|---|\n",
             args.history_days
         ));
@@ -897,6 +898,7 @@ fn state_pruning(days: u64) -> String {
                         id: uuid::Uuid::from_u128(n as u128 * 0x9E37_79B9_7F4A_7C15).to_string(),
                         widget: format!("w{w}"),
                         day,
+                        created: t,
                         record: CaseRecord {
                             first_seen: t,
                             chat_end: t,
@@ -919,7 +921,9 @@ fn state_pruning(days: u64) -> String {
     let mut pruned = 0;
     for w in 1..=PRUNE_WIDGETS {
         loop {
-            let removed = store.prune_days(&format!("w{w}"), fresh_start, 64).unwrap();
+            let removed = store
+                .prune_cases(&format!("w{w}"), fresh_start, PRUNE_CASES_PER_TURN)
+                .unwrap();
             pruned += removed;
             if removed == 0 {
                 break;
@@ -971,6 +975,7 @@ fn synthetic(i: u64) -> StoredCase {
         id: uuid::Uuid::from_u128(i as u128 * 0x9E37_79B9_7F4A_7C15).to_string(),
         widget: format!("w{}", i % 4 + 1),
         day: t.date_naive(),
+        created: t,
         record: CaseRecord {
             first_seen: t,
             chat_end: t,

@@ -260,10 +260,11 @@ async fn the_last_check_of_the_horizon_is_never_skipped() {
                 },
             )
             .unwrap();
-        let seeded = |id: &str, chat_end: &str, next: DateTime<Utc>| StoredCase {
+        let seeded = |id: &str, created: &str, chat_end: &str, next: DateTime<Utc>| StoredCase {
             id: id.into(),
             widget: "w1".into(),
             day,
+            created: at(created),
             record: CaseRecord {
                 first_seen: at(chat_end),
                 chat_end: at(chat_end),
@@ -277,11 +278,13 @@ async fn the_last_check_of_the_horizon_is_never_skipped() {
             .commit_cases(&[
                 seeded(
                     "case-b",
+                    "2026-03-09T07:55:00Z",
                     "2026-03-09T08:10:00Z",
                     start + chrono::Duration::minutes(20),
                 ),
                 seeded(
                     "case-a",
+                    "2026-03-09T07:56:00Z",
                     "2026-03-09T07:57:00Z",
                     start - chrono::Duration::minutes(1),
                 ),
@@ -500,4 +503,81 @@ async fn a_backlog_window_in_back_off_never_holds_a_fresh_read() {
         "the past-day windows failed with 503s: {metrics}"
     );
     forwarder.stop().await;
+}
+
+/// A chat of two hours, in `datetimes` mode, whose survey lands after its day's final read
+/// (the catch-up): the day's re-checks read from the case's creation, and announce the survey.
+/// (They read from half an hour, the late visibility, before its chat ended: the case was
+/// created before that window, never returned, and its survey never announced.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_chat_is_rechecked_from_its_creation_in_datetimes_mode() {
+    let bootstrap = kafka_bootstrap().await;
+    // 60x: a virtual minute a second. The day before is no longer fresh (its late visibility
+    // ended at 00:30), so only the catch-up and then the re-checks read it.
+    let start = at("2026-03-11T00:45:00Z");
+    let clock = Clock::scaled(start, 60.0);
+    let sim = start_simulator(
+        SimConfig {
+            widgets: vec!["w1".into()],
+            cases_per_hour: 0.0,
+            history: Duration::ZERO,
+            ..SimConfig::default()
+        },
+        clock.clone(),
+    )
+    .await;
+    // Created at 20:00, ended at 22:00: on the 10-minute re-check grid at the start.
+    let mut long = case_at(&sim, "w1", "long-chat", "2026-03-10T20:00:00Z");
+    long["chat_duration"] = json!(2 * 3600);
+    let survey_at = start + chrono::Duration::minutes(30);
+    sim.sim.add_case(
+        "w1",
+        long,
+        None,
+        Some(SurveyPlan {
+            at_ms: survey_at.timestamp_millis(),
+            score: Some(80),
+            comments: Some("after a long chat".into()),
+        }),
+    );
+    let prefix = unique_prefix("longchat");
+    let dir = tempfile::tempdir().unwrap();
+    let day: NaiveDate = "2026-03-10".parse().unwrap();
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |c| {
+        c.api.window_mode = casestream::snapengage::WindowMode::Datetimes;
+        c.pipeline.since = Some(day);
+        c.pipeline.lookback = Duration::ZERO;
+    });
+    let forwarder = RunningForwarder::start(config, clock.clone());
+    eventually(
+        Duration::from_secs(60),
+        "the day read by the catch-up",
+        async || caught_up_through(dir.path(), "w1") == Some(day),
+    )
+    .await;
+    assert!(
+        clock.now() < survey_at,
+        "the catch-up read the day at {}, after the survey landed: nothing is left to a re-check",
+        clock.now()
+    );
+    let surveys_topic = format!("{prefix}.surveys");
+    eventually(
+        Duration::from_secs(120),
+        "the long chat's survey, found by a re-check",
+        async || {
+            events_by_case(&bootstrap, &surveys_topic)
+                .await
+                .contains_key("long-chat")
+        },
+    )
+    .await;
+    forwarder.stop().await;
+    let surveys = events_by_case(&bootstrap, &surveys_topic).await;
+    let events = &surveys["long-chat"];
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["data"]["survey"]["comments"], "after a long chat");
+    assert!(at(events[0]["time"].as_str().unwrap()) >= survey_at);
+    let created = events_by_case(&bootstrap, &format!("{prefix}.cases")).await;
+    assert_eq!(created["long-chat"].len(), 1, "announced once");
+    sim.stop().await.unwrap();
 }

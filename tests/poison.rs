@@ -11,6 +11,7 @@ use casestream::clock::Clock;
 use casestream::simulator::{Faults, SimConfig};
 use casestream::sink::dead_letter::sha256_hex;
 use casestream::snapengage::Case;
+use casestream::state::{SqliteStore, StateStore};
 use common::*;
 
 /// The admin endpoints of an in-process forwarder.
@@ -832,4 +833,113 @@ async fn an_unreadable_page_in_dates_mode_costs_its_hour_until_it_can_be_read() 
         "the span was read: {:?}",
         progress.unread
     );
+}
+
+/// Serves `raw` (a case served verbatim) on `widget` through the simulator's control API.
+async fn serve_raw(sim: &casestream::simulator::http::RunningSimulator, widget: &str, raw: &Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}_sim/cases", sim.base_url()))
+        .json(&json!({"widget_id": widget, "raw": raw}))
+        .send()
+        .await
+        .expect("the simulator's control API answers");
+    assert_eq!(response.status(), 201, "{:?}", response.text().await);
+}
+
+/// Dead letters of `input` (a case without an id, told by its description) per widget.
+async fn letters_per_widget(
+    bootstrap: &str,
+    topic: &str,
+    input: &str,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut per_widget = std::collections::BTreeMap::new();
+    for record in read_topic_async(bootstrap, topic, Duration::from_millis(500)).await {
+        if record.json()["description"] == input {
+            *per_widget
+                .entry(record.headers["casestream_widget_id"].clone())
+                .or_default() += 1;
+        }
+    }
+    per_widget
+}
+
+/// The same unusable case (no id) served by two widgets is two inputs: exactly one dead letter
+/// per widget, both when their pages are decided one after the other (the second widget is
+/// served it after the first's dead letter is committed) and when both serve it from the start,
+/// and none again over the polls that follow. (Marks were kept by the bytes alone: the second
+/// widget's dead letter was lost when the first's was committed before its page.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_bad_case_on_two_widgets_is_dead_lettered_once_per_widget() {
+    let bootstrap = kafka_bootstrap().await;
+    let clock = Clock::system();
+    let sim = start_simulator(
+        SimConfig {
+            widgets: vec!["w1".into(), "w2".into()],
+            cases_per_hour: 0.0,
+            history: Duration::ZERO,
+            ..SimConfig::default()
+        },
+        clock.clone(),
+    )
+    .await;
+    let in_turn = json!({"type": "chat", "description": "no id, one widget after the other"});
+    let at_once = json!({"type": "chat", "description": "no id, both widgets at once"});
+    serve_raw(&sim, "w1", &in_turn).await;
+    serve_raw(&sim, "w1", &at_once).await;
+    serve_raw(&sim, "w2", &at_once).await;
+    let prefix = unique_prefix("deadtwice");
+    let dir = tempfile::tempdir().unwrap();
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |c| {
+        c.pipeline.poll_interval = Duration::from_secs(1)
+    });
+    let forwarder = RunningForwarder::start(config, clock.clone());
+    let dead_topic = format!("{prefix}.dead");
+    let in_turn_text = in_turn["description"].as_str().unwrap();
+    // As served, byte for byte: what the state's mark is keyed by.
+    let in_turn_digest = sha256_hex(&serde_json::to_vec(&in_turn).unwrap());
+    eventually(
+        Duration::from_secs(60),
+        "w1's dead letter, committed",
+        async || {
+            letters_per_widget(&bootstrap, &dead_topic, in_turn_text)
+                .await
+                .contains_key("w1")
+                && SqliteStore::open_read_only(dir.path()).is_ok_and(|store| {
+                    store
+                        .known_dead_letters("w1", &[&in_turn_digest])
+                        .is_ok_and(|marks| marks.len() == 1)
+                })
+        },
+    )
+    .await;
+    // Only now does w2 serve the same bytes: its page is decided in a later cycle.
+    serve_raw(&sim, "w2", &in_turn).await;
+    eventually(
+        Duration::from_secs(60),
+        "w2's own dead letter of the same bytes",
+        async || {
+            letters_per_widget(&bootstrap, &dead_topic, in_turn_text)
+                .await
+                .contains_key("w2")
+        },
+    )
+    .await;
+    // Polls go on: neither input is sent again for either widget.
+    let requests = sim.sim.stats().requests;
+    eventually(Duration::from_secs(60), "5 more polls", async || {
+        sim.sim.stats().requests >= requests + 10
+    })
+    .await;
+    forwarder.stop().await;
+    let once_each: std::collections::BTreeMap<String, usize> =
+        [("w1".to_owned(), 1), ("w2".to_owned(), 1)].into();
+    for input in [&in_turn, &at_once] {
+        let text = input["description"].as_str().unwrap();
+        assert_eq!(
+            letters_per_widget(&bootstrap, &dead_topic, text).await,
+            once_each,
+            "dead letters of `{text}` per widget"
+        );
+    }
+    sim.stop().await.unwrap();
 }

@@ -527,6 +527,7 @@ fn big_state(dir: &Path) {
             id: format!("case-{i:05}"),
             widget: if i % 2 == 0 { "w1" } else { "w2" }.into(),
             day: day - chrono::Days::new((i % 3) as u64),
+            created: at,
             record: CaseRecord {
                 first_seen: at,
                 chat_end: at,

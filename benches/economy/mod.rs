@@ -191,6 +191,7 @@ fn seed_state(
                 id: case.id().to_owned(),
                 widget: widget.clone(),
                 day: case.created_at().unwrap_or(now).date_naive(),
+                created: case.created_at().unwrap_or(now),
                 record: tracker::observe(&case, None, now, &settings).record,
             })
             .collect();

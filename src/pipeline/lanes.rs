@@ -315,7 +315,7 @@ impl Pipeline {
                                 continue;
                             };
                             let window = scheduler::window_for(task, &progress, now, &schedule);
-                            let known = s.cases_on(&w, day, scheduler::chat_ends_of(&window))?;
+                            let known = s.cases_on(&w, day, scheduler::created_within(&window))?;
                             tasks.push((task, scheduler::backlog_pages(known, unknown)));
                         }
                         Ok(tasks)

@@ -37,6 +37,7 @@ use crate::state::{Change, StateError, StateStore, WidgetProgress};
 use flight::Flight;
 pub use observe::ClientMetrics;
 use page::{Known, PageBatch, PageCases, PageContext};
+pub use prune::PRUNE_CASES_PER_TURN;
 use scheduler::{Schedule, Task};
 pub use settings::*;
 
@@ -347,11 +348,11 @@ impl Pipeline {
         stats.pages += 1;
         stats.cases += cases.received as u64;
         metrics::cases_seen(&cases.widget, cases.received);
-        let (ids, digests) = (cases.ids(), cases.digests());
+        let (ids, digests, w) = (cases.ids(), cases.digests(), cases.widget.clone());
         let mut known = self
             .state(move |s| {
                 Ok(Known {
-                    dead_letters: s.known_dead_letters(&as_strs(&digests))?,
+                    dead_letters: s.known_dead_letters(&w, &as_strs(&digests))?,
                     records: s.lookup(&as_strs(&ids))?,
                 })
             })

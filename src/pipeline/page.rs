@@ -10,7 +10,7 @@ use crate::events::{CloudEvent, EventKind};
 use crate::sink::dead_letter::sha256_hex;
 use crate::sink::{DeadLetter, Outgoing};
 use crate::snapengage::{Case, CaseError, Page};
-use crate::state::{CaseRecord, DeadLetterMark, StoredCase, WindowCursor};
+use crate::state::{CaseRecord, DeadLetterMark, StoredCase, WindowCursor, start_of};
 
 /// A page's cases as read: the usable ones, once each, and the unusable ones not yet
 /// dead-lettered in this window.
@@ -70,7 +70,7 @@ impl PageCases {
 }
 
 /// What is known of a page's cases: the state's records (overlaid with those of pages still
-/// in flight) and the bad inputs dead-lettered before.
+/// in flight) and the bad inputs dead-lettered before for the page's widget.
 #[derive(Debug, Default)]
 pub struct Known {
     pub records: HashMap<String, CaseRecord>,
@@ -110,8 +110,8 @@ pub fn decide(page: PageCases, known: &Known, now: DateTime<Utc>, ctx: PageConte
         created: 0,
         surveys: 0,
     };
-    // A bad input goes to the dead-letter topic once, not on every read of its day; a changed
-    // one (other bytes) is a new input.
+    // A bad input goes to the dead-letter topic once per widget, not on every read of its day;
+    // a changed one (other bytes) is a new input, and so are the same bytes of another widget.
     for (digest, problem) in page.unusable {
         if known.dead_letters.contains(&digest) {
             continue;
@@ -158,6 +158,7 @@ pub fn decide(page: PageCases, known: &Known, now: DateTime<Utc>, ctx: PageConte
                 id: case.id().to_owned(),
                 widget: widget.clone(),
                 day,
+                created: case.created_at().unwrap_or_else(|| start_of(day)),
                 record: decision.record,
             });
         }

@@ -7,10 +7,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Pipeline, PipelineError, scheduler};
 use crate::metrics;
+use crate::state::change::forget_dead_letters;
 use crate::state::{Change, WidgetProgress};
 
-/// Days pruned per widget per turn, in one transaction.
-const PRUNE_DAYS_PER_TURN: usize = 64;
+/// Cases pruned per turn, in one transaction (and, in exactly-once delivery, one Kafka
+/// transaction of as many tombstones): bounded by cases, not days, because a day holds any
+/// number of them. Page commits wait while a turn writes, and a turn's tombstones go in one
+/// Kafka transaction like a page's changes: 5,000 is tens of pages' worth, a fraction of a second
+/// of SQLite deletes and well under a megabyte of tombstones.
+pub const PRUNE_CASES_PER_TURN: usize = 5_000;
 /// Dead-letter marks are kept this long beyond lookback and horizon, after which a bad case's
 /// day is normally not read again (a catch-up after a longer outage may dead-letter it again):
 /// a day, plus the up to 24 h by which a case's last survey check follows its horizon, plus a
@@ -40,7 +45,7 @@ impl Pipeline {
                 self.health.beat();
                 let w = widget.clone();
                 let ids = self
-                    .state(move |s| s.prunable_cases(&w, before, PRUNE_DAYS_PER_TURN))
+                    .state(move |s| s.prunable_cases(&w, before, PRUNE_CASES_PER_TURN))
                     .await?;
                 let n = ids.len() as u64;
                 let forgotten = ids.into_iter().map(|id| Change::CaseForgotten { id });
@@ -60,14 +65,11 @@ impl Pipeline {
             .now()
             .checked_sub_signed(keep)
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        let digests = self
+        let old_marks = self
             .state(move |s| s.dead_letters_before(marks_before))
             .await?;
-        let marks = digests.len() as u64;
-        let forgotten = digests
-            .into_iter()
-            .map(|digest| Change::DeadLetterForgotten { digest });
-        self.write(forgotten.collect(), shutdown).await?;
+        let marks = old_marks.len() as u64;
+        self.write(forget_dead_letters(old_marks), shutdown).await?;
         if removed + marks > 0 {
             metrics::state_pruned(removed, marks);
             tracing::info!(cases = removed, dead_letters = marks, fresh_start = %fresh_start, "pruned state no decision needs");

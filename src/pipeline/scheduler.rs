@@ -247,11 +247,12 @@ pub fn window_for(
             end: due.day,
         },
         (Task::Recheck(due), WindowMode::Datetimes) => {
-            // A case is created at most `late_visibility` before its chat ends (the same
-            // bound that keeps a day open), and never after.
+            // The API selects by creation time: from the earliest creation among the due
+            // cases, however long their chats lasted (a start taken back from chat ends missed
+            // the longer chats), to the last chat end (a case is never created after its chat
+            // ended).
             let (day_start, day_end) = (midnight(due.day), end_of(due.day));
-            let start = before(due.first_end, schedule.late_visibility)
-                .map_or(day_start, |start| start.max(day_start));
+            let start = due.first_created.max(day_start);
             let end = (due.last_end + chrono::Duration::milliseconds(1)).min(day_end);
             if start < end {
                 Window::Times { start, end }
@@ -311,10 +312,9 @@ impl Activity {
 /// Cases a Logs API page holds.
 const CASES_PER_PAGE: f64 = 100.0;
 
-/// The chat ends a backlog window's cases have, as far as the state can tell: a rolling
-/// window's bounds (a case is created within them, and ends soon after: the state keeps chat
-/// ends, not creation times), or the whole day for a `dates` window.
-pub fn chat_ends_of(window: &Window) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+/// The creation times a backlog window's cases have: a rolling window's bounds, or the whole
+/// day for a `dates` window.
+pub fn created_within(window: &Window) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
     match window {
         Window::Dates { .. } => None,
         Window::Times { start, end } => Some((*start, *end)),
@@ -594,6 +594,7 @@ mod tests {
     fn due(d: &str) -> DueDay {
         DueDay {
             day: day(d),
+            first_created: at(d, 9, 50),
             first_end: at(d, 10, 0),
             last_end: at(d, 11, 0),
             due_since: at(d, 11, 10),
@@ -656,10 +657,35 @@ mod tests {
         assert_eq!(
             window_for(Task::Recheck(due("2026-03-02")), &p, now(), &s),
             Window::Times {
-                start: at("2026-03-02", 9, 30),
+                start: at("2026-03-02", 9, 50),
                 end: at("2026-03-02", 11, 0) + chrono::Duration::milliseconds(1)
             }
         );
+        // A chat of three hours, ended at 10:00: its re-check starts where it was created,
+        // not half an hour (the late visibility) before its end.
+        let long_chat = DueDay {
+            first_created: at("2026-03-02", 7, 0),
+            ..due("2026-03-02")
+        };
+        let window = window_for(Task::Recheck(long_chat), &p, now(), &s);
+        assert!(holds(&window, at("2026-03-02", 7, 0)), "{window:?}");
+        assert_eq!(
+            window,
+            Window::Times {
+                start: at("2026-03-02", 7, 0),
+                end: at("2026-03-02", 11, 0) + chrono::Duration::milliseconds(1)
+            }
+        );
+        // Cases kept before creation times were: taken as created at midnight, the whole
+        // morning is read; never a time before the day.
+        let unknown = DueDay {
+            first_created: at("2026-03-01", 23, 0),
+            ..due("2026-03-02")
+        };
+        let Window::Times { start, .. } = window_for(Task::Recheck(unknown), &p, now(), &s) else {
+            panic!("datetimes mode gives times")
+        };
+        assert_eq!(start, at("2026-03-02", 0, 0));
         assert_eq!(lookback_days(Duration::from_secs(3600)), 1);
         assert_eq!(lookback_days(Duration::ZERO), 0);
     }
@@ -844,20 +870,20 @@ mod tests {
         // Never less than the one request any read costs.
         assert_eq!(backlog_pages(1, 0.0), 1.0);
         assert_eq!(backlog_pages(0, 0.0), 1.0);
-        // A rolling window counts the cases that ended within it; a `dates` one the day's.
+        // A rolling window counts the cases created within it; a `dates` one the day's.
         let six_hours = Window::Times {
             start: midnight(day),
             end: midnight(day) + chrono::Duration::hours(6),
         };
         assert_eq!(
-            chat_ends_of(&six_hours),
+            created_within(&six_hours),
             Some((midnight(day), midnight(day) + chrono::Duration::hours(6)))
         );
         let whole = Window::Dates {
             start: day,
             end: day,
         };
-        assert_eq!(chat_ends_of(&whole), None);
+        assert_eq!(created_within(&whole), None);
     }
 
     #[test]

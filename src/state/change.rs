@@ -3,8 +3,12 @@
 //! published first to the compacted changelog topic in the page's Kafka transaction.
 //!
 //! A record's key names what it is about (one case, one widget's progress, one widget's
-//! window cursor, one dead letter), so compaction keeps the latest record per key; a forgotten
-//! thing is a tombstone (no value).
+//! window cursor, one widget's dead letter of one input), so compaction keeps the latest
+//! record per key; a forgotten thing is a tombstone (no value).
+//!
+//! Dead letters were once keyed by the input's digest alone (`dead/{digest}`); such records
+//! still read: a mark says which widget it was sent for, and a tombstone forgets the input's
+//! marks of every widget (there was one at most).
 
 use super::{DeadLetterMark, StoredCase, WidgetProgress, WindowCursor};
 
@@ -33,6 +37,8 @@ pub enum Change {
     },
     DeadLetter(DeadLetterMark),
     DeadLetterForgotten {
+        /// `None`: the record of the older key, by digest alone (every widget's mark of it).
+        widget: Option<String>,
         digest: String,
     },
 }
@@ -58,6 +64,35 @@ pub fn page_changes(
         .collect()
 }
 
+/// The changes that forget dead-letter marks, given as (widget, digest, whether every mark of
+/// that digest is among them): each mark's tombstone, then, once an input has no mark left,
+/// the tombstone of its record under the older key, so a compacted changelog written before
+/// marks were per widget does not keep that record for ever.
+pub fn forget_dead_letters(marks: Vec<(String, String, bool)>) -> Vec<Change> {
+    let mut last_of_digest = Vec::new();
+    let mut changes: Vec<Change> = marks
+        .into_iter()
+        .map(|(widget, digest, last)| {
+            if last && !last_of_digest.contains(&digest) {
+                last_of_digest.push(digest.clone());
+            }
+            Change::DeadLetterForgotten {
+                widget: Some(widget),
+                digest,
+            }
+        })
+        .collect();
+    changes.extend(
+        last_of_digest
+            .into_iter()
+            .map(|digest| Change::DeadLetterForgotten {
+                widget: None,
+                digest,
+            }),
+    );
+    changes
+}
+
 impl Change {
     /// The record's key.
     pub fn key(&self) -> String {
@@ -67,8 +102,15 @@ impl Change {
             Change::Widget { widget, .. } => format!("{WIDGET}{widget}"),
             Change::CursorCleared { widget } => format!("{CURSOR}{widget}"),
             Change::Cursor(cursor) => format!("{CURSOR}{}", cursor.widget),
-            Change::DeadLetter(mark) => format!("{DEAD_LETTER}{}", mark.digest),
-            Change::DeadLetterForgotten { digest } => format!("{DEAD_LETTER}{digest}"),
+            Change::DeadLetter(mark) => format!("{DEAD_LETTER}{}/{}", mark.widget, mark.digest),
+            Change::DeadLetterForgotten {
+                widget: Some(widget),
+                digest,
+            } => format!("{DEAD_LETTER}{widget}/{digest}"),
+            Change::DeadLetterForgotten {
+                widget: None,
+                digest,
+            } => format!("{DEAD_LETTER}{digest}"),
         }
     }
 
@@ -112,8 +154,24 @@ impl Change {
             (WIDGET, None) => return Err(bad("a widget's progress is never forgotten".into())),
             (CURSOR, Some(v)) => Change::Cursor(parse(v).map_err(&bad)?),
             (CURSOR, None) => Change::CursorCleared { widget: name },
-            (_, Some(v)) => Change::DeadLetter(parse(v).map_err(&bad)?),
-            (_, None) => Change::DeadLetterForgotten { digest: name },
+            (_, Some(v)) => {
+                let mark: DeadLetterMark = parse(v).map_err(&bad)?;
+                // The older key, by digest alone (a digest is hex: never a `/`).
+                if !name.contains('/') && mark.digest == name {
+                    return Ok(Change::DeadLetter(mark));
+                }
+                Change::DeadLetter(mark)
+            }
+            (_, None) => match name.rsplit_once('/') {
+                Some((widget, digest)) => Change::DeadLetterForgotten {
+                    widget: Some(widget.to_owned()),
+                    digest: digest.to_owned(),
+                },
+                None => Change::DeadLetterForgotten {
+                    widget: None,
+                    digest: name,
+                },
+            },
         };
         if change.key() != key {
             return Err(bad(format!("its value is about `{}`", change.key())));
@@ -145,6 +203,7 @@ mod tests {
                 id: "c/1".into(),
                 widget: "w1".into(),
                 day,
+                created: t - chrono::Duration::hours(2),
                 record: CaseRecord {
                     first_seen: t,
                     chat_end: t,
@@ -181,6 +240,11 @@ mod tests {
                 at: t,
             }),
             Change::DeadLetterForgotten {
+                widget: Some("w1".into()),
+                digest: "d1".into(),
+            },
+            Change::DeadLetterForgotten {
+                widget: None,
                 digest: "d1".into(),
             },
         ]
@@ -203,5 +267,55 @@ mod tests {
         assert!(Change::decode(b"nonsense", None).is_err());
         assert!(Change::decode(b"widget/w1", None).is_err());
         assert!(Change::decode(b"case/x", Some(b"{not json")).is_err());
+    }
+
+    /// Records written before creation times were kept, and dead letters keyed by digest
+    /// alone, still read: a case without `created` is taken as created at the start of its
+    /// day (which only widens a re-check's window), an old mark keeps its widget, an old
+    /// tombstone forgets the input for every widget.
+    #[test]
+    fn records_of_older_versions_still_read() {
+        let old_case = br#"{"id":"c1","widget":"w1","day":"2026-11-24","record":{
+            "first_seen":"2026-11-24T10:00:00Z","chat_end":"2026-11-24T10:00:00Z",
+            "created_emitted":true,"survey_digest":null,"next_check":null}}"#;
+        let Change::Case(case) = Change::decode(b"case/c1", Some(old_case)).unwrap() else {
+            panic!("a case record is a case");
+        };
+        assert_eq!(
+            case.created,
+            Utc.with_ymd_and_hms(2026, 11, 24, 0, 0, 0).unwrap()
+        );
+
+        let old_mark = br#"{"digest":"d1","widget":"w1","case_id":null,
+            "reason_code":"missing_id","at":"2026-11-24T10:00:00Z"}"#;
+        let Change::DeadLetter(mark) = Change::decode(b"dead/d1", Some(old_mark)).unwrap() else {
+            panic!("a dead-letter record is a mark");
+        };
+        assert_eq!((mark.widget.as_str(), mark.digest.as_str()), ("w1", "d1"));
+        // Under the new key, the same mark; a mark about another input is refused.
+        assert!(Change::decode(b"dead/w1/d1", Some(old_mark)).is_ok());
+        assert!(Change::decode(b"dead/d2", Some(old_mark)).is_err());
+        assert!(Change::decode(b"dead/w2/d1", Some(old_mark)).is_err());
+        assert_eq!(
+            Change::decode(b"dead/d1", None).unwrap(),
+            Change::DeadLetterForgotten {
+                widget: None,
+                digest: "d1".into()
+            }
+        );
+    }
+
+    /// Forgetting marks: one tombstone per mark, and the older key's tombstone once an input
+    /// has no mark left.
+    #[test]
+    fn forgetting_dead_letters_clears_the_older_key_once_no_mark_is_left() {
+        let changes = forget_dead_letters(vec![
+            ("w1".into(), "d1".into(), true),
+            ("w2".into(), "d1".into(), true),
+            ("w1".into(), "d2".into(), false),
+        ]);
+        let keys: Vec<String> = changes.iter().map(Change::key).collect();
+        assert_eq!(keys, ["dead/w1/d1", "dead/w2/d1", "dead/w1/d2", "dead/d1"]);
+        assert!(changes.iter().all(|c| c.value().is_none()));
     }
 }

@@ -90,14 +90,47 @@ impl CaseRecord {
     }
 }
 
-/// A case as the state keeps it: the tracker's record, the widget and the day it was created
-/// on (the API is asked by day, so re-checks are asked by day too).
+/// A case as the state keeps it: the tracker's record, the widget, the day it was created on
+/// and when (the API selects by creation time, so re-checks are asked by creation times too).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredCaseRecord")]
 pub struct StoredCase {
     pub id: String,
     pub widget: String,
     pub day: NaiveDate,
+    /// The case's `created_at_date` (the start of `day` for a case without one, and for
+    /// cases stored before creation times were kept: that only widens a re-check's window).
+    pub created: DateTime<Utc>,
     pub record: CaseRecord,
+}
+
+/// A [`StoredCase`] as changelog records hold it: records written before creation times
+/// were kept have none.
+#[derive(Deserialize)]
+struct StoredCaseRecord {
+    id: String,
+    widget: String,
+    day: NaiveDate,
+    #[serde(default)]
+    created: Option<DateTime<Utc>>,
+    record: CaseRecord,
+}
+
+impl From<StoredCaseRecord> for StoredCase {
+    fn from(r: StoredCaseRecord) -> Self {
+        Self {
+            created: r.created.unwrap_or_else(|| start_of(r.day)),
+            id: r.id,
+            widget: r.widget,
+            day: r.day,
+            record: r.record,
+        }
+    }
+}
+
+/// Midnight (UTC) at the start of `day`: the earliest a case of that day can be created.
+pub fn start_of(day: NaiveDate) -> DateTime<Utc> {
+    day.and_time(chrono::NaiveTime::MIN).and_utc()
 }
 
 /// Per-widget progress.
@@ -133,11 +166,14 @@ pub struct UnreadSpan {
     pub next_retry: Option<DateTime<Utc>>,
 }
 
-/// A day holding cases whose survey re-check is due, and the span of their chat ends (a
-/// re-check in `datetimes` mode reads only the part of the day they were created in).
+/// A day holding cases whose survey re-check is due, the span of their chat ends (which
+/// names the group) and their earliest creation time (a re-check in `datetimes` mode reads
+/// only the part of the day they were created in).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DueDay {
     pub day: NaiveDate,
+    /// The earliest creation time among them: where a `datetimes` re-check starts.
+    pub first_created: DateTime<Utc>,
     pub first_end: DateTime<Utc>,
     pub last_end: DateTime<Utc>,
     /// The earliest re-check time among them: how long the day has been waiting.
@@ -158,8 +194,9 @@ pub struct WindowCursor {
     pub pages_done: usize,
 }
 
-/// A bad input already sent to the dead-letter topic, remembered by the digest of its raw
-/// bytes so it is sent once, not on every read of its day.
+/// A bad input already sent to the dead-letter topic, remembered by its widget and the digest
+/// of its raw bytes so it is sent once per widget, not on every read of its day (the same bytes
+/// served by two widgets are two inputs: each widget's dead letter is its own).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetterMark {
     /// SHA-256 (hex) of the raw bytes received.
@@ -219,25 +256,31 @@ pub trait StateStore: Send + Sync {
         let widget = widget.to_owned();
         self.apply(&[Change::CursorCleared { widget }], None)
     }
-    /// Which of these raw-input digests were dead-lettered already.
-    fn known_dead_letters(&self, digests: &[&str]) -> Result<HashSet<String>, StateError>;
-    /// The cases of `widget` on days before `before` on which no case awaits a survey
-    /// re-check any more (at most `max_days` days): such days are never read again, so
-    /// nothing decided there can repeat, and they can be forgotten.
+    /// Which of these raw-input digests were dead-lettered already for `widget`.
+    fn known_dead_letters(
+        &self,
+        widget: &str,
+        digests: &[&str],
+    ) -> Result<HashSet<String>, StateError>;
+    /// Cases of `widget` on days before `before` on which no case awaits a survey re-check any
+    /// more, oldest days first, at most `max_cases`: such days are never read again, so nothing
+    /// decided there can repeat, and they can be forgotten (a day cut by the bound is still
+    /// prunable at the next call, which takes the rest).
     fn prunable_cases(
         &self,
         widget: &str,
         before: NaiveDate,
-        max_days: usize,
+        max_cases: usize,
     ) -> Result<Vec<String>, StateError>;
-    /// Forgets the prunable cases ([`StateStore::prunable_cases`]). Returns how many.
-    fn prune_days(
+    /// Forgets up to `max_cases` prunable cases ([`StateStore::prunable_cases`]) in one
+    /// transaction. Returns how many.
+    fn prune_cases(
         &self,
         widget: &str,
         before: NaiveDate,
-        max_days: usize,
+        max_cases: usize,
     ) -> Result<u64, StateError> {
-        let ids = self.prunable_cases(widget, before, max_days)?;
+        let ids = self.prunable_cases(widget, before, max_cases)?;
         let changes: Vec<Change> = ids
             .into_iter()
             .map(|id| Change::CaseForgotten { id })
@@ -245,17 +288,18 @@ pub trait StateStore: Send + Sync {
         self.apply(&changes, None)?;
         Ok(changes.len() as u64)
     }
-    /// Digests of dead-letter marks recorded before `before`.
-    fn dead_letters_before(&self, before: DateTime<Utc>) -> Result<Vec<String>, StateError>;
+    /// Dead-letter marks recorded before `before`, as (widget, digest, whether every mark of
+    /// that digest is that old).
+    fn dead_letters_before(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<(String, String, bool)>, StateError>;
     /// Forgets dead-letter marks recorded before `before`. Returns how many.
     fn prune_dead_letters(&self, before: DateTime<Utc>) -> Result<u64, StateError> {
-        let changes: Vec<Change> = self
-            .dead_letters_before(before)?
-            .into_iter()
-            .map(|digest| Change::DeadLetterForgotten { digest })
-            .collect();
-        self.apply(&changes, None)?;
-        Ok(changes.len() as u64)
+        let marks = self.dead_letters_before(before)?;
+        let count = marks.len() as u64;
+        self.apply(&change::forget_dead_letters(marks), None)?;
+        Ok(count)
     }
     fn widget(&self, widget: &str) -> Result<Option<WidgetProgress>, StateError>;
     fn set_widget(&self, widget: &str, progress: &WidgetProgress) -> Result<(), StateError> {
@@ -263,7 +307,7 @@ pub trait StateStore: Send + Sync {
         self.apply(&[Change::Widget { widget, progress }], None)
     }
     /// Days before `before` with cases of `widget` whose re-check is due at `now`, with the span
-    /// of those cases' chat ends, the youngest cases first (the first `limit`: older days come
+    /// of those cases' chat ends and their earliest creation time, the youngest cases first (the first `limit`: older days come
     /// once these are read, and surveys come mostly in a chat's first hours). With `split_at`,
     /// a day's due cases whose chats ended from then on are a day of their own: a re-check of
     /// recent cases then reads their hours, not the whole day that falls due with them.
@@ -283,13 +327,13 @@ pub trait StateStore: Send + Sync {
         due: &DueDay,
         now: DateTime<Utc>,
     ) -> Result<Vec<StoredCase>, StateError>;
-    /// How many cases of `widget` the state knows on `day`, of those whose chats ended within
-    /// `chat_ends` if given: what a read of the day, or of those hours of it, costs.
+    /// How many cases of `widget` the state knows on `day`, of those created within `created`
+    /// (`[start, end)`) if given: what a read of the day, or of those hours of it, costs.
     fn cases_on(
         &self,
         widget: &str,
         day: NaiveDate,
-        chat_ends: Option<(DateTime<Utc>, DateTime<Utc>)>,
+        created: Option<(DateTime<Utc>, DateTime<Utc>)>,
     ) -> Result<u64, StateError>;
     fn stats(&self) -> Result<StateStats, StateError>;
 }

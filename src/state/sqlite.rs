@@ -20,7 +20,9 @@ mod inspect;
 mod rows;
 use apply::apply_one;
 pub use inspect::WidgetSummary;
-use rows::{RECORD_COLUMNS, cursor_from_row, ms_to_time, query_in, record_from_row};
+use rows::{
+    RECORD_COLUMNS, created_from_row, cursor_from_row, ms_to_time, query_in, record_from_row,
+};
 
 pub const STATE_FILE: &str = "casestream.sqlite";
 
@@ -228,6 +230,7 @@ impl StateStore for SqliteStore {
         query_in(
             &self.conn(),
             &format!("SELECT id, {RECORD_COLUMNS} FROM cases WHERE id IN"),
+            &[],
             ids,
             |row| Ok((row.get::<_, String>(0)?, record_from_row(row, 1)?)),
         )
@@ -284,10 +287,15 @@ impl StateStore for SqliteStore {
             .map_err(self.err())
     }
 
-    fn known_dead_letters(&self, digests: &[&str]) -> Result<HashSet<String>, StateError> {
+    fn known_dead_letters(
+        &self,
+        widget: &str,
+        digests: &[&str],
+    ) -> Result<HashSet<String>, StateError> {
         query_in(
             &self.conn(),
-            "SELECT digest FROM dead_letters WHERE digest IN",
+            "SELECT digest FROM dead_letters WHERE widget = ?1 AND digest IN",
+            &[widget],
             digests,
             |row| row.get::<_, String>(0),
         )
@@ -298,22 +306,26 @@ impl StateStore for SqliteStore {
         &self,
         widget: &str,
         before: NaiveDate,
-        max_days: usize,
+        max_cases: usize,
     ) -> Result<Vec<String>, StateError> {
         let conn = self.conn();
         let err = self.err();
+        // The days with a pending case come from the index of pending cases (a few recent
+        // days), not from a scan of every day before `before`; the cases are then read in day
+        // order, so a turn costs its bound, not the whole history, each time.
         let mut stmt = conn
             .prepare_cached(
-                "SELECT id FROM cases WHERE widget = ?1 AND day IN (
-                     SELECT day FROM cases WHERE widget = ?1 AND day < ?2
-                     GROUP BY day HAVING COUNT(next_check_ms) = 0 ORDER BY day LIMIT ?3)",
+                "SELECT id FROM cases WHERE widget = ?1 AND day < ?2 AND day NOT IN (
+                     SELECT day FROM cases INDEXED BY cases_pending
+                     WHERE widget = ?1 AND next_check_ms IS NOT NULL AND day < ?2)
+                 ORDER BY day LIMIT ?3",
             )
             .map_err(&err)?;
         stmt.query_map(
             params![
                 widget,
                 before.to_string(),
-                i64::try_from(max_days).unwrap_or(i64::MAX)
+                i64::try_from(max_cases).unwrap_or(i64::MAX)
             ],
             |r| r.get(0),
         )
@@ -322,16 +334,25 @@ impl StateStore for SqliteStore {
         .map_err(&err)
     }
 
-    fn dead_letters_before(&self, before: DateTime<Utc>) -> Result<Vec<String>, StateError> {
+    fn dead_letters_before(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<(String, String, bool)>, StateError> {
         let conn = self.conn();
         let err = self.err();
         let mut stmt = conn
-            .prepare_cached("SELECT digest FROM dead_letters WHERE at_ms < ?1")
+            .prepare_cached(
+                "SELECT widget, digest, NOT EXISTS (SELECT 1 FROM dead_letters AS other
+                     WHERE other.digest = mark.digest AND other.at_ms >= ?1)
+                 FROM dead_letters AS mark WHERE at_ms < ?1",
+            )
             .map_err(&err)?;
-        stmt.query_map([before.timestamp_millis()], |r| r.get(0))
-            .map_err(&err)?
-            .collect::<Result<_, _>>()
-            .map_err(&err)
+        stmt.query_map([before.timestamp_millis()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .map_err(&err)?
+        .collect::<Result<_, _>>()
+        .map_err(&err)
     }
 
     fn widget(&self, widget: &str) -> Result<Option<WidgetProgress>, StateError> {
@@ -365,13 +386,15 @@ impl StateStore for SqliteStore {
         let err = self.err();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT day, MIN(chat_end_ms), MAX(chat_end_ms), MIN(next_check_ms) FROM cases
+                "SELECT day, MIN(chat_end_ms), MAX(chat_end_ms), MIN(next_check_ms),
+                     MIN(COALESCE(created_ms, CAST(strftime('%s', day) AS INTEGER) * 1000))
+                 FROM cases
                  WHERE widget = ?1 AND next_check_ms IS NOT NULL AND next_check_ms <= ?2
                    AND day < ?3
                  GROUP BY day, chat_end_ms >= ?5 ORDER BY 3 DESC, 1 DESC LIMIT ?4",
             )
             .map_err(&err)?;
-        let rows: Vec<(String, i64, i64, i64)> = stmt
+        let rows: Vec<(String, i64, i64, i64, i64)> = stmt
             .query_map(
                 params![
                     widget,
@@ -380,7 +403,7 @@ impl StateStore for SqliteStore {
                     i64::try_from(limit).unwrap_or(i64::MAX),
                     split_at.map_or(i64::MIN, |t| t.timestamp_millis())
                 ],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .map_err(&err)?
             .collect::<Result<_, _>>()
@@ -388,9 +411,10 @@ impl StateStore for SqliteStore {
         drop(stmt);
         drop(conn);
         rows.iter()
-            .map(|(day, first, last, due)| {
+            .map(|(day, first, last, due, created)| {
                 Ok(DueDay {
                     day: self.parse_day(day)?,
+                    first_created: ms_to_time(*created),
                     first_end: ms_to_time(*first),
                     last_end: ms_to_time(*last),
                     due_since: ms_to_time(*due),
@@ -403,16 +427,16 @@ impl StateStore for SqliteStore {
         &self,
         widget: &str,
         day: NaiveDate,
-        chat_ends: Option<(DateTime<Utc>, DateTime<Utc>)>,
+        created: Option<(DateTime<Utc>, DateTime<Utc>)>,
     ) -> Result<u64, StateError> {
-        let (from, to) = chat_ends.map_or((i64::MIN, i64::MAX), |(from, to)| {
+        let (from, to) = created.map_or((i64::MIN, i64::MAX), |(from, to)| {
             (from.timestamp_millis(), to.timestamp_millis())
         });
         let count: i64 = self
             .conn()
             .prepare_cached(
                 "SELECT COUNT(*) FROM cases
-                 WHERE widget = ?1 AND day = ?2 AND chat_end_ms BETWEEN ?3 AND ?4",
+                 WHERE widget = ?1 AND day = ?2 AND created_ms >= ?3 AND created_ms < ?4",
             )
             .and_then(|mut stmt| {
                 stmt.query_row(params![widget, day.to_string(), from, to], |r| r.get(0))
@@ -450,6 +474,7 @@ impl StateStore for SqliteStore {
                     id: row.get(0)?,
                     widget: widget.to_owned(),
                     day,
+                    created: created_from_row(row, 1, day)?,
                     record: record_from_row(row, 1)?,
                 })
             },
@@ -486,7 +511,7 @@ impl StateStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::schema::SCHEMA;
+    use crate::state::schema::{MIGRATIONS, SCHEMA};
     use crate::state::{DeadLetterMark, page_changes};
 
     fn t(ms: i64) -> DateTime<Utc> {
@@ -502,6 +527,7 @@ mod tests {
             id: id.into(),
             widget: "w1".into(),
             day: day(d),
+            created: t(500),
             record: CaseRecord {
                 first_seen: t(1_000),
                 chat_end: t(2_000),
@@ -565,6 +591,8 @@ mod tests {
             .unwrap();
         let mut late = stored("f", "2026-01-01", Some(3_000));
         late.record.chat_end = t(2_500);
+        // A longer chat: created first, ended last.
+        late.created = t(100);
         store.commit_cases(&[late]).unwrap();
         let days = store
             .due_days("w1", t(6_000), day("2026-01-03"), None, 10)
@@ -574,12 +602,14 @@ mod tests {
             [
                 DueDay {
                     day: day("2026-01-01"),
+                    first_created: t(100),
                     first_end: t(2_000),
                     last_end: t(2_500),
                     due_since: t(3_000)
                 },
                 DueDay {
                     day: day("2026-01-02"),
+                    first_created: t(500),
                     first_end: t(2_000),
                     last_end: t(2_000),
                     due_since: t(4_000)
@@ -636,8 +666,8 @@ mod tests {
         assert_eq!(store.cases_on("w1", day("2026-01-01"), None).unwrap(), 4);
         assert_eq!(store.cases_on("w1", day("2026-01-04"), None).unwrap(), 0);
         assert_eq!(store.cases_on("w2", day("2026-01-01"), None).unwrap(), 0);
-        // Those of some hours: the chats ended within them.
-        let hours = Some((t(2_100), t(2_600)));
+        // Those of some hours: the cases created within them.
+        let hours = Some((t(100), t(500)));
         assert_eq!(store.cases_on("w1", day("2026-01-01"), hours).unwrap(), 1);
     }
 
@@ -657,28 +687,118 @@ mod tests {
                 stored("e", "2026-01-03", None),
             ])
             .unwrap();
-        store
-            .apply(
-                &[Change::DeadLetter(DeadLetterMark {
-                    digest: "x".into(),
-                    widget: "w1".into(),
-                    case_id: None,
-                    reason_code: "missing_id".into(),
-                    at: t(1_000),
-                })],
-                None,
-            )
-            .unwrap();
-        assert_eq!(store.prune_days("w2", day("2026-01-03"), 10).unwrap(), 0);
-        assert_eq!(store.prune_days("w1", day("2026-01-03"), 10).unwrap(), 2);
+        assert_eq!(store.prune_cases("w2", day("2026-01-03"), 10).unwrap(), 0);
+        assert_eq!(store.prune_cases("w1", day("2026-01-03"), 10).unwrap(), 2);
         let left = store.lookup(&["a", "b", "c", "d", "e"]).unwrap();
         let mut ids: Vec<&str> = left.keys().map(String::as_str).collect();
         ids.sort();
         assert_eq!(ids, ["c", "d", "e"]);
-        assert_eq!(store.known_dead_letters(&["x", "y"]).unwrap().len(), 1);
+    }
+
+    /// A prune of many days' cases is cut in turns of at most the bound, oldest days first,
+    /// each its own transaction; the turn after the last takes nothing.
+    #[test]
+    fn a_prune_turn_takes_at_most_its_bound_of_cases_and_the_next_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        // 30 days of 10 cases each, none awaiting a survey.
+        let cases: Vec<StoredCase> = (1..=30)
+            .flat_map(|d| {
+                (0..10).map(move |i| stored(&format!("{d}-{i}"), &format!("2026-01-{d:02}"), None))
+            })
+            .collect();
+        store.commit_cases(&cases).unwrap();
+        let before = day("2026-02-01");
+        // The first turn: 25 cases, the two oldest days and half of the third.
+        let first = store.prunable_cases("w1", before, 25).unwrap();
+        assert_eq!(first.len(), 25);
+        assert!(
+            first
+                .iter()
+                .all(|id| ["1-", "2-", "3-"].iter().any(|p| id.starts_with(p))),
+            "{first:?}"
+        );
+        let mut turns = vec![store.prune_cases("w1", before, 25).unwrap()];
+        while let Some(&last) = turns.last().filter(|n| **n > 0) {
+            assert!(last <= 25);
+            turns.push(store.prune_cases("w1", before, 25).unwrap());
+        }
+        assert_eq!(turns, [25, 25, 25, 25, 25, 25, 25, 25, 25, 25, 25, 25, 0]);
+        assert_eq!(store.stats().unwrap().known_cases, 0);
+    }
+
+    fn mark(widget: &str, digest: &str, at_ms: i64) -> Change {
+        Change::DeadLetter(DeadLetterMark {
+            digest: digest.into(),
+            widget: widget.into(),
+            case_id: None,
+            reason_code: "missing_id".into(),
+            at: t(at_ms),
+        })
+    }
+
+    /// A mark is per (widget, input): the same bytes of another widget are not known, and
+    /// each widget's mark is forgotten on its own.
+    #[test]
+    fn dead_letters_are_marked_per_widget_and_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store
+            .apply(&[mark("w1", "x", 1_000), mark("w2", "x", 3_000)], None)
+            .unwrap();
+        assert_eq!(
+            store.known_dead_letters("w1", &["x", "y"]).unwrap().len(),
+            1
+        );
+        assert!(store.known_dead_letters("w3", &["x"]).unwrap().is_empty());
+        // The same mark again (a page sent twice) changes nothing.
+        store.apply(&[mark("w1", "x", 2_000)], None).unwrap();
+        assert_eq!(
+            store.dead_letters_before(t(2_000)).unwrap(),
+            [("w1".to_owned(), "x".to_owned(), false)]
+        );
         assert_eq!(store.prune_dead_letters(t(500)).unwrap(), 0);
         assert_eq!(store.prune_dead_letters(t(2_000)).unwrap(), 1);
-        assert!(store.known_dead_letters(&["x"]).unwrap().is_empty());
+        assert!(store.known_dead_letters("w1", &["x"]).unwrap().is_empty());
+        assert_eq!(store.known_dead_letters("w2", &["x"]).unwrap().len(), 1);
+        assert_eq!(
+            store.dead_letters_before(t(4_000)).unwrap(),
+            [("w2".to_owned(), "x".to_owned(), true)]
+        );
+        assert_eq!(store.prune_dead_letters(t(4_000)).unwrap(), 1);
+        assert!(store.is_empty().unwrap());
+    }
+
+    /// A version 5 file: its cases are taken as created at the start of their day, and its
+    /// dead-letter marks keep the widget they name.
+    #[test]
+    fn a_version_5_file_gets_creation_times_and_marks_per_widget() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(STATE_FILE)).unwrap();
+            for step in &MIGRATIONS[..5] {
+                conn.execute_batch(step).unwrap();
+            }
+            conn.execute_batch(
+                "INSERT INTO cases (id, widget, day, first_seen_ms, chat_end_ms, created_emitted,
+                     next_check_ms) VALUES ('a', 'w1', '2026-01-02', 0, 0, 1, 5);
+                 INSERT INTO dead_letters (digest, widget, reason_code, at_ms)
+                     VALUES ('x', 'w1', 'missing_id', 7);",
+            )
+            .unwrap();
+            conn.pragma_update(None, "user_version", 5).unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let midnight = "2026-01-02T00:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(store.case("a").unwrap().unwrap().created, midnight);
+        let due = store
+            .due_days("w1", t(10), day("2026-01-03"), None, 10)
+            .unwrap();
+        assert_eq!(due[0].first_created, midnight);
+        assert_eq!(store.known_dead_letters("w1", &["x"]).unwrap().len(), 1);
+        assert!(store.known_dead_letters("w2", &["x"]).unwrap().is_empty());
+        store.apply(&[mark("w2", "x", 8)], None).unwrap();
+        assert_eq!(store.known_dead_letters("w2", &["x"]).unwrap().len(), 1);
     }
 
     #[test]
@@ -693,7 +813,7 @@ mod tests {
         store
             .commit_cases(&[stored("a", "2026-01-01", None)])
             .unwrap();
-        assert_eq!(store.prune_days("w1", day("2026-01-02"), 10).unwrap(), 1);
+        assert_eq!(store.prune_cases("w1", day("2026-01-02"), 10).unwrap(), 1);
         // Version 3's table is there too.
         assert_eq!(store.window_cursor("w1").unwrap(), None);
     }

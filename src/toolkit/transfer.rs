@@ -359,6 +359,7 @@ mod tests {
                 id: format!("c{i}"),
                 widget: "w1".into(),
                 day: NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+                created: at,
                 record: CaseRecord {
                     first_seen: at,
                     chat_end: at,

@@ -11,10 +11,11 @@ pub(super) fn apply_one(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusq
             let r = &case.record;
             tx.prepare_cached(
                 "INSERT INTO cases (id, widget, day, first_seen_ms, chat_end_ms,
-                     created_emitted, survey_digest, next_check_ms, survey_emitted_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     created_emitted, survey_digest, next_check_ms, survey_emitted_ms, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT (id) DO UPDATE SET
                      widget = excluded.widget, day = excluded.day,
+                     created_ms = excluded.created_ms,
                      chat_end_ms = excluded.chat_end_ms,
                      created_emitted = excluded.created_emitted,
                      survey_digest = excluded.survey_digest,
@@ -31,6 +32,7 @@ pub(super) fn apply_one(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusq
                 r.survey_digest,
                 r.next_check.map(|t| t.timestamp_millis()),
                 r.survey_emitted.map(|t| t.timestamp_millis()),
+                case.created.timestamp_millis(),
             ])?;
         }
         Change::CaseForgotten { id } => {
@@ -88,7 +90,18 @@ pub(super) fn apply_one(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusq
                 mark.at.timestamp_millis(),
             ])?;
         }
-        Change::DeadLetterForgotten { digest } => {
+        Change::DeadLetterForgotten {
+            widget: Some(widget),
+            digest,
+        } => {
+            tx.prepare_cached("DELETE FROM dead_letters WHERE widget = ?1 AND digest = ?2")?
+                .execute([widget, digest])?;
+        }
+        // The older key's tombstone: the input's mark, whichever widget it names.
+        Change::DeadLetterForgotten {
+            widget: None,
+            digest,
+        } => {
             tx.prepare_cached("DELETE FROM dead_letters WHERE digest = ?1")?
                 .execute([digest])?;
         }

@@ -4,9 +4,11 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{OpenFlags, OptionalExtension, params};
 
-use super::{RECORD_COLUMNS, SqliteStore, cursor_from_row, ms_to_time, record_from_row};
+use super::{
+    RECORD_COLUMNS, SqliteStore, created_from_row, cursor_from_row, ms_to_time, record_from_row,
+};
 use crate::state::schema::SCHEMA_VERSION;
-use crate::state::{Change, DeadLetterMark, StateError, StoredCase, WidgetProgress};
+use crate::state::{Change, DeadLetterMark, StateError, StoredCase, WidgetProgress, start_of};
 
 /// One widget as `casestream state summary` shows it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -142,20 +144,22 @@ impl SqliteStore {
     /// One case, if the state knows it.
     pub fn case(&self, id: &str) -> Result<Option<StoredCase>, StateError> {
         let conn = self.conn();
-        let row: Option<(String, String, crate::state::CaseRecord)> = conn
+        let row: Option<(String, String, crate::state::CaseRecord, Option<i64>)> = conn
             .query_row(
                 &format!("SELECT widget, day, {RECORD_COLUMNS} FROM cases WHERE id = ?1"),
                 [id],
-                |r| Ok((r.get(0)?, r.get(1)?, record_from_row(r, 2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, record_from_row(r, 2)?, r.get(8)?)),
             )
             .optional()
             .map_err(self.err())?;
         drop(conn);
-        row.map(|(widget, day, record)| {
+        row.map(|(widget, day, record, created)| {
+            let day = self.parse_day(&day)?;
             Ok(StoredCase {
                 id: id.to_owned(),
                 widget,
-                day: self.parse_day(&day)?,
+                day,
+                created: created.map_or_else(|| start_of(day), ms_to_time),
                 record,
             })
         })
@@ -234,10 +238,12 @@ impl SqliteStore {
             ),
             |r| {
                 let day: String = r.get(2)?;
+                let day = self.parse_day(&day)?;
                 Ok(Change::Case(StoredCase {
                     id: r.get(0)?,
                     widget: r.get(1)?,
-                    day: self.parse_day(&day)?,
+                    day,
+                    created: created_from_row(r, 3, day)?,
                     record: record_from_row(r, 3)?,
                 }))
             },

@@ -1,9 +1,9 @@
 //! Rows of the state's tables as values, and the queries shared by the store's modules.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, params_from_iter};
 
-use crate::state::{CaseRecord, WindowCursor};
+use crate::state::{CaseRecord, WindowCursor, start_of};
 
 pub(super) fn ms_to_time(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MIN_UTC)
@@ -19,9 +19,22 @@ pub(super) fn cursor_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Windo
     })
 }
 
-/// The columns of a [`CaseRecord`], in the order [`record_from_row`] reads them.
+/// The columns of a [`CaseRecord`], in the order [`record_from_row`] reads them, then the
+/// case's creation time ([`created_from_row`]).
 pub(super) const RECORD_COLUMNS: &str = "first_seen_ms, chat_end_ms, created_emitted, survey_digest, \
-                              next_check_ms, survey_emitted_ms";
+                              next_check_ms, survey_emitted_ms, created_ms";
+
+/// The creation time of a case of `day` whose [`RECORD_COLUMNS`] start at `offset`; the start
+/// of its day where none is kept.
+pub(super) fn created_from_row(
+    row: &rusqlite::Row<'_>,
+    offset: usize,
+    day: NaiveDate,
+) -> rusqlite::Result<DateTime<Utc>> {
+    Ok(row
+        .get::<_, Option<i64>>(offset + 6)?
+        .map_or_else(|| start_of(day), ms_to_time))
+}
 
 pub(super) fn record_from_row(
     row: &rusqlite::Row<'_>,
@@ -38,10 +51,12 @@ pub(super) fn record_from_row(
 }
 
 /// Runs `select` (ending in `IN`) over `keys`, in chunks far below SQLite's parameter cap,
-/// and collects what `row` makes of each result row.
+/// with `leading` bound first (as `?1`, `?2`...: the keys' placeholders follow them), and
+/// collects what `row` makes of each result row.
 pub(super) fn query_in<T, C: FromIterator<T>>(
     conn: &Connection,
     select: &str,
+    leading: &[&str],
     keys: &[&str],
     row: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<C> {
@@ -49,7 +64,8 @@ pub(super) fn query_in<T, C: FromIterator<T>>(
     for chunk in keys.chunks(500) {
         let placeholders = vec!["?"; chunk.len()].join(",");
         let mut stmt = conn.prepare_cached(&format!("{select} ({placeholders})"))?;
-        for item in stmt.query_map(params_from_iter(chunk.iter()), &row)? {
+        let params = leading.iter().chain(chunk.iter());
+        for item in stmt.query_map(params_from_iter(params), &row)? {
             found.push(item?);
         }
     }
