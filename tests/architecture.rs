@@ -1,11 +1,15 @@
 //! The code's shape, checked: modules import only from their own layer or below (the layers
-//! are named at the top of `src/lib.rs`), no file in `src/` holds more than 500 lines of
-//! non-test code, and each environment variable's name is written once, as a constant.
+//! are named at the top of `src/lib.rs`), no file in `src/` holds more than 800 lines of
+//! non-test code (past 500 it is named as a warning: split by concept, never to get under a
+//! count), and each environment variable's name is written once, as a constant.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-const MAX_NON_TEST_LINES: usize = 500;
+/// Lines of non-test code past which a file is named as a warning.
+const LONG_FILE_LINES: usize = 500;
+/// Lines of non-test code no file may pass.
+const MAX_NON_TEST_LINES: usize = 800;
 
 fn src() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -139,17 +143,33 @@ fn no_module_imports_from_a_layer_above_its_own() {
     );
 }
 
+/// A file past [`LONG_FILE_LINES`] is named as a warning, to look at whether it holds more
+/// than one concept: files are split by concept, never to get under a count. Past
+/// [`MAX_NON_TEST_LINES`] it surely mixes several, and the test fails.
 #[test]
-fn no_source_file_holds_more_than_500_lines_of_non_test_code() {
-    let long: Vec<String> = sources()
+fn no_source_file_mixes_concepts_past_the_hard_line_limit() {
+    let lengths: Vec<(String, usize)> = sources()
         .iter()
-        .map(|(path, text)| (path, non_test(text).len()))
-        .filter(|(_, lines)| *lines > MAX_NON_TEST_LINES)
-        .map(|(path, lines)| format!("{}: {lines}", path.display()))
+        .map(|(path, text)| (path.display().to_string(), non_test(text).len()))
         .collect();
     assert!(
-        long.is_empty(),
-        "files over {MAX_NON_TEST_LINES} lines of non-test code: {long:?}"
+        lengths.len() > 20,
+        "only {} source files found",
+        lengths.len()
+    );
+    for (path, lines) in lengths.iter().filter(|(_, l)| *l > LONG_FILE_LINES) {
+        eprintln!(
+            "warning: {path} holds {lines} lines of non-test code (over {LONG_FILE_LINES}): does it hold one concept?"
+        );
+    }
+    let too_long: Vec<String> = lengths
+        .iter()
+        .filter(|(_, lines)| *lines > MAX_NON_TEST_LINES)
+        .map(|(path, lines)| format!("{path}: {lines}"))
+        .collect();
+    assert!(
+        too_long.is_empty(),
+        "files over {MAX_NON_TEST_LINES} lines of non-test code: {too_long:?}"
     );
 }
 
