@@ -2,7 +2,6 @@
 //! committed in order; resumed from a saved cursor when a restart interrupted it.
 
 use std::pin::pin;
-use std::time::Instant;
 
 use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
@@ -80,39 +79,35 @@ impl Pipeline {
             tracing::info!(widget, %window, pages_done = c.pages_done, "resuming a window where it stopped");
             metrics::window_resumed(widget);
         }
-        // The next page is fetched while this one is decided, published and committed; each
-        // comes with the instant it arrived. Fetching starts at `from` (a page's link and
-        // index), or at the window's first page.
-        let fetch_from = |from: Option<&(String, usize)>| {
-            let (tx, pages) = tokio::sync::mpsc::channel(PREFETCH_PAGES);
-            let source =
-                client.pages_from(widget, first.clone(), from.map(|(l, i)| (l.as_str(), *i)));
-            let fetcher = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-                let mut source = pin!(source);
-                while let Some(page) = source.next().await {
-                    let failed = page.is_err();
-                    if tx.send((Instant::now(), page)).await.is_err() || failed {
-                        break;
-                    }
+        // The next page is fetched while this one is decided, published and committed.
+        let (tx, mut pages) = tokio::sync::mpsc::channel(PREFETCH_PAGES);
+        let source = client.pages_from(
+            widget,
+            first,
+            resume.as_ref().map(|c| (c.next.as_str(), c.pages_done)),
+        );
+        let _fetcher = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut source = pin!(source);
+            while let Some(page) = source.next().await {
+                let failed = page.is_err();
+                if tx.send(page).await.is_err() || failed {
+                    break;
                 }
-            }));
-            (fetcher, pages)
-        };
-        // Where the page after the last one decided is: a fetch starts over there.
-        let mut next_page = resume.as_ref().map(|c| (c.next.clone(), c.pages_done));
-        let (mut _fetcher, mut pages) = fetch_from(next_page.as_ref());
-        // When the widget came back after a fresh read had it: a page that arrived before
-        // may say less than that read committed (a survey since changed), and is fetched again.
-        let mut back_since: Option<Instant> = None;
+            }
+        }));
+        // Pages decided since a fresh read began to wait: those fetched before it are decided
+        // before it (what they say is older than what it reads), a few at most.
+        let mut decided_while_waited = 0;
         let mut flight = Flight::default();
         // Whether the page read last links to another.
         let mut more = false;
         let mut pages_read = 0u64;
         let end = loop {
-            if hold.fresh_waiting() {
-                // A fresh read of this widget waits: what is decided is finished, and the
-                // widget is its until it is done. The fetcher goes on meanwhile (a page in
-                // back-off keeps its retries), and the window after it, from the same page.
+            if hold.fresh_waiting() && (pages.is_empty() || decided_while_waited > PREFETCH_PAGES) {
+                // A fresh read of this widget waits: the pages already fetched are decided,
+                // what is decided is finished, and the widget is the fresh read's until it is
+                // done. The fetcher goes on meanwhile (a page in back-off keeps its retries),
+                // and the window after it, from the same page.
                 if !self.finish_flight(&mut flight, shutdown).await? {
                     return Ok(WindowEnd::Interrupted);
                 }
@@ -120,14 +115,14 @@ impl Pipeline {
                 if !hold.let_fresh_read(shutdown).await {
                     break Ok(WindowEnd::Interrupted);
                 }
-                back_since = Some(Instant::now());
+                decided_while_waited = 0;
                 continue;
             }
             // A fetch in flight is abandoned at shutdown: nothing of it was committed.
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break Ok(WindowEnd::Interrupted),
                 // Woken at once, also while the fetcher waits out a failing page's retries.
-                _ = hold.fresh_read_waits() => continue,
+                _ = hold.fresh_read_waits(), if pages.is_empty() => continue,
                 next = pages.recv() => next,
             };
             match next {
@@ -138,15 +133,11 @@ impl Pipeline {
                         }
                     });
                 }
-                Some((_, Err(e))) => break Err(WindowFailure::Client(e)),
-                Some((arrived, Ok(_))) if back_since.is_some_and(|back| arrived < back) => {
-                    // Fetched again from the first page not decided; a fetch in back-off
-                    // was not (nothing arrived while the fresh read ran), so a failing page
-                    // still runs out its retries.
-                    (_fetcher, pages) = fetch_from(next_page.as_ref());
-                    back_since = None;
-                }
-                Some((_, Ok(page))) => {
+                Some(Err(e)) => break Err(WindowFailure::Client(e)),
+                Some(Ok(page)) => {
+                    if hold.fresh_waiting() {
+                        decided_while_waited += 1;
+                    }
                     // A long window is progress, page by page: liveness never fails for it.
                     self.health.beat();
                     self.page_served();
@@ -161,7 +152,6 @@ impl Pipeline {
                                 pages_done: page.index + 1,
                             });
                     more = page.next.is_some();
-                    next_page = page.next.as_ref().map(|n| (n.to_string(), page.index + 1));
                     pages_read += 1;
                     let mut batch = self.decide(page, &mut flight, stats).await?;
                     batch.cursor = cursor;
