@@ -145,7 +145,7 @@ async fn check_and_run_publish_through_sasl_ssl_and_mutual_tls() {
         let (ok, text) = casestream("check", &env, Duration::from_secs(60));
         assert!(ok, "{name}: check through the secured listener: {text}");
         assert!(
-            text.contains("ok    kafka    1 broker(s) answered"),
+            text.contains("ok    kafka     1 broker(s) answered"),
             "{name}: {text}"
         );
 
