@@ -18,9 +18,7 @@ use chrono::{DateTime, Utc};
 pub const ENV_TEST_CLOCK: &str = "CASESTREAM_TEST_CLOCK";
 
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "{ENV_TEST_CLOCK} must be `<virtual start RFC 3339>,<speed>,<real epoch ms>`, got `{0}`"
-)]
+#[error("{ENV_TEST_CLOCK} must be `<virtual start RFC 3339>,<speed>,<real epoch ms>`, got `{0}`")]
 pub struct TestClockError(String);
 
 #[derive(Clone, Debug)]
@@ -214,7 +212,12 @@ mod tests {
         let spec = format!("{},600,{}", start.to_rfc3339(), anchor.timestamp_millis());
         let parsed = Clock::from_test_spec(&spec).unwrap();
         assert!((parsed.now() - first.now()).num_milliseconds().abs() < 3_000);
-        for bad in ["", "2026-01-01T00:00:00Z,600", "x,600,1", "2026-01-01T00:00:00Z,0,1"] {
+        for bad in [
+            "",
+            "2026-01-01T00:00:00Z,600",
+            "x,600,1",
+            "2026-01-01T00:00:00Z,0,1",
+        ] {
             assert!(Clock::from_test_spec(bad).is_err(), "{bad}");
         }
     }

@@ -191,7 +191,9 @@ impl SimulateArgs {
     }
 
     fn clock(&self) -> Clock {
-        let anchor = self.clock_anchor_ms.and_then(DateTime::from_timestamp_millis);
+        let anchor = self
+            .clock_anchor_ms
+            .and_then(DateTime::from_timestamp_millis);
         match (self.start_time, self.speed, anchor) {
             (None, 1.0, _) => Clock::system(),
             (Some(start), speed, Some(anchor)) => Clock::anchored(start, speed, anchor),
