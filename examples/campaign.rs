@@ -36,7 +36,7 @@ const SLACK_REAL: Duration = Duration::from_secs(30);
 /// Real time a widget with an unreadable page may take to isolate it (README "Unreadable
 /// pages": 3 failing cycles, then up to 17 failing probes, each after the client's retries at
 /// real-time delays), on top of the slack.
-const ISOLATION_REAL: Duration = Duration::from_secs(90);
+const ISOLATION_REAL: Duration = Duration::from_secs(180);
 const SIGTERM_LIMIT: Duration = Duration::from_secs(30);
 /// At most about this many cases are there at the first start: a run is minutes long.
 const HISTORY_CASES: f64 = 2000.0;
@@ -1015,7 +1015,7 @@ async fn judge(run: &mut Run<'_>) -> anyhow::Result<()> {
             run.violations.push(format!(
                 "at {} (faults stopped {} + grid step 10m + poll + 2x slack {}s real{}), {n} missing: {}",
                 at(now), at(quiet_ms), SLACK_REAL.as_secs(),
-                if unreadable_widgets.is_empty() { "" } else { " + isolation 90s real" },
+                if unreadable_widgets.is_empty() { "" } else { " + isolation 180s real" },
                 last_report.join("; ")
             ));
             break;
