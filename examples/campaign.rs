@@ -1156,8 +1156,9 @@ fn is_no_id(code: &str) -> bool {
     )
 }
 
+/// The record's cases with a usable id (a blank one is dead-lettered, not announced).
 fn cases_of(record: &Value) -> impl Iterator<Item = &Value> {
-    cases(record)
+    cases(record).filter(|c| c["id"].as_str().is_some_and(|id| !id.trim().is_empty()))
 }
 
 fn at(ms: i64) -> String {
