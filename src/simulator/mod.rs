@@ -5,6 +5,7 @@
 
 pub mod generator;
 pub mod http;
+mod record;
 mod settings;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,6 +20,7 @@ use serde_json::Value;
 
 use crate::clock::Clock;
 use generator::{SurveyPlan, SurveyTiming, arrival_gap_ms, generate_case};
+pub use record::*;
 pub use settings::*;
 
 /// One case as the simulator holds it: the body without survey data, plus when it becomes
@@ -77,26 +79,6 @@ pub struct SimStats {
     pub faults_slow: u64,
     pub faults_truncated: u64,
     pub faults_repeat: u64,
-}
-
-/// What the simulator served: [`Simulator::record`].
-#[derive(Clone, Debug, Serialize)]
-pub struct SimRecord {
-    pub now_ms: i64,
-    pub cases: Vec<RecordedCase>,
-}
-
-/// One case with a text id, visible by the record's time.
-#[derive(Clone, Debug, Serialize)]
-pub struct RecordedCase {
-    pub widget: String,
-    pub id: String,
-    pub created_ms: i64,
-    pub visible_ms: i64,
-    pub chat_end_ms: Option<i64>,
-    /// The survey as it stands (content and when it lands or last changed), even if not yet
-    /// served.
-    pub survey: Option<SurveyPlan>,
 }
 
 /// The simulator's shared state. Cheap to query concurrently; generation is lazy, up to `now`.
