@@ -11,6 +11,16 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+/// Test-only: `<virtual start RFC 3339>,<speed>,<real epoch ms the start refers to>` makes
+/// `casestream run` use [`Clock::anchored`] instead of the wall clock, so the simulator, every
+/// instance and every restart of a fault campaign share one virtual time. Not a setting: not
+/// in the README's table, never for production.
+pub const ENV_TEST_CLOCK: &str = "CASESTREAM_TEST_CLOCK";
+
+#[derive(Debug, thiserror::Error)]
+#[error("{ENV_TEST_CLOCK} must be `<virtual start RFC 3339>,<speed>,<real epoch ms>`, got `{0}`")]
+pub struct TestClockError(String);
+
 #[derive(Clone, Debug)]
 pub struct Clock {
     inner: Arc<ClockKind>,
@@ -63,6 +73,39 @@ impl Clock {
                 stepped_us: AtomicI64::new(0),
             }),
         }
+    }
+
+    /// A virtual clock that read `start` at the real wall-clock instant `anchor` and runs
+    /// `speed` times faster since: separate processes (and restarts) built with the same three
+    /// values agree on the time, whenever each was started.
+    pub fn anchored(start: DateTime<Utc>, speed: f64, anchor: DateTime<Utc>) -> Self {
+        let clock = Self::scaled(start, speed);
+        let since_anchor = (Utc::now() - anchor).to_std().unwrap_or_default();
+        let ahead = clock.virtual_duration(since_anchor);
+        clock.step(chrono::Duration::from_std(ahead).unwrap_or_default());
+        clock
+    }
+
+    /// The clock [`ENV_TEST_CLOCK`] describes.
+    pub fn from_test_spec(spec: &str) -> Result<Self, TestClockError> {
+        let invalid = || TestClockError(spec.to_owned());
+        let mut parts = spec.split(',').map(str::trim);
+        let (Some(start), Some(speed), Some(anchor_ms), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid());
+        };
+        let start = DateTime::parse_from_rfc3339(start).map_err(|_| invalid())?;
+        let speed: f64 = speed.parse().map_err(|_| invalid())?;
+        let anchor = anchor_ms
+            .parse::<i64>()
+            .ok()
+            .and_then(DateTime::from_timestamp_millis)
+            .ok_or_else(invalid)?;
+        if !(speed.is_finite() && speed > 0.0) {
+            return Err(invalid());
+        }
+        Ok(Self::anchored(start.with_timezone(&Utc), speed, anchor))
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -153,6 +196,30 @@ mod tests {
             clock.virtual_duration(Duration::from_secs(2)),
             Duration::from_secs(2)
         );
+    }
+
+    #[test]
+    fn anchored_clocks_made_apart_agree() {
+        let start: DateTime<Utc> = "2026-01-01T23:50:00Z".parse().unwrap();
+        let anchor = Utc::now();
+        let first = Clock::anchored(start, 600.0, anchor);
+        std::thread::sleep(Duration::from_millis(100));
+        let second = Clock::anchored(start, 600.0, anchor);
+        // 100 ms apart at 600x is a minute; anchored, they differ by scheduling noise only.
+        let apart = (first.now() - second.now()).num_milliseconds().abs();
+        assert!(apart < 3_000, "{apart} ms apart");
+        assert!(second.now() >= start + chrono::Duration::seconds(60));
+        let spec = format!("{},600,{}", start.to_rfc3339(), anchor.timestamp_millis());
+        let parsed = Clock::from_test_spec(&spec).unwrap();
+        assert!((parsed.now() - first.now()).num_milliseconds().abs() < 3_000);
+        for bad in [
+            "",
+            "2026-01-01T00:00:00Z,600",
+            "x,600,1",
+            "2026-01-01T00:00:00Z,0,1",
+        ] {
+            assert!(Clock::from_test_spec(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -123,6 +123,10 @@ struct SimulateArgs {
     /// Virtual clock start (RFC 3339); default now.
     #[arg(long)]
     start_time: Option<DateTime<Utc>>,
+    /// The real instant (epoch ms) `--start-time` refers to, default the simulator's start:
+    /// with the same value in the forwarder's test clock, both share one virtual time.
+    #[arg(long, requires = "start_time")]
+    clock_anchor_ms: Option<i64>,
     /// Cases per page (the API's maximum is 100).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=100))]
     page_size: u16,
@@ -187,9 +191,13 @@ impl SimulateArgs {
     }
 
     fn clock(&self) -> Clock {
-        match (self.start_time, self.speed) {
-            (None, 1.0) => Clock::system(),
-            (start, speed) => Clock::scaled(start.unwrap_or_else(Utc::now), speed),
+        let anchor = self
+            .clock_anchor_ms
+            .and_then(DateTime::from_timestamp_millis);
+        match (self.start_time, self.speed, anchor) {
+            (None, 1.0, _) => Clock::system(),
+            (Some(start), speed, Some(anchor)) => Clock::anchored(start, speed, anchor),
+            (start, speed, _) => Clock::scaled(start.unwrap_or_else(Utc::now), speed),
         }
     }
 }
@@ -242,7 +250,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         signalled.cancel();
     });
     let health = Arc::new(Health::default());
-    casestream::app::run(config, Clock::system(), health, shutdown).await?;
+    let clock = match std::env::var(casestream::clock::ENV_TEST_CLOCK) {
+        Ok(spec) => {
+            let clock = Clock::from_test_spec(&spec)?;
+            tracing::warn!(now = %clock.now(), "test-only virtual clock in use");
+            clock
+        }
+        Err(_) => Clock::system(),
+    };
+    casestream::app::run(config, clock, health, shutdown).await?;
     tracing::info!("stopped cleanly");
     Ok(())
 }

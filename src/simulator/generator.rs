@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use siphasher::sip::SipHasher13;
 
 /// When (if ever) a generated case's survey is stored, relative to its chat end.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct SurveyPlan {
     /// Epoch ms at which the survey becomes visible on the case.
     pub at_ms: i64,

@@ -28,6 +28,7 @@ pub fn router(sim: Arc<Simulator>) -> Router {
         .route("/_sim/faults", get(get_faults).put(put_faults))
         .route("/_sim/stats", get(stats))
         .route("/_sim/clock", get(clock))
+        .route("/_sim/record", get(record))
         .with_state(sim)
 }
 
@@ -328,6 +329,10 @@ async fn put_faults(State(sim): State<Arc<Simulator>>, Json(faults): Json<Faults
 
 async fn stats(State(sim): State<Arc<Simulator>>) -> Json<super::SimStats> {
     Json(sim.stats())
+}
+
+async fn record(State(sim): State<Arc<Simulator>>) -> Json<super::SimRecord> {
+    Json(sim.record())
 }
 
 async fn clock(State(sim): State<Arc<Simulator>>) -> Json<Value> {

@@ -5,6 +5,7 @@
 
 pub mod generator;
 pub mod http;
+mod record;
 mod settings;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,6 +20,7 @@ use serde_json::Value;
 
 use crate::clock::Clock;
 use generator::{SurveyPlan, SurveyTiming, arrival_gap_ms, generate_case};
+pub use record::*;
 pub use settings::*;
 
 /// One case as the simulator holds it: the body without survey data, plus when it becomes
@@ -411,6 +413,36 @@ impl Simulator {
         self.lock().stats.clone()
     }
 
+    /// Every case with a text id visible now, of every widget, with its survey as planned now:
+    /// the record a fault campaign's oracle judges the topics against.
+    pub fn record(&self) -> SimRecord {
+        let now_ms = self.clock.now().timestamp_millis();
+        let mut state = self.lock();
+        self.generate_until(&mut state, now_ms);
+        let mut cases = Vec::new();
+        for (widget, log) in &state.widgets {
+            for case in log.cases.values().filter(|c| c.visible_ms <= now_ms) {
+                let Some(id) = case.body.get("id").and_then(Value::as_str) else {
+                    continue;
+                };
+                let chat_end_ms = crate::snapengage::Case::from_value(case.body.clone())
+                    .ok()
+                    .and_then(|c| c.chat_end())
+                    .map(|t| t.timestamp_millis());
+                cases.push(RecordedCase {
+                    widget: widget.clone(),
+                    id: id.to_owned(),
+                    created_ms: case.created_ms,
+                    visible_ms: case.visible_ms,
+                    chat_end_ms,
+                    survey: case.survey.clone(),
+                });
+            }
+        }
+        cases.sort_by(|a, b| (&a.widget, a.created_ms).cmp(&(&b.widget, b.created_ms)));
+        SimRecord { now_ms, cases }
+    }
+
     /// Every case of `widget` visible now, as it would be served: the ground truth for tests.
     pub fn visible_cases(&self, widget: &str) -> Vec<Value> {
         self.visible_cases_with_survey_times(widget)
@@ -563,5 +595,12 @@ mod tests {
         assert_eq!(score_at(1), Some(Value::Null));
         assert_eq!(score_at(0), Some(Value::from(50)));
         assert!(!sim.attach_survey("nope", None, None, None));
+        let record = sim.record();
+        let ids: Vec<&str> = record.cases.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["case-1", "case-2"]);
+        let second = &record.cases[1];
+        let survey = second.survey.as_ref().map(|s| (s.at_ms, s.score));
+        assert_eq!(survey, Some((landed.timestamp_millis(), Some(50))));
+        assert!(second.chat_end_ms.is_some());
     }
 }
