@@ -509,6 +509,24 @@ async fn a_batch_refused_for_one_large_record_loses_none_of_the_others() {
     sim.stop().await.unwrap();
 }
 
+/// Widgets `w1` and `w2`, no cases of their own, 5 cases a page: a few cases make several
+/// pages.
+async fn quiet_widgets_of_small_pages(
+    clock: &Clock,
+) -> casestream::simulator::http::RunningSimulator {
+    start_simulator(
+        SimConfig {
+            widgets: vec!["w1".into(), "w2".into()],
+            cases_per_hour: 0.0,
+            history: Duration::ZERO,
+            page_size: 5,
+            ..SimConfig::default()
+        },
+        clock.clone(),
+    )
+    .await
+}
+
 /// The dead letters naming unread spans, as (widget, start, end) and their bodies.
 fn unread_span_letters(records: &[Record]) -> Vec<(String, Value)> {
     records
@@ -539,17 +557,7 @@ async fn a_page_too_large_to_read_costs_one_second_and_one_dead_letter() {
     let bootstrap = kafka_bootstrap().await;
     // Real speed from a fixed time, far from midnight.
     let clock = Clock::scaled("2026-03-10T10:00:00Z".parse().unwrap(), 1.0);
-    let sim = start_simulator(
-        SimConfig {
-            widgets: vec!["w1".into(), "w2".into()],
-            cases_per_hour: 0.0,
-            history: Duration::ZERO,
-            page_size: 5,
-            ..SimConfig::default()
-        },
-        clock.clone(),
-    )
-    .await;
+    let sim = quiet_widgets_of_small_pages(&clock).await;
     let prefix = unique_prefix("unreadable-datetimes");
     let dir = tempfile::tempdir().unwrap();
     let poll = Duration::from_secs(2);
@@ -664,17 +672,7 @@ async fn an_unreadable_page_in_dates_mode_costs_its_hour_until_it_can_be_read() 
     let bootstrap = kafka_bootstrap().await;
     // 300x: 5 virtual hours in a minute, and a 30 s poll in 0.1 s.
     let clock = Clock::scaled("2026-03-10T21:00:00Z".parse().unwrap(), 300.0);
-    let sim = start_simulator(
-        SimConfig {
-            widgets: vec!["w1".into(), "w2".into()],
-            cases_per_hour: 0.0,
-            history: Duration::ZERO,
-            page_size: 5,
-            ..SimConfig::default()
-        },
-        clock.clone(),
-    )
-    .await;
+    let sim = quiet_widgets_of_small_pages(&clock).await;
     let prefix = unique_prefix("unreadable-dates");
     let dir = tempfile::tempdir().unwrap();
     let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |c| {
