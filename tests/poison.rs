@@ -527,9 +527,17 @@ async fn quiet_widgets_of_small_pages(
     .await
 }
 
-/// The dead letters naming unread spans, as (widget, start, end) and their bodies.
-fn unread_span_letters(records: &[Record]) -> Vec<(String, Value)> {
-    records
+/// The one dead letter naming an unread span, which must be `w1`'s: its body and its span.
+async fn the_one_unread_span_of_w1(
+    bootstrap: &str,
+    prefix: &str,
+) -> (
+    Value,
+    chrono::DateTime<chrono::Utc>,
+    chrono::DateTime<chrono::Utc>,
+) {
+    let dead = read_topic_async(bootstrap, &format!("{prefix}.dead"), Duration::from_secs(2)).await;
+    let letters: Vec<(String, Value)> = dead
         .iter()
         .filter(|r| {
             r.headers.get("casestream_reason_code").map(String::as_str) == Some("unread_span")
@@ -538,7 +546,16 @@ fn unread_span_letters(records: &[Record]) -> Vec<(String, Value)> {
             let body: Value = serde_json::from_slice(&r.payload).expect("a span as JSON");
             (r.headers["casestream_widget_id"].clone(), body)
         })
-        .collect()
+        .collect();
+    assert_eq!(
+        letters.len(),
+        1,
+        "one dead letter names the span: {letters:?}"
+    );
+    let (widget, span) = letters.into_iter().next().expect("one letter");
+    assert_eq!(widget, "w1");
+    let (start, end) = (time_of(&span["start"]), time_of(&span["end"]));
+    (span, start, end)
 }
 
 fn time_of(value: &Value) -> chrono::DateTime<chrono::Utc> {
@@ -626,21 +643,7 @@ async fn a_page_too_large_to_read_costs_one_second_and_one_dead_letter() {
     );
     forwarder.stop().await;
 
-    let dead = read_topic_async(
-        &bootstrap,
-        &format!("{prefix}.dead"),
-        Duration::from_secs(2),
-    )
-    .await;
-    let letters = unread_span_letters(&dead);
-    assert_eq!(
-        letters.len(),
-        1,
-        "one dead letter names the span: {letters:?}"
-    );
-    let (widget, span) = &letters[0];
-    assert_eq!(widget, "w1");
-    let (start, end) = (time_of(&span["start"]), time_of(&span["end"]));
+    let (span, start, end) = the_one_unread_span_of_w1(&bootstrap, &prefix).await;
     assert_eq!(end - start, chrono::Duration::seconds(1), "{span}");
     assert!(
         start <= huge_created && huge_created - start < chrono::Duration::seconds(2),
@@ -797,21 +800,7 @@ async fn an_unreadable_page_in_dates_mode_costs_its_hour_until_it_can_be_read() 
     .await;
     forwarder.stop().await;
 
-    let dead = read_topic_async(
-        &bootstrap,
-        &format!("{prefix}.dead"),
-        Duration::from_secs(2),
-    )
-    .await;
-    let letters = unread_span_letters(&dead);
-    assert_eq!(
-        letters.len(),
-        1,
-        "one dead letter names the span: {letters:?}"
-    );
-    let (widget, span) = &letters[0];
-    assert_eq!(widget, "w1");
-    let (start, end) = (time_of(&span["start"]), time_of(&span["end"]));
+    let (span, start, end) = the_one_unread_span_of_w1(&bootstrap, &prefix).await;
     assert_eq!(start, bad_hour, "{span}");
     assert_eq!(end, next_hour, "{span}");
     let cases = count_by_key(&bootstrap, &cases_topic, Duration::from_secs(1)).await;

@@ -282,11 +282,13 @@ impl Pipeline {
         shutdown: &CancellationToken,
     ) -> Result<(), PipelineError> {
         let mut changes = Vec::new();
-        let progress = match task {
-            Task::CatchUp(day) => slot.update_progress(|p| p.caught_up_through = Some(day)),
+        match task {
+            Task::CatchUp(day) => {
+                slot.update_progress(|p| p.caught_up_through = Some(day));
+            }
             Task::Fresh => {
                 self.health.fresh_poll_done(widget);
-                slot.update_progress(|p| p.last_fresh_poll = Some(cycle_started))
+                slot.update_progress(|p| p.last_fresh_poll = Some(cycle_started));
             }
             Task::Recheck(due) => {
                 // Due cases the API no longer returned: move their next check on, or they
@@ -302,25 +304,23 @@ impl Pipeline {
                     c.record.next_check = tracker::next_check(c.record.chat_end, now, &settings);
                     Change::Case(c)
                 }));
-                slot.progress()
             }
             Task::Unread { start, end } => {
                 tracing::info!(widget, %start, %end, "an unread span was read: what it holds is announced");
                 metrics::unread_span_read(widget);
-                let progress = slot.update_progress(|p| {
-                    p.unread.retain(|s| !(s.start == start && s.end == end));
-                });
-                metrics::unread_spans(widget, unread::tried(&progress.unread));
-                progress
+                slot.update_progress(|p| p.unread.retain(|s| !(s.start == start && s.end == end)));
             }
-        };
+        }
         // Spans no longer tried are read around until nothing reads their time any more.
         let keep = chrono::Duration::from_std(self.settings.tracker.horizon)
             .unwrap_or(chrono::Duration::days(7))
             + UNREAD_KEPT_PAST_HORIZON;
-        let mut progress = progress;
-        if unread::forget_past(&mut progress.unread, self.clock.now(), keep) {
-            progress = slot.update_progress(|p| p.unread.clone_from(&progress.unread));
+        let now = self.clock.now();
+        let progress = slot.update_progress(|p| {
+            unread::forget_past(&mut p.unread, now, keep);
+        });
+        if let Task::Unread { .. } = task {
+            metrics::unread_spans(widget, unread::tried(&progress.unread));
         }
         changes.push(Change::Widget {
             widget: widget.to_owned(),

@@ -147,10 +147,8 @@ pub fn tried(spans: &[UnreadSpan]) -> usize {
 
 /// Forgets spans no longer tried once no window reads their time any more (`keep` after
 /// they end: the survey horizon and its last re-check, with a margin).
-pub fn forget_past(spans: &mut Vec<UnreadSpan>, now: DateTime<Utc>, keep: Duration) -> bool {
-    let before = spans.len();
+pub fn forget_past(spans: &mut Vec<UnreadSpan>, now: DateTime<Utc>, keep: Duration) {
     spans.retain(|s| s.next_retry.is_some() || now - s.end < keep);
-    spans.len() != before
 }
 
 /// Adds `new` to `spans`, merging those that overlap or lie closer than the mode can read
