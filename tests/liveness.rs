@@ -80,14 +80,20 @@ async fn a_long_retry_after_keeps_livez_alive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clock_stepped_back_does_not_stall_polling() {
     let bootstrap = kafka_bootstrap().await;
-    // The API runs on its own (real) clock; only the forwarder's machine is stepped.
+    // The API and the forwarder's machine agree on the time (noon, so that the step stays
+    // within the day whenever the test runs: a clock stepped back across midnight reads
+    // yesterday, and today's first hour waits, by design, until it reaches today again);
+    // only the forwarder's clock is stepped.
+    let noon = Utc::now().date_naive().and_hms_opt(12, 0, 0).unwrap().and_utc();
+    let anchor = Utc::now();
+    let api_clock = Clock::anchored(noon, 1.0, anchor);
     let sim = start_simulator(
         SimConfig {
             cases_per_hour: 3600.0,
             index_delay: Duration::from_millis(200),
             ..SimConfig::default()
         },
-        Clock::system(),
+        api_clock.clone(),
     )
     .await;
     let prefix = unique_prefix("clockstep");
@@ -95,7 +101,7 @@ async fn a_clock_stepped_back_does_not_stall_polling() {
     let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |c| {
         c.pipeline.poll_interval = Duration::from_secs(1)
     });
-    let forwarder_clock = Clock::scaled(Utc::now(), 1.0);
+    let forwarder_clock = Clock::anchored(noon, 1.0, anchor);
     let forwarder = RunningForwarder::start(config, forwarder_clock.clone());
     let cases_topic = format!("{prefix}.cases");
     eventually(Duration::from_secs(60), "a first event", async || {
@@ -106,7 +112,7 @@ async fn a_clock_stepped_back_does_not_stall_polling() {
     .await;
 
     forwarder_clock.step(-chrono::Duration::hours(1));
-    let stepped_at = Utc::now();
+    let stepped_at = api_clock.now();
     let created_after_step = async || {
         read_topic_async(&bootstrap, &cases_topic, Duration::from_millis(300))
             .await
