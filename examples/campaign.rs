@@ -38,6 +38,15 @@ const SLACK_REAL: Duration = Duration::from_secs(30);
 /// real-time delays), on top of the slack.
 const ISOLATION_REAL: Duration = Duration::from_secs(180);
 const SIGTERM_LIMIT: Duration = Duration::from_secs(30);
+/// The producer's `transaction.timeout.ms` (src/sink/config.rs): a `BrokerStopLong` outlasts it.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// `CASESTREAM_WINDOW_OVERLAP` and `CASESTREAM_LATE_VISIBILITY` (both 30 min by default).
+const OVERLAP_MS: i64 = 30 * MINUTE_MS;
+const LATE_VISIBILITY_MS: i64 = 30 * MINUTE_MS;
+/// Exactly-once: the failover timeout the campaign sets; two instances may both report active
+/// for at most this (the stale one notices its session expired) plus a sampling margin.
+const FAILOVER_TIMEOUT: Duration = Duration::from_secs(6);
+const ACTIVE_OVERLAP_LIMIT: Duration = Duration::from_secs(10);
 /// At most about this many cases are there at the first start: a run is minutes long.
 const HISTORY_CASES: f64 = 2000.0;
 
@@ -111,6 +120,9 @@ struct Scenario {
     /// The simulator's delay from chat end to stored survey: often shorter than the settle,
     /// so a survey emitted before settle would show.
     survey_delay_secs: u64,
+    /// A warm start: the forwarder runs a while before the fault phase, is stopped (SIGTERM),
+    /// stays down for a drawn pause and starts again on its state.
+    warm: bool,
 }
 
 impl Scenario {
@@ -150,6 +162,7 @@ impl Scenario {
             speed: [60.0, 120.0, 180.0][rng.random_range(0..3usize)],
             start,
             survey_delay_secs: [30, 120, 300][rng.random_range(0..3usize)],
+            warm: rng.random_bool(0.5),
         }
     }
 
@@ -170,7 +183,7 @@ impl Scenario {
 
     fn summary(&self) -> String {
         format!(
-            "{}w {}/h {} {} {} since-{}d x{} {} survey-delay-{}s",
+            "{}w {}/h {} {} {} since-{}d{} x{} {} survey-delay-{}s",
             self.widgets.len(),
             self.cases_per_hour,
             if self.datetimes { "datetimes" } else { "dates" },
@@ -181,6 +194,7 @@ impl Scenario {
             },
             if self.binary { "binary" } else { "structured" },
             self.since_days_back,
+            if self.warm { " warm" } else { "" },
             self.speed,
             self.start.format("%m-%dT%H:%M"),
             self.survey_delay_secs,
@@ -205,9 +219,17 @@ enum Kind {
     OversizedCase,
     LateSurvey,
     EditedSurvey,
+    BrokerStopLong,
+    ClockStepBack,
+    LongChat,
+    LostState,
+    Standby,
 }
 
-const KINDS: [Kind; 15] = [
+/// Kinds only exactly-once has: a second instance, a state rebuilt from the changelog.
+const EXACTLY_ONCE_KINDS: [Kind; 2] = [Kind::LostState, Kind::Standby];
+
+const KINDS: [Kind; 20] = [
     Kind::Storm429,
     Kind::Burst5xx,
     Kind::SlowPages,
@@ -223,6 +245,11 @@ const KINDS: [Kind; 15] = [
     Kind::OversizedCase,
     Kind::LateSurvey,
     Kind::EditedSurvey,
+    Kind::BrokerStopLong,
+    Kind::ClockStepBack,
+    Kind::LongChat,
+    Kind::LostState,
+    Kind::Standby,
 ];
 
 #[derive(Clone, Debug)]
@@ -236,15 +263,42 @@ struct Fault {
     widget: usize,
 }
 
-fn draw_schedule(rng: &mut ChaCha8Rng, phase: Duration, widgets: usize) -> Vec<Fault> {
+/// A seed's scenario and schedule, and the generator the run goes on drawing from.
+fn draw(seed: u64, phase: Duration) -> (Scenario, Vec<Fault>, ChaCha8Rng) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let scenario = Scenario::draw(&mut rng);
+    let schedule = draw_schedule(
+        &mut rng,
+        phase,
+        scenario.widgets.len(),
+        scenario.exactly_once,
+    );
+    (scenario, schedule, rng)
+}
+
+fn draw_schedule(
+    rng: &mut ChaCha8Rng,
+    phase: Duration,
+    widgets: usize,
+    exactly_once: bool,
+) -> Vec<Fault> {
+    let kinds: Vec<Kind> = KINDS
+        .into_iter()
+        .filter(|k| exactly_once || !EXACTLY_ONCE_KINDS.contains(k))
+        .collect();
     let count = rng.random_range(3..=8usize);
     let mut faults: Vec<Fault> = (0..count)
         .map(|_| {
-            let kind = KINDS[rng.random_range(0..KINDS.len())];
+            let kind = kinds[rng.random_range(0..kinds.len())];
             let at = phase.mul_f64(rng.random_range(0.05..0.8));
             let lasts = match kind {
-                Kind::SigKill | Kind::SigTerm => Duration::from_millis(rng.random_range(200..3000)),
+                Kind::SigKill | Kind::SigTerm | Kind::LostState => {
+                    Duration::from_millis(rng.random_range(200..3000))
+                }
                 Kind::BrokerStop => Duration::from_secs(rng.random_range(2..15)),
+                Kind::BrokerStopLong => {
+                    TRANSACTION_TIMEOUT + Duration::from_secs(rng.random_range(5..20))
+                }
                 _ => phase.mul_f64(rng.random_range(0.05..0.3)),
             };
             Fault {
@@ -262,10 +316,22 @@ fn draw_schedule(rng: &mut ChaCha8Rng, phase: Duration, widgets: usize) -> Vec<F
 
 // ---------------------------------------------------------------- processes
 
+/// Which forwarder process: the one the schedule kills and restarts, or (exactly-once) a
+/// second instance started mid-run that runs to the end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Primary,
+    Standby,
+}
+
 struct Forwarder {
     child: Child,
+    /// Its log file's name in the run's directory.
+    log: String,
     /// SIGTERM sent at: the exit must follow within 30 s, with status 0.
     terminating: Option<Instant>,
+    /// The broker was stopped while this process was up.
+    broker_stopped_under: bool,
 }
 
 struct Run<'a> {
@@ -278,7 +344,11 @@ struct Run<'a> {
     anchor_ms: i64,
     http: reqwest::Client,
     forwarder: Option<Forwarder>,
+    standby: Option<Forwarder>,
+    /// A standby was started: it is started again whenever it exits, as Kubernetes would.
+    standby_wanted: bool,
     starts: u32,
+    standby_starts: u32,
     kills: u32,
     terms: u32,
     violations: Vec<String>,
@@ -290,9 +360,17 @@ struct Run<'a> {
     unreadable_for_good: Vec<(String, String)>,
     /// (widget, case id, created ms) of pages unreadable for a while.
     unreadable_cleared: Vec<(String, String, i64)>,
+    /// (widget, case id, created ms) of chats longer than an hour, visible when they ended.
+    long_chats: Vec<(String, String, i64)>,
     broker_down: bool,
-    /// The broker was stopped while the running forwarder was up.
-    broker_stopped_under_forwarder: bool,
+    /// How far the primary's clock is behind the simulator's now (virtual ms), and the most
+    /// it ever was: every liveness bound waits that much longer.
+    clock_lag_ms: i64,
+    max_lag_ms: i64,
+    /// Both instances reported `casestream_active 1` since; the longest such overlap.
+    both_active_since: Option<Instant>,
+    longest_overlap: Duration,
+    last_sample: Option<Instant>,
     /// Exits the README documents for a fault the schedule caused (not violations).
     documented_exits: Vec<String>,
     /// A killed or terminated forwarder is started again no sooner than this.
@@ -303,6 +381,28 @@ struct Run<'a> {
 impl Run<'_> {
     fn sim_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.args.sim_port)
+    }
+
+    fn admin_port(&self, slot: Slot) -> u16 {
+        self.args.sim_port
+            + match slot {
+                Slot::Primary => 1,
+                Slot::Standby => 2,
+            }
+    }
+
+    fn state_dir(&self, slot: Slot) -> PathBuf {
+        self.dir.join(match slot {
+            Slot::Primary => "state",
+            Slot::Standby => "state-standby",
+        })
+    }
+
+    fn slot(&mut self, slot: Slot) -> &mut Option<Forwarder> {
+        match slot {
+            Slot::Primary => &mut self.forwarder,
+            Slot::Standby => &mut self.standby,
+        }
     }
 
     fn log(&self, name: &str) -> anyhow::Result<std::fs::File> {
@@ -334,9 +434,16 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn forwarder_env(&self) -> Vec<(String, String)> {
+    fn forwarder_env(&self, slot: Slot) -> Vec<(String, String)> {
         let s = &self.scenario;
         let p = &self.prefix;
+        // The primary's clock may be behind (a restart on a clock stepped back); the
+        // standby's never is.
+        let lag = if slot == Slot::Primary {
+            chrono::Duration::milliseconds(self.clock_lag_ms)
+        } else {
+            chrono::Duration::zero()
+        };
         let mut env: Vec<(&str, String)> = vec![
             (
                 "SNAPENGAGE_API_URL",
@@ -348,13 +455,16 @@ impl Run<'_> {
             ("KAFKA_BOOTSTRAP_SERVERS", self.args.bootstrap.clone()),
             (
                 "CASESTREAM_STATE_DIR",
-                self.dir.join("state").display().to_string(),
+                self.state_dir(slot).display().to_string(),
             ),
             ("CASESTREAM_TOPIC_CASES", format!("{p}.cases")),
             ("CASESTREAM_TOPIC_SURVEYS", format!("{p}.surveys")),
             ("CASESTREAM_TOPIC_DEADLETTER", format!("{p}.dead")),
             ("CASESTREAM_TOPIC_PARTITIONS", "3".into()),
-            ("CASESTREAM_ADMIN_ADDR", "127.0.0.1:0".into()),
+            (
+                "CASESTREAM_ADMIN_ADDR",
+                format!("127.0.0.1:{}", self.admin_port(slot)),
+            ),
             ("CASESTREAM_POLL_INTERVAL", format!("{}s", POLL_MS / 1000)),
             (
                 "CASESTREAM_SINCE",
@@ -373,7 +483,12 @@ impl Run<'_> {
             ),
             (
                 "CASESTREAM_TEST_CLOCK",
-                format!("{},{},{}", s.start.to_rfc3339(), s.speed, self.anchor_ms),
+                format!(
+                    "{},{},{}",
+                    (s.start - lag).to_rfc3339(),
+                    s.speed,
+                    self.anchor_ms
+                ),
             ),
             ("RUST_LOG", "info".into()),
         ];
@@ -382,97 +497,102 @@ impl Run<'_> {
                 ("CASESTREAM_DELIVERY", "exactly-once".to_owned()),
                 ("CASESTREAM_TOPIC_STATE", format!("{p}.state")),
                 ("CASESTREAM_GROUP", p.clone()),
-                ("CASESTREAM_FAILOVER_TIMEOUT", "6s".into()),
+                (
+                    "CASESTREAM_FAILOVER_TIMEOUT",
+                    format!("{}s", FAILOVER_TIMEOUT.as_secs()),
+                ),
             ]);
         }
         env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
     }
 
-    fn start_forwarder(&mut self) -> anyhow::Result<()> {
-        self.starts += 1;
-        self.broker_stopped_under_forwarder = self.broker_down;
-        let name = format!("run-{}.log", self.starts);
+    fn start(&mut self, slot: Slot) -> anyhow::Result<()> {
+        let log = match slot {
+            Slot::Primary => {
+                self.starts += 1;
+                format!("run-{}.log", self.starts)
+            }
+            Slot::Standby => {
+                self.standby_starts += 1;
+                format!("standby-{}.log", self.standby_starts)
+            }
+        };
         let child = Command::new(&self.args.bin)
             .args(["run", "--log-format", "json"])
             .env_clear()
-            .envs(self.forwarder_env())
+            .envs(self.forwarder_env(slot))
             .stdin(Stdio::null())
-            .stdout(self.log(&name)?)
-            .stderr(self.log(&name)?)
+            .stdout(self.log(&log)?)
+            .stderr(self.log(&log)?)
             .spawn()
             .context("cannot start casestream run")?;
-        self.forwarder = Some(Forwarder {
+        let broker_stopped_under = self.broker_down;
+        *self.slot(slot) = Some(Forwarder {
             child,
+            log,
             terminating: None,
+            broker_stopped_under,
         });
         Ok(())
     }
 
-    /// Notices a forwarder that exited: by itself (a violation), or after SIGTERM (0 within
-    /// 30 s, else a violation). Whether one is running now.
+    fn start_forwarder(&mut self) -> anyhow::Result<()> {
+        self.start(Slot::Primary)
+    }
+
     fn watch_forwarder(&mut self) -> bool {
-        let Some(fwd) = self.forwarder.as_mut() else {
+        self.watch(Slot::Primary)
+    }
+
+    /// Notices a forwarder that exited: by itself (a violation, unless documented), or after
+    /// SIGTERM (0 within 30 s, else a violation). Whether one is running now.
+    fn watch(&mut self, slot: Slot) -> bool {
+        let exactly_once = self.scenario.exactly_once;
+        let dir = self.dir.clone();
+        let Some(fwd) = self.slot(slot).as_mut() else {
             return false;
         };
-        match fwd.child.try_wait() {
-            Ok(None) => {
-                if let Some(sent) = fwd.terminating
-                    && sent.elapsed() > SIGTERM_LIMIT
-                {
-                    self.violations.push(format!(
-                        "forwarder #{} still running {SIGTERM_LIMIT:?} after SIGTERM",
-                        self.starts
-                    ));
+        let log = fwd.log.clone();
+        let verdict = match fwd.child.try_wait() {
+            Ok(None) => match fwd.terminating {
+                Some(sent) if sent.elapsed() > SIGTERM_LIMIT => {
                     let _ = fwd.child.kill();
                     let _ = fwd.child.wait();
-                    self.forwarder = None;
-                    return false;
+                    Err(format!(
+                        "{log}: still running {SIGTERM_LIMIT:?} after SIGTERM"
+                    ))
                 }
-                true
-            }
-            Ok(Some(status)) => {
-                let terminating = fwd.terminating;
-                match terminating {
-                    Some(_) if status.code() == Some(0) => {}
-                    Some(sent) => self.violations.push(format!(
-                        "forwarder #{} exited {status} after SIGTERM ({:?}), not 0",
-                        self.starts,
-                        sent.elapsed()
-                    )),
-                    None if self.lost_role_to_an_outage() => self.documented_exits.push(format!(
-                        "forwarder #{} lost the active role to a broker outage",
-                        self.starts
-                    )),
-                    None => self.violations.push(format!(
-                        "forwarder #{} exited by itself: {status} (see run-{}.log)",
-                        self.starts, self.starts
-                    )),
+                _ => return true,
+            },
+            Ok(Some(status)) => match fwd.terminating {
+                Some(_) if status.code() == Some(0) => Ok(None),
+                Some(sent) => Err(format!(
+                    "{log}: exited {status} after SIGTERM ({:?}), not 0",
+                    sent.elapsed()
+                )),
+                None if exactly_once
+                    && fwd.broker_stopped_under
+                    && lost_role_in(&dir.join(&log)) =>
+                {
+                    Ok(Some(format!(
+                        "{log}: lost the active role to a broker outage"
+                    )))
                 }
-                self.forwarder = None;
-                false
-            }
-            Err(e) => {
-                self.violations
-                    .push(format!("cannot watch the forwarder: {e}"));
-                false
-            }
+                None => Err(format!("{log}: exited by itself: {status}")),
+            },
+            Err(e) => Err(format!("cannot watch {log}: {e}")),
+        };
+        *self.slot(slot) = None;
+        match verdict {
+            Ok(Some(documented)) => self.documented_exits.push(documented),
+            Ok(None) => {}
+            Err(violation) => self.violations.push(violation),
         }
+        false
     }
 
-    /// Exactly-once with the broker stopped under it longer than the failover timeout: the
-    /// election group's session expired, and the README documents the exit ("this instance
-    /// lost the active role", exit non-zero; restarted, it serves again).
-    fn lost_role_to_an_outage(&self) -> bool {
-        let log =
-            std::fs::read(self.dir.join(format!("run-{}.log", self.starts))).unwrap_or_default();
-        let tail = String::from_utf8_lossy(&log[log.len().saturating_sub(4000)..]).into_owned();
-        self.scenario.exactly_once
-            && self.broker_stopped_under_forwarder
-            && tail.contains("this instance lost the active role")
-    }
-
-    fn signal_forwarder(&mut self, signal: &str) -> bool {
-        let Some(fwd) = self.forwarder.as_mut() else {
+    fn signal(&mut self, slot: Slot, signal: &str) -> bool {
+        let Some(fwd) = self.slot(slot).as_mut() else {
             return false;
         };
         if fwd.terminating.is_some() {
@@ -486,6 +606,70 @@ impl Run<'_> {
             fwd.terminating = Some(Instant::now());
         }
         sent
+    }
+
+    fn signal_forwarder(&mut self, signal: &str) -> bool {
+        self.signal(Slot::Primary, signal)
+    }
+
+    /// SIGKILL of the primary, reaped at once: the schedule's exit, not the forwarder's own.
+    fn kill_primary(&mut self) -> bool {
+        let sent = self.signal_forwarder("-KILL");
+        if sent {
+            self.kills += 1;
+            if let Some(mut fwd) = self.forwarder.take() {
+                let _ = fwd.child.wait();
+            }
+        }
+        sent
+    }
+
+    /// SIGTERM of `slot`, waiting for its exit (judged by [`Run::watch`]).
+    async fn stop(&mut self, slot: Slot) {
+        if self.signal(slot, "-TERM") {
+            while self.watch(slot) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// `casestream_active` of each running instance, sampled at most every 500 ms:
+    /// exactly-once must never have two active for longer than a stale one takes to notice.
+    async fn sample_active(&mut self) {
+        if !self.scenario.exactly_once
+            || self.standby.is_none()
+            || self
+                .last_sample
+                .is_some_and(|at| at.elapsed() < Duration::from_millis(500))
+        {
+            return;
+        }
+        self.last_sample = Some(Instant::now());
+        let mut active = 0;
+        for slot in [Slot::Primary, Slot::Standby] {
+            let metrics = self.metrics(slot).await;
+            active += u32::from(metric_value(&metrics, "casestream_active ") == Some(1.0));
+        }
+        match (active >= 2, self.both_active_since) {
+            (true, None) => self.both_active_since = Some(Instant::now()),
+            (true, Some(since)) => self.longest_overlap = self.longest_overlap.max(since.elapsed()),
+            (false, _) => self.both_active_since = None,
+        }
+    }
+
+    /// The instance's `/metrics` text, empty when it does not answer.
+    async fn metrics(&self, slot: Slot) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.admin_port(slot));
+        match self
+            .http
+            .get(url)
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await
+        {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
     }
 
     fn broker(&self, action: &str) -> anyhow::Result<()> {
@@ -557,9 +741,7 @@ impl Run<'_> {
 type Outcome = (String, Vec<String>, BTreeMap<Kind, u32>);
 
 async fn run_one(args: &Args, seed: u64) -> anyhow::Result<Outcome> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let scenario = Scenario::draw(&mut rng);
-    let schedule = draw_schedule(&mut rng, args.fault_phase, scenario.widgets.len());
+    let (scenario, schedule, mut rng) = draw(seed, args.fault_phase);
     let dir = args.work.join(format!("seed-{seed}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -572,7 +754,10 @@ async fn run_one(args: &Args, seed: u64) -> anyhow::Result<Outcome> {
         anchor_ms: Utc::now().timestamp_millis(),
         http: reqwest::Client::new(),
         forwarder: None,
+        standby: None,
+        standby_wanted: false,
         starts: 0,
+        standby_starts: 0,
         kills: 0,
         terms: 0,
         violations: Vec::new(),
@@ -582,16 +767,24 @@ async fn run_one(args: &Args, seed: u64) -> anyhow::Result<Outcome> {
         unreadable_now: Vec::new(),
         unreadable_for_good: Vec::new(),
         unreadable_cleared: Vec::new(),
+        long_chats: Vec::new(),
         broker_down: false,
+        clock_lag_ms: 0,
+        max_lag_ms: 0,
+        both_active_since: None,
+        longest_overlap: Duration::ZERO,
+        last_sample: None,
         down_until: None,
-        broker_stopped_under_forwarder: false,
         documented_exits: Vec::new(),
         sim: None,
         scenario: scenario.clone(),
     };
     let summary = scenario.summary();
     let result = drive(&mut run, &schedule, &mut rng).await;
-    if let Some(mut fwd) = run.forwarder.take() {
+    for mut fwd in [run.forwarder.take(), run.standby.take()]
+        .into_iter()
+        .flatten()
+    {
         let _ = fwd.child.kill();
         let _ = fwd.child.wait();
     }
@@ -610,6 +803,12 @@ async fn run_one(args: &Args, seed: u64) -> anyhow::Result<Outcome> {
         .collect::<Vec<_>>()
         .join(",");
     let mut line = format!("{summary} faults=[{faults}]");
+    if run.standby_wanted {
+        line.push_str(&format!(
+            " longest-both-active={:.1}s",
+            run.longest_overlap.as_secs_f64()
+        ));
+    }
     if !run.documented_exits.is_empty() {
         line.push_str(&format!(
             " documented-exits=[{}]",
@@ -629,6 +828,18 @@ async fn drive(run: &mut Run<'_>, schedule: &[Fault], rng: &mut ChaCha8Rng) -> a
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     run.start_forwarder()?;
+    if run.scenario.warm {
+        // A warm start: the forwarder works a while, is stopped cleanly, stays down (the
+        // API goes on) and starts again on its state; the faults begin after.
+        let (works, down) = (
+            Duration::from_secs(rng.random_range(8..20)),
+            Duration::from_secs(rng.random_range(2..15)),
+        );
+        tokio::time::sleep(works).await;
+        run.stop(Slot::Primary).await;
+        tokio::time::sleep(down).await;
+        run.start_forwarder()?;
+    }
     eprintln!(
         "seed {}: {} ; schedule {:?}",
         run.seed,
@@ -676,6 +887,10 @@ async fn drive(run: &mut Run<'_>, schedule: &[Fault], rng: &mut ChaCha8Rng) -> a
             run.start_forwarder()?;
             run.down_until = None;
         }
+        if run.standby_wanted && !run.watch(Slot::Standby) {
+            run.start(Slot::Standby)?;
+        }
+        run.sample_active().await;
         if next >= schedule.len() && active.is_empty() && elapsed >= run.args.fault_phase {
             break;
         }
@@ -701,6 +916,23 @@ async fn drive(run: &mut Run<'_>, schedule: &[Fault], rng: &mut ChaCha8Rng) -> a
         run.start_forwarder()?;
     }
     judge(run).await
+}
+
+/// Whether a forwarder's log ends with the exit the README documents for exactly-once when the
+/// broker was away longer than the failover timeout: "this instance lost the active role".
+fn lost_role_in(log: &Path) -> bool {
+    let log = std::fs::read(log).unwrap_or_default();
+    String::from_utf8_lossy(&log[log.len().saturating_sub(4000)..])
+        .contains("this instance lost the active role")
+}
+
+/// The value of the first sample in a Prometheus text whose line starts with `prefix`.
+fn metric_value(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
 }
 
 /// The simulator's fault settings for the rate faults active now.
@@ -744,25 +976,82 @@ async fn inject(run: &mut Run<'_>, fault: &Fault, rng: &mut ChaCha8Rng) -> anyho
                 run.terms += u32::from(sent);
                 return Ok(sent);
             }
-            let sent = run.signal_forwarder("-KILL");
-            if sent {
-                run.kills += 1;
-                // Reaped at once: a SIGKILL is the schedule's, not the forwarder's own exit.
-                if let Some(mut fwd) = run.forwarder.take() {
-                    let _ = fwd.child.wait();
-                }
-            }
-            sent
+            run.kill_primary()
         }
-        Kind::BrokerStop => {
+        Kind::LostState => {
+            // Exactly-once: the state directory is gone (a pod rescheduled onto a new node
+            // with an emptyDir); the restart rebuilds it from the changelog.
+            let killed = run.kill_primary();
+            let _ = std::fs::remove_dir_all(run.state_dir(Slot::Primary));
+            run.down_until = Some(Instant::now() + fault.lasts);
+            killed
+        }
+        Kind::ClockStepBack => {
+            // A restart on a clock behind the API's (a VM restored from a snapshot, a node
+            // whose NTP has not synced yet); corrected (a restart) when the fault ends.
+            let lag = rng.random_range(5..=60i64) * MINUTE_MS;
+            if run.clock_lag_ms != 0 {
+                return Ok(false);
+            }
+            run.clock_lag_ms = lag;
+            run.max_lag_ms = run.max_lag_ms.max(lag);
+            run.kill_primary();
+            run.down_until = None;
+            true
+        }
+        Kind::Standby => {
+            if run.standby_wanted {
+                false
+            } else {
+                run.standby_wanted = true;
+                run.start(Slot::Standby)?;
+                true
+            }
+        }
+        Kind::BrokerStop | Kind::BrokerStopLong => {
             if run.broker_down {
                 false
             } else {
                 run.broker("stop")?;
                 run.broker_down = true;
-                run.broker_stopped_under_forwarder |= run.forwarder.is_some();
+                for fwd in [run.forwarder.as_mut(), run.standby.as_mut()]
+                    .into_iter()
+                    .flatten()
+                {
+                    fwd.broker_stopped_under = true;
+                }
                 true
             }
+        }
+        Kind::LongChat => {
+            // A chat of 1 to 3 hours that ended now: created long before it is visible. Only
+            // within today (shorter when today is younger): a chat ending more than the
+            // late-visibility period after its day's end is documented as found by re-checks
+            // only (README).
+            let now = run.sim_now_ms().await?;
+            let today_so_far = now.rem_euclid(DAY_MS) / MINUTE_MS;
+            if today_so_far <= 61 {
+                return Ok(false);
+            }
+            let created = now - rng.random_range(61..=today_so_far.min(180)) * MINUTE_MS;
+            let id = format!("longchat-{}-{}", run.seed, run.long_chats.len());
+            let wait = 30i64;
+            let score = rng.random_range(0..=100i64);
+            let survey_at = DateTime::<Utc>::from_timestamp_millis(now + 2 * MINUTE_MS)
+                .context("a survey time within chrono's range")?;
+            run.post(
+                "/_sim/cases",
+                &json!({"widget_id": widget, "case": {
+                    "id": id, "created_at_date": created,
+                    "created_at_seconds": created / 1000,
+                    "created_at_milliseconds": created % 1000,
+                    "chat_waittime": wait, "chat_duration": (now - created) / 1000 - wait,
+                }, "survey": {"score": score, "comments": format!("long chat {score}"),
+                              "at": survey_at.to_rfc3339()}}),
+            )
+            .await?;
+            run.long_chats.push((widget, id, created));
+            true
         }
         Kind::NoIdCase => {
             // Not a number: a numeric id is an identity the forwarder keeps (src/snapengage).
@@ -849,7 +1138,12 @@ async fn inject(run: &mut Run<'_>, fault: &Fault, rng: &mut ChaCha8Rng) -> anyho
 
 async fn end_fault(run: &mut Run<'_>, fault: &Fault) -> anyhow::Result<()> {
     match fault.kind {
-        Kind::BrokerStop if run.broker_down => {
+        Kind::ClockStepBack if run.clock_lag_ms != 0 => {
+            run.clock_lag_ms = 0;
+            run.kill_primary();
+            run.down_until = None;
+        }
+        Kind::BrokerStop | Kind::BrokerStopLong if run.broker_down => {
             run.broker("start")?;
             run.broker_down = false;
         }
@@ -929,7 +1223,10 @@ async fn judge(run: &mut Run<'_>) -> anyhow::Result<()> {
         .map(|(w, _)| w.clone())
         .chain(run.unreadable_cleared.iter().map(|(w, _, _)| w.clone()))
         .collect();
+    // A clock stepped back delays everything the forwarder decides by as much.
+    let lag = run.max_lag_ms;
     let judge_ms = quiet_ms
+        + lag
         + 10 * MINUTE_MS
         + POLL_MS
         + 2 * slack
@@ -958,13 +1255,22 @@ async fn judge(run: &mut Run<'_>) -> anyhow::Result<()> {
             }
             // Every widget's: the lanes are shared, so one widget's probes hold the others'
             // reads of the past too (seed 40).
-            let extra = if !unreadable_widgets.is_empty() {
-                isolation
-            } else {
-                0
-            };
-            let mut due =
-                case["visible_ms"].as_i64().unwrap_or(0).max(quiet_ms) + POLL_MS + slack + extra;
+            let extra = lag
+                + if !unreadable_widgets.is_empty() {
+                    isolation
+                } else {
+                    0
+                };
+            let visible = case["visible_ms"].as_i64().unwrap_or(0);
+            let mut due = visible.max(quiet_ms) + POLL_MS + slack + extra;
+            // A chat longer than the overlap is created before the rolling fresh window of
+            // `datetimes` starts: its day's final read finds it (README, "No case is missed").
+            let long_chat = run.long_chats.iter().any(|(_, l, _)| l == id);
+            if long_chat && run.scenario.datetimes && visible - created > OVERLAP_MS {
+                let day_end = (created.div_euclid(DAY_MS) + 1) * DAY_MS;
+                due = due.max(day_end + LATE_VISIBILITY_MS + POLL_MS + slack + extra);
+            }
+            let case_due = due;
             if run
                 .unreadable_cleared
                 .iter()
@@ -988,7 +1294,10 @@ async fn judge(run: &mut Run<'_>) -> anyhow::Result<()> {
                 continue;
             }
             let ready = landed.max(end + SETTLE_MS);
-            let due = grid_next(ready, end).max(grid_next(quiet_ms, end)) + POLL_MS + slack + extra;
+            // Tracked from its announcement on: a survey of a case found late waits for it.
+            let due =
+                (grid_next(ready, end).max(grid_next(quiet_ms, end)) + POLL_MS + slack + extra)
+                    .max(case_due + 10 * MINUTE_MS + POLL_MS);
             let published = surveys.get(id).is_some_and(|evs| {
                 evs.iter()
                     .any(|e| survey_of(&e.data["survey"]).as_ref() == Some(&plan))
@@ -1003,10 +1312,15 @@ async fn judge(run: &mut Run<'_>) -> anyhow::Result<()> {
             }
         }
         missing.extend(letters_missing(run, &letters));
+        missing.extend(unread_spans_unreported(run).await);
         // An exit while judged is noticed (and judged) too; the forwarder is started again.
         if !run.watch_forwarder() {
             run.start_forwarder()?;
         }
+        if run.standby_wanted && !run.watch(Slot::Standby) {
+            run.start(Slot::Standby)?;
+        }
+        run.sample_active().await;
         last_report = missing;
         if last_report.is_empty() {
             break;
@@ -1015,8 +1329,8 @@ async fn judge(run: &mut Run<'_>) -> anyhow::Result<()> {
             let n = last_report.len();
             last_report.truncate(5);
             run.violations.push(format!(
-                "at {} (faults stopped {} + grid step 10m + poll + 2x slack {}s real{}), {n} missing: {}",
-                at(now), at(quiet_ms), SLACK_REAL.as_secs(),
+                "at {} (faults stopped {} + clock lag {}m + grid step 10m + poll + 2x slack {}s real{}), {n} missing: {}",
+                at(now), at(quiet_ms), lag / MINUTE_MS, SLACK_REAL.as_secs(),
                 if unreadable_widgets.is_empty() { "" } else { " + isolation 180s real" },
                 last_report.join("; ")
             ));
@@ -1138,17 +1452,42 @@ async fn judge(run: &mut Run<'_>) -> anyhow::Result<()> {
         run.violations.truncate(6);
         run.violations.push(format!("and {more} more"));
     }
-    run.watch_forwarder();
-    if let Some(fwd) = run.forwarder.as_mut() {
-        let _ = Command::new("kill")
-            .args(["-TERM", &fwd.child.id().to_string()])
-            .status();
-        fwd.terminating = Some(Instant::now());
-        while run.watch_forwarder() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    if run.longest_overlap > ACTIVE_OVERLAP_LIMIT {
+        run.violations.push(format!(
+            "two instances reported casestream_active 1 at once for {:?} (limit {ACTIVE_OVERLAP_LIMIT:?})",
+            run.longest_overlap
+        ));
     }
+    run.stop(Slot::Standby).await;
+    run.stop(Slot::Primary).await;
     Ok(())
+}
+
+/// Every widget with a page unreadable for good must show it in `casestream_unread_spans` on a
+/// running instance (the active one; a standby follows the same progress).
+async fn unread_spans_unreported(run: &Run<'_>) -> Vec<String> {
+    let widgets: HashSet<&str> = run
+        .unreadable_for_good
+        .iter()
+        .map(|(w, _)| w.as_str())
+        .collect();
+    if widgets.is_empty() {
+        return Vec::new();
+    }
+    let metrics = [
+        run.metrics(Slot::Primary).await,
+        run.metrics(Slot::Standby).await,
+    ];
+    widgets
+        .into_iter()
+        .filter(|w| {
+            let series = format!("casestream_unread_spans{{widget=\"{w}\"}} ");
+            !metrics
+                .iter()
+                .any(|m| metric_value(m, &series).is_some_and(|v| v >= 1.0))
+        })
+        .map(|w| format!("casestream_unread_spans{{widget=\"{w}\"}} not at least 1"))
+        .collect()
 }
 
 fn is_no_id(code: &str) -> bool {
@@ -1417,9 +1756,7 @@ async fn main() -> std::process::ExitCode {
     let mut totals: BTreeMap<String, u32> = BTreeMap::new();
     for seed in &seeds {
         if args.plan {
-            let mut rng = ChaCha8Rng::seed_from_u64(*seed);
-            let scenario = Scenario::draw(&mut rng);
-            let schedule = draw_schedule(&mut rng, args.fault_phase, scenario.widgets.len());
+            let (scenario, schedule, _) = draw(*seed, args.fault_phase);
             let kinds: Vec<String> = schedule
                 .iter()
                 .map(|f| format!("{:?}@{}s", f.kind, f.at.as_secs()))
