@@ -55,7 +55,7 @@ BENCH_KAFKA_BOOTSTRAP=$TEST_KAFKA_BOOTSTRAP cargo test --locked --bench pipeline
 BENCH_KAFKA_BOOTSTRAP=$TEST_KAFKA_BOOTSTRAP cargo test --locked --bench pipeline -- --bench \
   --economy-small
 echo "== fault campaign, CI's fixed seeds (docs/reliability.md: together they inject every kind)"
-bash scripts/campaign.sh --seeds 394,170,3,393 --minutes 0.5
+bash scripts/campaign.sh --seeds 394,170,3,393,9 --minutes 0.5
 echo "== alerts and dashboard (deploy/observability)"
 wait "$promtool_build" || { echo "building promtool failed:"; cat "$promtool_log"; }
 bash scripts/check-observability.sh
