@@ -84,7 +84,11 @@ async fn a_clock_stepped_back_does_not_stall_polling() {
     // within the day whenever the test runs: a clock stepped back across midnight reads
     // yesterday, and today's first hour waits, by design, until it reaches today again);
     // only the forwarder's clock is stepped.
-    let noon = Utc::now().date_naive().and_hms_opt(12, 0, 0).unwrap().and_utc();
+    let noon = Utc::now()
+        .date_naive()
+        .and_hms_opt(12, 0, 0)
+        .unwrap()
+        .and_utc();
     let anchor = Utc::now();
     let api_clock = Clock::anchored(noon, 1.0, anchor);
     let sim = start_simulator(
