@@ -276,7 +276,10 @@ async fn the_python_sdk_reads_both_content_modes_dedupes_and_reads_committed() {
                     ["w1", "w2"].contains(&event["widget"].as_str().unwrap()),
                     "{event}"
                 );
-                assert_eq!(event["case"].as_str().map(str::len).unwrap_or(0) > 0, true);
+                assert!(
+                    event["case"].as_str().is_some_and(|c| !c.is_empty()),
+                    "{event}"
+                );
                 if topic.ends_with(".surveys") {
                     assert_eq!(event["type"], "com.snapengage.case.survey");
                     assert!(
