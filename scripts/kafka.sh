@@ -7,6 +7,9 @@
 #   scripts/kafka.sh stop     stops it (data is kept; `start` resumes it)
 #   scripts/kafka.sh status   prints the bootstrap address if running, else exits 1
 #   scripts/kafka.sh install  only fetches the artifacts
+#   scripts/kafka.sh install-connect   fetches Kafka Connect (runtime, file connector, JSON
+#                             converter); last line: the directory of its jars
+#   scripts/kafka.sh connect-standalone WORKER CONNECTOR...   a standalone Connect worker
 #   scripts/kafka.sh reset    stops it and deletes its data
 #   scripts/kafka.sh consume TOPIC   prints a topic's records (key, headers, value) from the start
 #   scripts/kafka.sh start-secure    the same broker with secured listeners beside the plain one:
@@ -68,6 +71,24 @@ install() {
   mvn -B -q -f "$pom" dependency:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$libs" >&2
   touch "$marker"
+}
+
+# Kafka Connect's runtime, file connector and JSON converter (scripts/kafka/connect-pom.xml),
+# apart from the broker's classpath: the consumer examples of docs/consumers.md run it.
+connect_pom="$repo/scripts/kafka/connect-pom.xml"
+connect_libs="$home/dist/$version/connect-libs"
+connect_marker="$connect_libs/.complete-$(sha256sum "$connect_pom" | cut -c1-16)"
+
+install_connect() {
+  if [ -f "$connect_marker" ]; then return; fi
+  need java "Java 17 or newer runs Kafka Connect"
+  need mvn "Maven fetches Kafka Connect from Maven Central"
+  say "fetching Kafka Connect $version from Maven Central into $connect_libs"
+  rm -rf "$connect_libs"
+  mkdir -p "$connect_libs"
+  mvn -B -q -f "$connect_pom" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$connect_libs" >&2
+  touch "$connect_marker"
 }
 
 running() {
@@ -351,5 +372,15 @@ case "${1:-}" in
       org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server "$bootstrap" \
       --topic "$2" --from-beginning --property print.key=true --property print.headers=true
     ;;
-  *) echo "usage: $0 install|start|start-secure|stop|status|reset|consume TOPIC|acl ARGS..." >&2; exit 2 ;;
+  install-connect) install_connect; echo "$connect_libs" ;;
+  connect-standalone)
+    # What Kafka's bin/connect-standalone.sh runs: a standalone worker and its connectors.
+    shift
+    [ $# -ge 2 ] || { echo "usage: $0 connect-standalone WORKER.properties CONNECTOR.properties..." >&2; exit 2; }
+    install_connect
+    exec java -Xms64m -Xmx512m -Djava.awt.headless=true \
+      -Dorg.slf4j.simpleLogger.defaultLogLevel=info -Dorg.slf4j.simpleLogger.showDateTime=true \
+      -cp "$connect_libs/*" org.apache.kafka.connect.cli.ConnectStandalone "$@"
+    ;;
+  *) echo "usage: $0 install|install-connect|start|start-secure|stop|status|reset|consume TOPIC|acl ARGS...|connect-standalone WORKER CONNECTOR..." >&2; exit 2 ;;
 esac

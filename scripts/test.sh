@@ -24,6 +24,11 @@ bash scripts/check-deploy.sh
 promtool_log=$(mktemp)
 nice -n 19 bash scripts/check-observability.sh --install-promtool >"$promtool_log" 2>&1 &
 promtool_build=$!
+# The consumer examples' prerequisites (tests/consumers.rs): PostgreSQL through apt-get, Python's
+# CloudEvents SDK from PyPI into .cache/, Kafka Connect from Maven Central; beside the build.
+consumers_log=$(mktemp)
+bash scripts/consumers.sh install >"$consumers_log" 2>&1 &
+consumers_install=$!
 echo "== cargo build --all-targets"
 cargo build --all-targets --locked
 
@@ -43,6 +48,7 @@ if [ -z "${TEST_KAFKA_BOOTSTRAP:-}" ]; then
   TEST_KAFKA_BOOTSTRAP=$SECURE_PLAINTEXT
   export TEST_KAFKA_BOOTSTRAP
 fi
+wait "$consumers_install" || { echo "installing the consumer examples' prerequisites failed:"; cat "$consumers_log"; exit 1; }
 echo "== cargo test (Kafka at $TEST_KAFKA_BOOTSTRAP)"
 log=$(mktemp)
 cargo test --locked --all-targets 2>&1 | tee "$log"

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 /// Test-only: `<virtual start RFC 3339>,<speed>,<real epoch ms the start refers to>` makes
 /// `casestream run` use [`Clock::anchored`] instead of the wall clock, so the simulator, every
 /// instance and every restart of a fault campaign share one virtual time. Not a setting: not
-/// in the README's table, never for production.
+/// in the settings table of docs/configuration.md, never for production.
 pub const ENV_TEST_CLOCK: &str = "CASESTREAM_TEST_CLOCK";
 
 #[derive(Debug, thiserror::Error)]

@@ -144,7 +144,7 @@ async fn readiness_reports_failing_deliveries_though_brokers_answer() {
     sim.stop().await.unwrap();
 }
 
-/// The README's promise: a Kafka password never reaches the logs or `/metrics`. A run with
+/// The documented promise (docs/operations.md): a Kafka password never reaches the logs or `/metrics`. A run with
 /// `KAFKA_SASL_PASSWORD` set, every log at debug and librdkafka's own security and broker debug
 /// output on, against a listener that does not speak SASL (so the failure paths run too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

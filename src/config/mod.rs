@@ -38,7 +38,7 @@ use crate::state::{DEFAULT_STATE_DIR, ENV_STATE_DIR};
 /// The TOML file to read, if any (or `--config`).
 pub const ENV_CONFIG: &str = "CASESTREAM_CONFIG";
 
-/// Every setting, by environment name: the README's configuration table lists each.
+/// Every setting, by environment name: the table of docs/configuration.md lists each.
 pub const SETTINGS: &[&str] = &[
     ENV_API_URL,
     ENV_ORG_ID,
@@ -570,15 +570,16 @@ rate_limit = 2
         assert!(err.to_string().contains("/nonexistent/token"));
     }
 
-    /// The README's configuration table lists every setting, and nothing else of ours.
+    /// The settings table of docs/configuration.md lists every setting, and nothing else of
+    /// ours.
     #[test]
-    fn the_readme_table_lists_every_setting() {
-        let readme = include_str!("../../README.md");
-        let section = readme
-            .split("### Configuration")
+    fn the_configuration_page_lists_every_setting() {
+        let page = include_str!("../../docs/configuration.md");
+        let section = page
+            .split("\n## Settings\n")
             .nth(1)
-            .and_then(|rest| rest.split("\n### ").next())
-            .expect("a Configuration section");
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("a Settings section");
         let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| `")).collect();
         let named: Vec<&str> = rows
             .iter()
@@ -588,14 +589,14 @@ rate_limit = 2
         for setting in SETTINGS {
             assert!(
                 named.contains(setting),
-                "{setting} is not in the README's table"
+                "{setting} is not in the table of docs/configuration.md"
             );
         }
         for name in named {
             let ours = name.starts_with("CASESTREAM_") || name.starts_with("SNAPENGAGE_");
             assert!(
                 !ours || SETTINGS.contains(&name),
-                "the README lists {name}, no setting"
+                "docs/configuration.md lists {name}, no setting"
             );
         }
     }

@@ -89,7 +89,7 @@ pub struct DeadLetter {
     pub case_id: Option<String>,
     /// The type of the refused event; `None` for a case that could not be read at all.
     pub event_type: Option<EventType>,
-    /// Stable label: `missing_id`, `record_too_large`, ... (see README).
+    /// Stable label: `missing_id`, `record_too_large`, ... (see docs/events.md).
     pub reason_code: &'static str,
     /// Human-readable reason.
     pub reason: String,
