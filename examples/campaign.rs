@@ -33,7 +33,7 @@ const DAY_MS: i64 = 86_400_000;
 /// Real time the forwarder is allowed on top of every virtual bound, for its own work (retries
 /// at real-time delays, a failover's session timeout, a broker coming back).
 const SLACK_REAL: Duration = Duration::from_secs(30);
-/// Real time a widget with an unreadable page may take to isolate it (README "Unreadable
+/// Real time a widget with an unreadable page may take to isolate it (docs/events.md "Unreadable
 /// pages": 3 failing cycles, then up to 17 failing probes, each after the client's retries at
 /// real-time delays), on top of the slack.
 const ISOLATION_REAL: Duration = Duration::from_secs(180);
@@ -371,7 +371,7 @@ struct Run<'a> {
     both_active_since: Option<Instant>,
     longest_overlap: Duration,
     last_sample: Option<Instant>,
-    /// Exits the README documents for a fault the schedule caused (not violations).
+    /// Exits the docs document for a fault the schedule caused (not violations).
     documented_exits: Vec<String>,
     /// A killed or terminated forwarder is started again no sooner than this.
     down_until: Option<Instant>,
@@ -918,7 +918,7 @@ async fn drive(run: &mut Run<'_>, schedule: &[Fault], rng: &mut ChaCha8Rng) -> a
     judge(run).await
 }
 
-/// Whether a forwarder's log ends with the exit the README documents for exactly-once when the
+/// Whether a forwarder's log ends with the exit docs/troubleshooting.md documents for exactly-once when the
 /// broker was away longer than the failover timeout: "this instance lost the active role".
 fn lost_role_in(log: &Path) -> bool {
     let log = std::fs::read(log).unwrap_or_default();
@@ -1027,7 +1027,7 @@ async fn inject(run: &mut Run<'_>, fault: &Fault, rng: &mut ChaCha8Rng) -> anyho
             // A chat of 1 to 3 hours that ended now: created long before it is visible. Only
             // within today (shorter when today is younger): a chat ending more than the
             // late-visibility period after its day's end is documented as found by re-checks
-            // only (README).
+            // only (docs/api-economy.md).
             let now = run.sim_now_ms().await?;
             let today_so_far = now.rem_euclid(DAY_MS) / MINUTE_MS;
             if today_so_far <= 61 {
@@ -1188,7 +1188,7 @@ struct Letter {
 }
 
 /// The next instant on the survey re-check grid at or after `at` for a chat that ended at
-/// `end` (README, "What is read, and when"): every 10 min for 6 h, every 2 h to a day, then
+/// `end` (docs/api-economy.md): every 10 min for 6 h, every 2 h to a day, then
 /// daily at 12:00 UTC.
 fn grid_next(at: i64, end: i64) -> i64 {
     let ceil = |t: i64, step: i64| (t + step - 1).div_euclid(step) * step;
@@ -1264,7 +1264,7 @@ async fn judge(run: &mut Run<'_>) -> anyhow::Result<()> {
             let visible = case["visible_ms"].as_i64().unwrap_or(0);
             let mut due = visible.max(quiet_ms) + POLL_MS + slack + extra;
             // A chat longer than the overlap is created before the rolling fresh window of
-            // `datetimes` starts: its day's final read finds it (README, "No case is missed").
+            // `datetimes` starts: its day's final read finds it (docs/api-economy.md, "No case is missed").
             let long_chat = run.long_chats.iter().any(|(_, l, _)| l == id);
             if long_chat && run.scenario.datetimes && visible - created > OVERLAP_MS {
                 let day_end = (created.div_euclid(DAY_MS) + 1) * DAY_MS;
@@ -1351,7 +1351,7 @@ async fn judge(run: &mut Run<'_>) -> anyhow::Result<()> {
     let chat_end: HashMap<&str, i64> = cases_of(&record)
         .filter_map(|c| Some((c["id"].as_str()?, c["chat_end_ms"].as_i64()?)))
         .collect();
-    // README: a crash re-sends the pages in flight, and so does a SIGTERM that gave up waiting
+    // docs/delivery.md: a crash re-sends the pages in flight, and so does a SIGTERM that gave up waiting
     // for Kafka (broker down): one more copy per process end at most.
     let max_copies = 1 + (run.kills + run.terms) as usize;
     for (id, evs) in &cases {
@@ -1510,7 +1510,7 @@ fn at(ms: i64) -> String {
 }
 
 /// Cases of pages unreadable for good: the dead letter of an unread span that holds one is
-/// their record (README, "Unreadable pages"); its absence is reported by `letters_missing`.
+/// their record (docs/events.md, "Unreadable pages"); its absence is reported by `letters_missing`.
 fn exempt_cases(run: &Run<'_>, record: &Value, letters: &[Letter]) -> HashSet<String> {
     let spans: Vec<(String, i64, i64)> = letters
         .iter()
