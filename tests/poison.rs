@@ -823,6 +823,127 @@ async fn an_unreadable_page_in_dates_mode_costs_its_hour_until_it_can_be_read() 
 }
 
 /// Serves `raw` (a case served verbatim) on `widget` through the simulator's control API.
+/// A page that turns unreadable after it was read, inside a day's re-check window in
+/// `datetimes` mode while cases keep arriving: the window ends at the last due chat's end, so
+/// its end grows every cycle, and it is still isolated after 3 failing cycles: the surveys of
+/// the cases around the page are announced and one dead letter names the span. Counted by the
+/// whole window, every cycle's window looked new and none was ever isolated (the fault
+/// campaign's seed 22: 32 surveys of the widget never announced, no dead letter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_check_window_growing_past_an_unreadable_page_is_still_isolated() {
+    use casestream::simulator::generator::SurveyPlan;
+    let bootstrap = kafka_bootstrap().await;
+    // 600x: the 10-minute re-check grid in a second of real time. A failing window gives up
+    // after 2 attempts 1.2 s apart: each failing cycle outlasts a grid step, so the day's due
+    // cases, and the re-check window's end, change between any two of them (as a slower
+    // production cycle does at real speed).
+    let clock = Clock::scaled("2026-03-10T10:00:00Z".parse().unwrap(), 600.0);
+    let sim = quiet_widgets_of_small_pages(&clock).await;
+    let prefix = unique_prefix("unreadable-recheck");
+    let dir = tempfile::tempdir().unwrap();
+    let config = forwarder_config(&sim, &bootstrap, &prefix, dir.path(), |c| {
+        c.api.window_mode = casestream::snapengage::WindowMode::Datetimes;
+        c.api.retry = casestream::snapengage::RetryPolicy {
+            min_delay: Duration::from_millis(1_200),
+            max_delay: Duration::from_millis(1_200),
+            max_attempts: 2,
+        };
+    });
+    let forwarder = RunningForwarder::start(config, clock.clone());
+    forwarder
+        .wait_for_first_cycle(Duration::from_secs(60), "a first complete cycle")
+        .await;
+
+    // The page that turns unreadable, between cases whose surveys land later.
+    let started = clock.now();
+    let lands = started + chrono::Duration::minutes(50);
+    let add = |survey: bool| {
+        let plan = survey.then(|| SurveyPlan {
+            at_ms: lands.timestamp_millis(),
+            score: Some(90),
+            comments: Some("kind".into()),
+        });
+        let case = without_survey(&sim.sim.make_case("w1"));
+        sim.sim.add_case("w1", case, None, plan).unwrap()
+    };
+    let mut surveyed = vec![add(true)];
+    // Cases in other seconds: the API addresses a second at best.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let bad = add(false);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    surveyed.extend((0..3).map(|_| add(true)));
+    let cases_topic = format!("{prefix}.cases");
+    // New cases keep arriving (one every 5 virtual minutes), and fall due on the grid.
+    let arrivals = {
+        let sim = sim.sim.clone();
+        tokio::spawn(async move {
+            loop {
+                sim.add_case("w1", without_survey(&sim.make_case("w1")), None, None);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    eventually(
+        Duration::from_secs(60),
+        "the five cases announced",
+        async || {
+            let keys = count_by_key(&bootstrap, &cases_topic, Duration::from_millis(300)).await;
+            surveyed
+                .iter()
+                .chain([&bad])
+                .all(|id| keys.contains_key(id))
+        },
+    )
+    .await;
+    // Unreadable once the rolling fresh window (30 min overlap) has passed it: from then on
+    // only the day's re-check windows hold it.
+    eventually(
+        Duration::from_secs(120),
+        "the fresh window past the page",
+        async || clock.now() >= started + chrono::Duration::minutes(35),
+    )
+    .await;
+    sim.sim.set_faults(Faults {
+        unreadable_cases: vec![bad.clone()],
+        ..Faults::default()
+    });
+    let surveys_topic = format!("{prefix}.surveys");
+    // Within the day: its final read (00:30 tomorrow) reads around the span whatever the
+    // re-checks do.
+    eventually(
+        Duration::from_secs(60),
+        "the surveys around the unreadable page announced",
+        async || {
+            let keys = count_by_key(&bootstrap, &surveys_topic, Duration::from_millis(300)).await;
+            surveyed.iter().all(|id| keys.contains_key(id))
+        },
+    )
+    .await;
+    assert!(
+        clock.now()
+            < "2026-03-10T23:30:00Z"
+                .parse::<chrono::DateTime<chrono::Utc>>()
+                .unwrap(),
+        "announced by the day's re-checks, not its final read"
+    );
+    arrivals.abort();
+    forwarder.stop().await;
+    let (span, start, end) = the_one_unread_span_of_w1(&bootstrap, &prefix).await;
+    let bad_created = sim
+        .sim
+        .record()
+        .cases
+        .iter()
+        .find(|c| c.id == bad)
+        .map(|c| c.created_ms)
+        .expect("the simulator's record holds the unreadable case");
+    assert!(
+        start.timestamp_millis() <= bad_created && bad_created < end.timestamp_millis(),
+        "the span {span} holds the unreadable case, created at {bad_created} ms"
+    );
+    sim.stop().await.unwrap();
+}
+
 async fn serve_raw(sim: &casestream::simulator::http::RunningSimulator, widget: &str, raw: &Value) {
     let response = reqwest::Client::new()
         .post(format!("{}_sim/cases", sim.base_url()))

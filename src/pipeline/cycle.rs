@@ -8,7 +8,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::isolate::{AfterFailure, FailedRead};
+use super::isolate::{AfterFailure, FailedRead, streak_key};
 use super::lanes::{Lane, WidgetSlot};
 use super::scheduler::{self, Activity, FreshDemand, RecheckDemand, Task};
 use super::unread;
@@ -232,7 +232,7 @@ impl Pipeline {
                     .await;
                 match &end {
                     Ok(WindowEnd::Complete) => {
-                        slot.window_read(self.client.window_url(widget, &piece).as_str());
+                        slot.window_read(&streak_key(task, &piece));
                         continue;
                     }
                     Err(WindowFailure::Client(e)) => {

@@ -44,6 +44,16 @@ enum Probed {
     Nothing,
 }
 
+/// What a window's failures in a row are counted under: its task and where the piece starts,
+/// not where it ends. A re-check window in `datetimes` mode ends at the last due chat's end,
+/// which grows whenever a case becomes due: keyed by its whole URL, a window failing on the
+/// same page looked new every cycle and was never isolated, and the day's later surveys were
+/// never announced (fault campaign, seed 22).
+pub(super) fn streak_key(task: Task, piece: &Window) -> String {
+    let (start, _) = piece.query_bounds();
+    format!("{} {start} {}", task.label(), piece.timezone())
+}
+
 impl Pipeline {
     /// After a window failed: a span's retry is rescheduled; any other window failing on the
     /// same page cycle after cycle is isolated.
@@ -64,8 +74,8 @@ impl Pipeline {
         if !unread::isolates(failed.error) {
             return Ok(AfterFailure::Failed);
         }
-        let url = self.client.window_url(widget, &failed.piece).to_string();
-        let failing = slot.window_failed(&url, self.pages_served());
+        let key = streak_key(failed.task, &failed.piece);
+        let failing = slot.window_failed(&key, self.pages_served());
         // A 5xx on every page of every window is the API's outage, not this window's: other
         // pages served since show it is the window's. A body too large or not JSON is the
         // page's own.
@@ -80,12 +90,12 @@ impl Pipeline {
         match probed {
             Probed::Nothing => Ok(AfterFailure::Failed),
             Probed::AllRead => {
-                slot.window_read(&url);
+                slot.window_read(&key);
                 tracing::info!(widget, window = %failed.piece, "every part of the failing window was read apart: nothing is unread");
                 Ok(AfterFailure::ReadInParts)
             }
             Probed::Found(found, error, attempts) => {
-                slot.window_read(&url);
+                slot.window_read(&key);
                 let added = self
                     .record_unread(widget, slot, found, error, attempts, shutdown)
                     .await?;

@@ -52,8 +52,8 @@ pub(super) struct WidgetSlot {
     fresh_waiting: AtomicBool,
     progress: Mutex<WidgetProgress>,
     activity: Mutex<Activity>,
-    /// Windows (by first-page URL) failing cycle after cycle: how often in a row, and the
-    /// pages the API served pipeline-wide when they first failed.
+    /// Windows (by [`streak_key`](super::isolate::streak_key)) failing cycle after cycle: how
+    /// often in a row, and the pages the API served pipeline-wide when they first failed.
     failing: Mutex<HashMap<String, (u32, u64)>>,
 }
 
@@ -115,11 +115,11 @@ impl WidgetSlot {
         }
     }
 
-    /// The window at `url` failed again; `served` is the count of pages the API has served
-    /// so far, pipeline-wide.
-    pub(super) fn window_failed(&self, url: &str, served: u64) -> Failing {
+    /// The window of streak `key` failed again; `served` is the count of pages the API has
+    /// served so far, pipeline-wide.
+    pub(super) fn window_failed(&self, key: &str, served: u64) -> Failing {
         let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = failing.entry(url.to_owned()).or_insert((0, served));
+        let entry = failing.entry(key.to_owned()).or_insert((0, served));
         entry.0 += 1;
         Failing {
             times: entry.0,
@@ -127,12 +127,12 @@ impl WidgetSlot {
         }
     }
 
-    /// The window at `url` was read: its failures are forgotten.
-    pub(super) fn window_read(&self, url: &str) {
+    /// The window of streak `key` was read: its failures are forgotten.
+    pub(super) fn window_read(&self, key: &str) {
         self.failing
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(url);
+            .remove(key);
     }
 
     pub(super) fn progress(&self) -> WidgetProgress {

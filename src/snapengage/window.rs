@@ -47,7 +47,7 @@ const DAY_MS: i64 = 86_400_000;
 const HOUR_MS: i64 = 3_600_000;
 
 impl Window {
-    pub(super) fn query_bounds(&self) -> (String, String) {
+    pub(crate) fn query_bounds(&self) -> (String, String) {
         match self {
             Window::Dates { start, end } => (start.to_string(), end.to_string()),
             Window::Times { start, end } => (
@@ -64,7 +64,7 @@ impl Window {
     }
 
     /// The `timezone` the bounds are read in.
-    pub(super) fn timezone(&self) -> String {
+    pub(crate) fn timezone(&self) -> String {
         match self.utc_offset_hours() {
             0 => "Etc/UTC".to_owned(),
             // POSIX signs, as the IANA `Etc/GMT` zones have them: `Etc/GMT-5` is UTC+5.
