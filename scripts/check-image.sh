@@ -198,6 +198,7 @@ cargo_home=${CARGO_HOME:-$HOME/.cargo}
 cargo fetch --locked >/dev/null 2>&1 || cargo fetch --locked
 printf '[net]\noffline = true\n' >"$cache/cargo-offline.toml"
 echo "== podman build -t $IMAGE (the Dockerfile's release build, offline)"
+podman images -q --no-trunc --filter dangling=true >"$cache/dangling-before"
 start=$SECONDS
 if ! podman build --pull=never --network none --layers \
   -v "$cargo_home/registry:/usr/local/cargo/registry:ro" \
@@ -207,6 +208,18 @@ if ! podman build --pull=never --network none --layers \
   fail "podman build of the Dockerfile failed (log: $cache/build.log)"
 fi
 build_secs=$((SECONDS - start))
+# The build stage's image (1.4 GB, untagged) keeps the layer cache for a rebuild of the same
+# sources; those of earlier runs are superseded: removed, so the disk does not fill run by run.
+stages=$cache/build-stage-images
+new_stages=$(comm -13 <(sort -u "$cache/dangling-before") <(podman images -q --no-trunc --filter dangling=true | sort -u))
+if [ -f "$stages" ] && [ -n "$new_stages" ]; then
+  while read -r old; do
+    grep -qx "$old" <<<"$new_stages" || podman rmi -f "$old" >/dev/null 2>&1 || true
+  done <"$stages"
+fi
+printf '%s\n' "$new_stages" "$(cat "$stages" 2>/dev/null)" | grep . | sort -u \
+  | while read -r id; do podman image exists "$id" && echo "$id"; done >"$stages.new" || true
+mv "$stages.new" "$stages"
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 echo "built $IMAGE in $build_secs s; image size $((size / 1000000)) MB ($size bytes)"
 
