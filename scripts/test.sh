@@ -24,6 +24,11 @@ bash scripts/check-deploy.sh
 promtool_log=$(mktemp)
 nice -n 19 bash scripts/check-observability.sh --install-promtool >"$promtool_log" 2>&1 &
 promtool_build=$!
+# kube-apiserver, kube-controller-manager and kubectl for scripts/check-cluster.sh: a Go build of
+# about 6 minutes of CPU on a cold cache (~/.cache/casestream/kube), in the background likewise.
+kube_log=$(mktemp)
+nice -n 19 bash scripts/check-cluster.sh --install >"$kube_log" 2>&1 &
+kube_build=$!
 echo "== cargo build --all-targets"
 cargo build --all-targets --locked
 
@@ -54,6 +59,11 @@ BENCH_KAFKA_BOOTSTRAP=$TEST_KAFKA_BOOTSTRAP cargo test --locked --bench pipeline
   --only-exactly-once --cases 3000 --widgets 2 --rebuild-sizes 20000
 BENCH_KAFKA_BOOTSTRAP=$TEST_KAFKA_BOOTSTRAP cargo test --locked --bench pipeline -- --bench \
   --economy-small
+echo "== the container image, built and run with podman (scripts/check-image.sh)"
+bash scripts/check-image.sh
+echo "== the manifests on a real Kubernetes API server (scripts/check-cluster.sh)"
+wait "$kube_build" || { echo "building the Kubernetes binaries failed:"; cat "$kube_log"; exit 1; }
+bash scripts/check-cluster.sh
 echo "== alerts and dashboard (deploy/observability)"
 wait "$promtool_build" || { echo "building promtool failed:"; cat "$promtool_log"; }
 bash scripts/check-observability.sh
