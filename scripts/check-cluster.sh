@@ -47,7 +47,7 @@ command -v etcd >/dev/null 2>&1 || apt_install etcd-server
 command -v openssl >/dev/null 2>&1 || apt_install openssl
 python3 -c 'import yaml' 2>/dev/null || apt_install python3-yaml
 PATH=$kube_bin:$PATH
-"$kube_bin/kubectl" version --client | head -1
+"$kube_bin/kubectl" version --client | sed -n 1p
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/casestream-cluster.XXXXXX")
 pids=()
@@ -209,6 +209,26 @@ print(sum(d["spec"].get("replicas", 1) for d in docs))' "$out")
   fi
 done
 [ "$status" = 0 ] || fail "drift (above)"
+
+# The drift check must catch drift: the claim template as it was before issue 28 (without what
+# the server adds to it) is reported `configured` on every apply.
+echo "== self-check: the StatefulSet's claim template without apiVersion, kind, volumeMode and status must drift"
+kubectl create namespace casestream-drift >/dev/null
+python3 - "$rendered/example.yaml" >"$work/drift.yaml" <<'PY'
+import sys, yaml
+sts = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "StatefulSet")
+sts["metadata"]["namespace"] = "casestream-drift"
+for t in sts["spec"]["volumeClaimTemplates"]:
+    for key in ("apiVersion", "kind", "status"):
+        t.pop(key, None)
+    t["spec"].pop("volumeMode", None)
+yaml.safe_dump(sts, sys.stdout)
+PY
+kubectl apply -f "$work/drift.yaml" >/dev/null
+again=$(kubectl apply -f "$work/drift.yaml")
+[ "$again" = "statefulset.apps/casestream configured" ] \
+  || fail "the claim template without what the server adds did not drift: $again"
+echo "self-check: $again (on every apply), as expected"
 
 # The server must refuse broken manifests, for the right reason: created afresh in a namespace
 # of their own (labelled restricted), so the errors are those of a first apply.

@@ -86,8 +86,8 @@ EOF
 export CONTAINERS_CONF=$cache/containers.conf
 
 # The base images, as the Dockerfile names them.
-rust_image=$(sed -n 's/^FROM[[:space:]]\{1,\}\(rust:[^[:space:]]*\).*/\1/p' Dockerfile | head -1)
-runtime_image=$(sed -n 's/^FROM[[:space:]]\{1,\}\(gcr\.io\/distroless\/[^[:space:]]*\).*/\1/p' Dockerfile | head -1)
+rust_image=$(sed -n 's/^FROM[[:space:]]\{1,\}\(rust:[^[:space:]]*\).*/\1/p' Dockerfile | sed -n 1p)
+runtime_image=$(sed -n 's/^FROM[[:space:]]\{1,\}\(gcr\.io\/distroless\/[^[:space:]]*\).*/\1/p' Dockerfile | sed -n 1p)
 [ -n "$rust_image" ] || fail "the Dockerfile's build stage is not FROM rust:<version>-<debian>; this script makes only that one"
 [ "$runtime_image" = gcr.io/distroless/cc-debian12:nonroot ] \
   || fail "the Dockerfile's runtime stage is FROM ${runtime_image:-?}; this script makes only gcr.io/distroless/cc-debian12:nonroot"
