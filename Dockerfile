@@ -1,5 +1,7 @@
 # casestream container image: built in a full Rust image, run in distroless as non-root.
-# Expected size: about 40 MB (distroless cc ~ 23 MB + the stripped binary ~ 15 MB).
+# Size: 46 MB, as built by scripts/check-image.sh (its distroless cc-debian12, made from the
+# Debian 12 packages, 25 MB + the stripped binary 21 MB). The build stage's cache mount needs
+# BuildKit (Docker 23+ by default) or podman/buildah; see docs/image-and-cluster.md.
 # Works with a read-only root filesystem: the only writable path it needs is the state
 # directory (a volume at /var/lib/casestream).
 
