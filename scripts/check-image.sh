@@ -213,8 +213,12 @@ build_secs=$((SECONDS - start))
 stages=$cache/build-stage-images
 new_stages=$(comm -13 <(sort -u "$cache/dangling-before") <(podman images -q --no-trunc --filter dangling=true | sort -u))
 if [ -f "$stages" ] && [ -n "$new_stages" ]; then
+  dangling=$(podman images -q --no-trunc --filter dangling=true)
   while read -r old; do
-    grep -qx "$old" <<<"$new_stages" || podman rmi -f "$old" >/dev/null 2>&1 || true
+    # Only what is still untagged (a cached build may have tagged an old image again).
+    if ! grep -qx "$old" <<<"$new_stages" && grep -qx "$old" <<<"$dangling"; then
+      podman rmi "$old" >/dev/null 2>&1 || true
+    fi
   done <"$stages"
 fi
 printf '%s\n' "$new_stages" "$(cat "$stages" 2>/dev/null)" | grep . | sort -u \
