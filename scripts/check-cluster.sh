@@ -150,7 +150,13 @@ PY
     kubectl create namespace "$ns" >/dev/null
   else
     echo "== overlay $overlay (namespace $ns)"
-    # A server-side dry run needs the namespace to exist: the overlay's Namespace first.
+    # A server-side dry run creates nothing, the overlay's Namespace included: before the
+    # namespace exists it fails (the overlay's comment says to apply namespace.yaml first).
+    if kubectl apply --dry-run=server -f "$out" >"$work/dry.log" 2>&1; then
+      fail "overlay $overlay: a server-side dry run passed before namespace $ns existed; has the check changed?"
+    fi
+    grep -q "namespaces \"$ns\" not found" "$work/dry.log" || { cat "$work/dry.log" >&2; fail "overlay $overlay: the dry run without the namespace failed otherwise"; }
+    echo "  without the namespace, as expected: $(grep -m1 "not found" "$work/dry.log")"
     python3 -c '
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "Namespace"]

@@ -226,6 +226,10 @@ printf '%s\n' "$new_stages" "$(cat "$stages" 2>/dev/null)" | grep . | sort -u \
 mv "$stages.new" "$stages"
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 echo "built $IMAGE in $build_secs s; image size $((size / 1000000)) MB ($size bytes)"
+# 46 MB today (distroless 25 MB + the stripped binary 21 MB): a much larger image is a mistake
+# (an unstripped binary, a build tool in the runtime stage).
+max_mb=${CASESTREAM_IMAGE_MAX_MB:-60}
+[ $((size / 1000000)) -le "$max_mb" ] || fail "the image is $((size / 1000000)) MB, more than $max_mb MB"
 
 if [ -n "$export_to" ]; then
   rm -f "$export_to"
