@@ -219,7 +219,7 @@ def copy_tree(src_rel, dst):
     return count
 
 
-workdir, env = "/", {}
+workdir, env, made_from = "/", {}, {}
 for keyword, args in build["ins"]:
     if keyword == "WORKDIR":
         workdir = os.path.normpath(os.path.join(workdir, args))
@@ -280,6 +280,12 @@ for keyword, args in build["ins"]:
         for part in re.split(r"\s*(?:&&|;)\s*", command):
             if not part:
                 continue
+            # A binary copied out of target/ (a cache mount is not part of the image):
+            # `strip -o DEST SRC` or `cp SRC DEST`; the runtime stage may copy DEST.
+            m = re.fullmatch(r"strip\s+-o\s+(\S+)\s+(\S+)", part) or re.fullmatch(r"cp\s+(\S+)\s+(\S+)", part)
+            if m:
+                dst_, src_ = (m.group(1), m.group(2)) if part.startswith("strip") else (m.group(2), m.group(1))
+                made_from[os.path.normpath(os.path.join(workdir, dst_))] = os.path.normpath(os.path.join(workdir, src_))
             out("RUN" if re.match(r"cargo(\s|$)", part) else "SKIP", f"{workdir}\t{part}")
     elif keyword in ("USER", "LABEL", "EXPOSE", "SHELL", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "CMD", "ENTRYPOINT", "VOLUME"):
         pass
@@ -318,6 +324,7 @@ for s in stages:
             continue
         for src in [w for w in words if not w.startswith("--")][:-1]:
             src = os.path.normpath(os.path.join(workdir, src))
+            src = made_from.get(src, src)
             if src.startswith(target_in_image + "/"):
                 out("ARTIFACT", os.path.relpath(src, target_in_image))
             else:

@@ -29,6 +29,11 @@ promtool_build=$!
 consumers_log=$(mktemp)
 bash scripts/consumers.sh install >"$consumers_log" 2>&1 &
 consumers_install=$!
+# kube-apiserver, kube-controller-manager and kubectl for scripts/check-cluster.sh: a Go build of
+# about 6 minutes of CPU on a cold cache (~/.cache/casestream/kube), in the background likewise.
+kube_log=$(mktemp)
+nice -n 19 bash scripts/check-cluster.sh --install >"$kube_log" 2>&1 &
+kube_build=$!
 echo "== cargo build --all-targets"
 cargo build --all-targets --locked
 
@@ -62,6 +67,11 @@ BENCH_KAFKA_BOOTSTRAP=$TEST_KAFKA_BOOTSTRAP cargo test --locked --bench pipeline
   --economy-small
 echo "== fault campaign, CI's fixed seeds (docs/reliability.md: together they inject every kind)"
 bash scripts/campaign.sh --seeds 394,170,3,393,9 --minutes 0.5
+echo "== the container image, built and run with podman (scripts/check-image.sh)"
+bash scripts/check-image.sh
+echo "== the manifests on a real Kubernetes API server (scripts/check-cluster.sh)"
+wait "$kube_build" || { echo "building the Kubernetes binaries failed:"; cat "$kube_log"; exit 1; }
+bash scripts/check-cluster.sh
 echo "== alerts and dashboard (deploy/observability)"
 wait "$promtool_build" || { echo "building promtool failed:"; cat "$promtool_log"; }
 bash scripts/check-observability.sh
