@@ -1,6 +1,6 @@
 //! casestream: streams SnapEngage chat cases from the Logs API into Kafka as CloudEvents.
 //!
-//! Data flows source → tracker → sink → state commit; see DESIGN.md for the map.
+//! Data flows source → tracker → sink → state commit; see docs/architecture.md for the map.
 //!
 //! The modules stand in layers; a module imports only from its own layer or the ones below,
 //! never from above (`tests/architecture.rs` checks it):
