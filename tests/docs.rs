@@ -11,11 +11,6 @@ use serde_json::Value;
 /// Where the project's files are read online: links of this form are checked as files.
 const REPO_URL: &str = "https://github.com/casestream/casestream/blob/main/";
 
-/// Pages another branch adds, linked before they land: a link to one passes while the file is
-/// missing, and is checked like any other once it exists. Remove an entry once its page is on
-/// main.
-const PENDING: &[&str] = &["docs/image-and-cluster.md"];
-
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -131,9 +126,6 @@ fn check(from: &Path, target: &str) -> Option<String> {
     };
     let full = root().join(&file);
     if !full.exists() {
-        if PENDING.iter().any(|p| Path::new(p) == file) {
-            return None;
-        }
         return Some(format!("{target}: no file {}", file.display()));
     }
     let anchor = anchor?;
