@@ -33,7 +33,8 @@ out=$target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 work=${CASESTREAM_CAMPAIGN_WORK:-${TMPDIR:-/tmp}/casestream-campaign}
 base_port=${CASESTREAM_CAMPAIGN_KAFKA_PORT:-29550}
 
-# One stream of runs against a broker of its own: instance name, Kafka port, runner arguments.
+# One stream of runs against a broker of its own: instance name, Kafka port, the build's output
+# directory (the product binary at its top, the runner under examples/), runner arguments.
 stream() {
   local instance=$1 port=$2 bin=$3
   shift 3
@@ -43,11 +44,12 @@ stream() {
   local bootstrap
   bootstrap=$(bash scripts/kafka.sh start | tail -n 1)
   echo "== campaign against the broker at $bootstrap (simulator on $sim_port)"
-  "$bin/campaign" --bin "$bin/casestream" --bootstrap "$bootstrap" --sim-port "$sim_port" "$@"
+  "$bin/examples/campaign" --bin "$bin/casestream" --bootstrap "$bootstrap" \
+    --sim-port "$sim_port" "$@"
 }
 
 if [ "$jobs" -le 1 ]; then
-  (stream "${CASESTREAM_CAMPAIGN_KAFKA_INSTANCE:-campaign}" "$base_port" "$out/examples" \
+  (stream "${CASESTREAM_CAMPAIGN_KAFKA_INSTANCE:-campaign}" "$base_port" "$out" \
     --work "$work" "${runner_args[@]}")
   exit
 fi
@@ -67,8 +69,9 @@ done
 [ -n "$seeds" ] || seeds=$(seq -s, "$seed" $((seed + runs - 1)))
 IFS=, read -r -a all <<<"$seeds"
 bin=$(mktemp -d "${TMPDIR:-/tmp}/casestream-campaign-bin.XXXXXX")
+mkdir -p "$bin/examples"
 cp "$out/casestream" "$bin/casestream"
-cp "$out/examples/campaign" "$bin/campaign"
+cp "$out/examples/campaign" "$bin/examples/campaign"
 pids=()
 for k in $(seq 0 $((jobs - 1))); do
   mine=()
