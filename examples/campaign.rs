@@ -1516,31 +1516,37 @@ fn at(ms: i64) -> String {
 /// their record (docs/events.md, "Unreadable pages"); its absence is reported by `letters_missing`.
 fn exempt_cases(run: &Run<'_>, record: &Value, letters: &[Letter]) -> HashSet<String> {
     let spans = unread_spans(letters);
+    // The spans that still hold a page unreadable for good: found once, not per case.
+    let bad_created: Vec<(&str, i64)> = run
+        .unreadable_for_good
+        .iter()
+        .filter_map(|(w, bad)| {
+            let case = cases_of(record).find(|c| c["id"] == bad.as_str())?;
+            Some((w.as_str(), case["created_ms"].as_i64().unwrap_or(0)))
+        })
+        .collect();
+    let bad_spans: Vec<&(String, i64, i64)> = spans
+        .iter()
+        .filter(|(w, s, e)| {
+            bad_created
+                .iter()
+                .any(|(bw, at)| bw == w && (*s..*e).contains(at))
+        })
+        .collect();
     let mut exempt = HashSet::new();
     for case in cases_of(record) {
         let widget = case["widget"].as_str().unwrap_or("");
         let created = case["created_ms"].as_i64().unwrap_or(0);
         let id = case["id"].as_str().unwrap_or("");
-        if run
+        let bad = run
             .unreadable_for_good
             .iter()
-            .any(|(w, bad)| w == widget && bad == id)
-        {
-            exempt.insert(id.to_owned());
-        }
+            .any(|(w, bad)| w == widget && bad == id);
         // Other cases of a span that still holds a page unreadable for good.
-        let in_bad_span = spans.iter().any(|(w, s, e)| {
-            w == widget
-                && (*s..*e).contains(&created)
-                && run.unreadable_for_good.iter().any(|(bw, bad)| {
-                    bw == w
-                        && cases_of(record).any(|c| {
-                            c["id"] == bad.as_str()
-                                && (*s..*e).contains(&c["created_ms"].as_i64().unwrap_or(0))
-                        })
-                })
-        });
-        if in_bad_span {
+        let in_bad_span = bad_spans
+            .iter()
+            .any(|(w, s, e)| w == widget && (*s..*e).contains(&created));
+        if bad || in_bad_span {
             exempt.insert(id.to_owned());
         }
     }
